@@ -1,0 +1,194 @@
+"""The lambda layer (Bello 2021, "LambdaNetworks", eqs. 2-3 of the report).
+
+For every query position n and head h (|k| = query depth, |v| = dim_out / heads, |u| = intra-depth):
+
+    lambda_n = sum_m (softmax_m(K)_m + e_nm) v_m^T      content lambda + position lambda, |k| x |v|
+    y_n      = lambda_n^T q_n                           per head; heads are concatenated
+
+Position embeddings e_nm depend only on the offset m - n:
+  * "rpe": global scope, one learned vector per offset of an (H, W) map, so the layer is tied to H, W;
+  * "lc":  lambda convolution, offsets limited to an r x r window (zero outside), any map size.
+
+How the position term is computed (the layer picks the cheaper, same result):
+  * "dense": contract q with the offsets first, qe[n, m] = q_n . e_nm, then y_n = sum_m qe[n, m] v_m.
+    b*h*n*m*(k+v) multiply-adds: a fraction of the replaced 3x3 conv at every LR18 shape.
+  * "conv":  lc only, position lambdas as a convolution of v with the r x r table (the paper's way):
+    b*n*k*v*r^2 multiply-adds, cheaper than dense once the map is much larger than the scope.
+
+Initialisation: position embeddings are N(0, 1/(|k| |u| m)) where m is the number of positions each
+query sees, so y has unit scale at init (lucidrains' N(0, 1) table gives std ~ 63 at 16x16, which a
+following BatchNorm hides in the forward pass but not in the gradients).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Position = Literal["rpe", "lc"]
+Impl = Literal["auto", "dense", "conv"]
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def relative_offsets_index(height: int, width: int, table_h: int, table_w: int) -> torch.Tensor:
+    """Index (n, m) -> flat index into a (table_h, table_w) offset table centred on offset 0.
+
+    Offsets (dy, dx) = position(m) - position(n) outside the table get index table_h * table_w,
+    which points at an extra zero row (the lambda convolution's zero padding).
+    """
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[None, :] - ys[:, None] + table_h // 2  # [n, m]
+    dx = xs[None, :] - xs[:, None] + table_w // 2
+    inside = (dy >= 0) & (dy < table_h) & (dx >= 0) & (dx < table_w)
+    return torch.where(inside, dy * table_w + dx, torch.full_like(dy, table_h * table_w))
+
+
+class LambdaLayer(nn.Module):
+    """Drop-in replacement for a 3x3 convolution: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride).
+
+    Args:
+        dim, dim_out: input / output channels; dim_out must divide by ``heads``.
+        position: "rpe" (needs ``feat_size``, the H, W it will see) or "lc" (needs ``scope``).
+        feat_size: map size; required for rpe, used by lc only to size the init and crop the table.
+        scope: lc window side r (odd).
+        dim_k, heads, dim_u: |k|, |h|, |u| of the paper.
+        stride: >1 average-pools the output (as timm does), since the lambda itself is per position.
+        impl: "auto" (cheapest), "dense" or "conv" (lc only); all give the same result.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        position: Position = "rpe",
+        feat_size: int | tuple[int, int] | None = None,
+        scope: int = 23,
+        dim_k: int = 16,
+        heads: int = 4,
+        dim_u: int = 1,
+        stride: int = 1,
+        impl: Impl = "auto",
+    ):
+        super().__init__()
+        dim_out = dim if dim_out is None else dim_out
+        if dim_out % heads:
+            raise ValueError(f"LambdaLayer: dim_out={dim_out} is not divisible by heads={heads}; |v| = dim_out/heads")
+        if position not in ("rpe", "lc"):
+            raise ValueError(f"LambdaLayer: position={position!r}; expected 'rpe' or 'lc'")
+        if impl not in ("auto", "dense", "conv") or (impl == "conv" and position == "rpe"):
+            raise ValueError(f"LambdaLayer: impl={impl!r}; expected 'auto', 'dense' or (lc only) 'conv'")
+        if stride < 1:
+            raise ValueError(f"LambdaLayer: stride={stride} must be >= 1")
+        self.dim, self.dim_out, self.position, self.impl = dim, dim_out, position, impl
+        self.dim_k, self.heads, self.dim_u, self.dim_v = dim_k, heads, dim_u, dim_out // heads
+        self.feat_size = _pair(feat_size) if feat_size is not None else None
+
+        if position == "rpe":
+            if self.feat_size is None:
+                raise ValueError("LambdaLayer: position='rpe' needs feat_size=(H, W), the map size it will see")
+            height, width = self.feat_size
+            table = (2 * height - 1, 2 * width - 1)
+        else:
+            if scope < 1 or scope % 2 == 0:
+                raise ValueError(f"LambdaLayer: scope={scope} must be a positive odd number")
+            self.scope = scope
+            table = (scope, scope)
+            if self.feat_size is not None:  # positions a map can never use are not stored
+                table = self._scope_on(self.feat_size)
+
+        # q, k, v by one bias-free 1x1 projection; batch norm on queries and values (the paper's choice)
+        self.qkv = nn.Conv2d(dim, heads * dim_k + dim_u * dim_k + dim_u * self.dim_v, 1, bias=False)
+        self.norm_q = nn.BatchNorm2d(heads * dim_k)
+        self.norm_v = nn.BatchNorm2d(dim_u * self.dim_v)
+        # one table for both modes: embedding of offset (dy, dx) for each (k, u), layout of a conv weight
+        self.pos_emb = nn.Parameter(torch.empty(dim_k, dim_u, *table))
+        self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------------- set-up
+    def _scope_on(self, size: tuple[int, int]) -> tuple[int, int]:
+        """lc window actually usable on a (H, W) map: offsets beyond +-(side-1) only ever hit padding."""
+        return min(self.scope, 2 * size[0] - 1), min(self.scope, 2 * size[1] - 1)
+
+    def context_size(self) -> float:
+        """Mean number of positions each query sees (sets the init scale)."""
+        if self.position == "rpe":
+            return float(self.feat_size[0] * self.feat_size[1])
+        if self.feat_size is None:
+            return float(self.scope**2)
+        index = relative_offsets_index(*self.feat_size, *self.pos_emb.shape[-2:])
+        return (index < self.pos_emb.shape[-2] * self.pos_emb.shape[-1]).sum(1).float().mean().item()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.qkv.weight, std=self.dim**-0.5)
+        nn.init.normal_(self.pos_emb, std=(self.dim_k * self.dim_u * self.context_size()) ** -0.5)
+
+    # ---------------------------------------------------------------------------------- forward
+    def _table_for(self, height: int, width: int) -> torch.Tensor:
+        """The (k, u, th, tw) offset table usable on this map (lc crops the window to the map)."""
+        if self.position == "rpe":
+            if (height, width) != self.feat_size:
+                raise ValueError(
+                    f"LambdaLayer(rpe) was built for a {self.feat_size[0]}x{self.feat_size[1]} feature map but got "
+                    f"{height}x{width}: rpe embeddings are tied to the map size; build the model with the "
+                    f"image size you feed it (img_size=...), or use position='lc'"
+                )
+            return self.pos_emb
+        th, tw = self._scope_on((height, width))
+        top, left = (self.pos_emb.shape[-2] - th) // 2, (self.pos_emb.shape[-1] - tw) // 2
+        return self.pos_emb[..., top : top + th, left : left + tw]
+
+    def _use_conv(self, n: int, table_area: int) -> bool:
+        if self.position == "rpe" or self.impl == "dense":
+            return False
+        if self.impl == "conv":
+            return True
+        dense_macs = self.heads * n * self.dim_u * (self.dim_k + self.dim_v)  # per query position
+        conv_macs = self.dim_k * self.dim_u * self.dim_v * table_area + self.heads * self.dim_k * self.dim_v
+        return conv_macs < dense_macs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.dim:
+            raise ValueError(f"LambdaLayer expects (B, {self.dim}, H, W) input, got {tuple(x.shape)}")
+        b, _, height, width = x.shape
+        n = height * width
+        hk, uk = self.heads * self.dim_k, self.dim_u * self.dim_k
+        q, k, v = self.qkv(x).split([hk, uk, self.dim_u * self.dim_v], dim=1)
+        q = self.norm_q(q).reshape(b, self.heads, self.dim_k, n)  # b h k n
+        k = k.reshape(b, self.dim_u, self.dim_k, n).softmax(dim=-1)  # b u k m, normalised over context
+        v = self.norm_v(v).reshape(b, self.dim_u, self.dim_v, n)  # b u v m
+
+        # content: lambda_c = K^T V (k x v per example), shared by all positions
+        content_lambda = torch.einsum("bukm,buvm->bkv", k, v)
+        y = torch.einsum("bhkn,bkv->bhvn", q, content_lambda)
+
+        table = self._table_for(height, width)
+        th, tw = table.shape[-2:]
+        if self._use_conv(n, th * tw):
+            # position lambdas as a convolution over the map: lambda_p[b, n, k, v]
+            lam = F.conv2d(v.transpose(1, 2).reshape(b * self.dim_v, self.dim_u, height, width),
+                           table, padding=(th // 2, tw // 2))  # (b v) k H W
+            lam = lam.reshape(b, self.dim_v, self.dim_k, n)
+            y = y + torch.einsum("bhkn,bvkn->bhvn", q, lam)
+        else:
+            # dense: e[n, m] per (k, u) gathered from the table (zero outside the lc scope)
+            flat = torch.cat([table.flatten(2), table.new_zeros(self.dim_k, self.dim_u, 1)], dim=2)
+            index = relative_offsets_index(height, width, th, tw).to(x.device)
+            emb = flat[:, :, index]  # k u n m
+            qe = torch.einsum("bhkn,kunm->bhunm", q, emb)
+            y = y + torch.einsum("bhunm,buvm->bhvn", qe, v)
+
+        return self.pool(y.reshape(b, self.dim_out, height, width))
+
+    def extra_repr(self) -> str:
+        where = f"feat_size={self.feat_size}" if self.position == "rpe" else f"scope={self.scope}"
+        return (f"{self.dim}, {self.dim_out}, position={self.position}, {where}, dim_k={self.dim_k}, "
+                f"heads={self.heads}, dim_u={self.dim_u}, impl={self.impl}")
