@@ -111,6 +111,7 @@ class LambdaLayer(nn.Module):
         # one table for both modes: embedding of offset (dy, dx) for each (k, u), layout of a conv weight
         self.pos_emb = nn.Parameter(torch.empty(dim_k, dim_u, *table))
         self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
+        self._index_cache: dict[tuple, torch.Tensor] = {}
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------- set-up
@@ -155,40 +156,111 @@ class LambdaLayer(nn.Module):
         conv_macs = self.dim_k * self.dim_u * self.dim_v * table_area + self.heads * self.dim_k * self.dim_v
         return conv_macs < dense_macs
 
+    def _offsets_index(self, height: int, width: int, th: int, tw: int, device: torch.device) -> torch.Tensor:
+        key = (height, width, th, tw, device)
+        if key not in self._index_cache:
+            self._index_cache[key] = relative_offsets_index(height, width, th, tw).flatten().to(device)
+        return self._index_cache[key]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.dim:
             raise ValueError(f"LambdaLayer expects (B, {self.dim}, H, W) input, got {tuple(x.shape)}")
         b, _, height, width = x.shape
-        n = height * width
-        hk, uk = self.heads * self.dim_k, self.dim_u * self.dim_k
+        n, hk, uk = height * width, self.heads * self.dim_k, self.dim_u * self.dim_k
         q, k, v = self.qkv(x).split([hk, uk, self.dim_u * self.dim_v], dim=1)
-        q = self.norm_q(q).reshape(b, self.heads, self.dim_k, n)  # b h k n
+        # layouts chosen so every contraction below is one batched matmul with no big permute:
+        q = self.norm_q(q).reshape(b, self.heads, self.dim_k, n).permute(0, 3, 1, 2).contiguous()  # b n h k
         k = k.reshape(b, self.dim_u, self.dim_k, n).softmax(dim=-1)  # b u k m, normalised over context
         v = self.norm_v(v).reshape(b, self.dim_u, self.dim_v, n)  # b u v m
 
-        # content: lambda_c = K^T V (k x v per example), shared by all positions
-        content_lambda = torch.einsum("bukm,buvm->bkv", k, v)
-        y = torch.einsum("bhkn,bkv->bhvn", q, content_lambda)
+        # content lambda K^T V, shared by all positions: y_c[b, n, h, :] = q[b, n, h, :] @ lambda_c[b]
+        v_cols = v.transpose(2, 3).reshape(b, self.dim_u * n, self.dim_v)  # b (u m) v
+        content_lambda = torch.bmm(k.transpose(1, 2).reshape(b, self.dim_k, self.dim_u * n), v_cols)  # b k v
+        y = torch.bmm(q.reshape(b, n * self.heads, self.dim_k), content_lambda).view(b, n, self.heads, self.dim_v)
 
         table = self._table_for(height, width)
         th, tw = table.shape[-2:]
         if self._use_conv(n, th * tw):
-            # position lambdas as a convolution over the map: lambda_p[b, n, k, v]
+            # position lambdas as a convolution of v with the table: lambda_p[b, n, k, v]
             lam = F.conv2d(v.transpose(1, 2).reshape(b * self.dim_v, self.dim_u, height, width),
                            table, padding=(th // 2, tw // 2))  # (b v) k H W
             lam = lam.reshape(b, self.dim_v, self.dim_k, n)
-            y = y + torch.einsum("bhkn,bvkn->bhvn", q, lam)
+            y = y + torch.einsum("bnhk,bvkn->bnhv", q, lam)
         else:
-            # dense: e[n, m] per (k, u) gathered from the table (zero outside the lc scope)
+            # e[n, k, (u m)] gathered from the table; offsets outside the lc scope hit a zero row
             flat = torch.cat([table.flatten(2), table.new_zeros(self.dim_k, self.dim_u, 1)], dim=2)
-            index = relative_offsets_index(height, width, th, tw).to(x.device)
-            emb = flat[:, :, index]  # k u n m
-            qe = torch.einsum("bhkn,kunm->bhunm", q, emb)
-            y = y + torch.einsum("bhunm,buvm->bhvn", qe, v)
+            index = self._offsets_index(height, width, th, tw, x.device)
+            emb = flat.permute(2, 0, 1).index_select(0, index)  # (n m) k u
+            emb = emb.view(n, n, self.dim_k, self.dim_u).permute(0, 2, 3, 1).reshape(n, self.dim_k, self.dim_u * n)
+            y = y + position_term(q, emb, v_cols)
 
-        return self.pool(y.reshape(b, self.dim_out, height, width))
+        # (b, n, h, v) is channels-last (b, H, W, C): hand it on as such, no copy
+        y = y.reshape(b, height, width, self.dim_out).permute(0, 3, 1, 2)
+        return self.pool(y)
 
     def extra_repr(self) -> str:
         where = f"feat_size={self.feat_size}" if self.position == "rpe" else f"scope={self.scope}"
         return (f"{self.dim}, {self.dim_out}, position={self.position}, {where}, dim_k={self.dim_k}, "
                 f"heads={self.heads}, dim_u={self.dim_u}, impl={self.impl}")
+
+
+def _chunk(batch: int, per_example: int, device: torch.device) -> int:
+    """Examples per chunk so one chunk's q.e map stays cache-sized on CPU (~4 MB) and large on GPU."""
+    budget = 1 << 20 if device.type == "cpu" else 1 << 26
+    return max(1, min(batch, budget // max(per_example, 1)))
+
+
+class _PositionTerm(torch.autograd.Function):
+    """y[b, n, h, :] = sum_m (q[b, n, h, :] . e[n, :, m]) v[b, m, :], in example chunks.
+
+    The q.e map (b x n x h x m, the size of an attention map) is never kept: it is rebuilt chunk by
+    chunk in backward. Memory stays O(inputs), the arithmetic is the dense path's plus one recompute.
+    Shapes: q (b, n, h, k), emb (n, k, M), v_cols (b, M, v) with M = u*m context slots.
+    """
+
+    @staticmethod
+    def forward(ctx, q, emb, v_cols):
+        b, n, h, k = q.shape
+        step = _chunk(b, n * h * emb.shape[-1], q.device)
+        q_by_n = q.permute(1, 0, 2, 3)  # n b h k (a view)
+        out = q.new_empty(b, n * h, v_cols.shape[-1])
+        for start in range(0, b, step):
+            stop = min(b, start + step)
+            qe = _q_dot_e(q_by_n[:, start:stop], emb)  # (bc, n h, M)
+            torch.bmm(qe, v_cols[start:stop], out=out[start:stop])
+        ctx.save_for_backward(q, emb, v_cols)
+        ctx.step = step
+        return out.view(b, n, h, -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, emb, v_cols = ctx.saved_tensors
+        b, n, h, k = q.shape
+        grad = grad.reshape(b, n * h, -1)
+        q_by_n = q.permute(1, 0, 2, 3)
+        grad_q = torch.empty_like(q_by_n)  # n b h k
+        grad_emb = torch.zeros_like(emb)
+        grad_v = torch.empty_like(v_cols)
+        for start in range(0, b, ctx.step):
+            stop = min(b, start + ctx.step)
+            bc = stop - start
+            qe = _q_dot_e(q_by_n[:, start:stop], emb)
+            torch.bmm(qe.transpose(1, 2), grad[start:stop], out=grad_v[start:stop])
+            grad_qe = torch.bmm(grad[start:stop], v_cols[start:stop].transpose(1, 2))  # (bc, n h, M)
+            grad_qe = grad_qe.view(bc, n, h, -1).transpose(0, 1).reshape(n, bc * h, -1)  # n (bc h) M
+            q_chunk = q_by_n[:, start:stop].reshape(n, bc * h, k)
+            grad_q[:, start:stop] = torch.bmm(grad_qe, emb.transpose(1, 2)).view(n, bc, h, k)
+            grad_emb += torch.bmm(q_chunk.transpose(1, 2), grad_qe)  # (baddbmm_ splits into per-batch addmm on CPU)
+        return grad_q.permute(1, 0, 2, 3), grad_emb, grad_v
+
+
+def _q_dot_e(q_by_n: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """(n, bc, h, k) x (n, k, M) -> (bc, n*h, M): one matmul batched over positions, then one regroup."""
+    n, bc, h, k = q_by_n.shape
+    qe = torch.bmm(q_by_n.reshape(n, bc * h, k), emb)  # n (bc h) M
+    return qe.view(n, bc, h, -1).transpose(0, 1).reshape(bc, n * h, -1)
+
+
+def position_term(q: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
+    """sum_m (q_n . e_nm) v_m for all n; see _PositionTerm. q (b,n,h,k), emb (n,k,M), v_cols (b,M,v)."""
+    return _PositionTerm.apply(q, emb, v_cols)

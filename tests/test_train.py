@@ -1,0 +1,138 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lambdalib
+
+from lambdalib.config import RunConfig
+from lambdalib.train import FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, read_history, run
+
+
+def tiny_config(data: Path, results: Path, **overrides) -> RunConfig:
+    params = dict(model="LR18_L3(lc)", data=str(data), results=str(results), epochs=3, img_size=32,
+                  batch_size=8, workers=0, preset="fast", noise=0.25)
+    params.update(overrides)
+    return RunConfig.from_params(**params)
+
+
+def without_timings(history):
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in history]
+
+
+def test_same_seed_same_history_and_complete_record(tiny_imagenette, tmp_path):
+    a = run(tiny_config(tiny_imagenette, tmp_path / "a"), progress=False)
+    b = run(tiny_config(tiny_imagenette, tmp_path / "b"), progress=False)
+    history_a, history_b = read_history(a), read_history(b)
+    assert len(history_a) == 3
+    assert without_timings(history_a) == without_timings(history_b)
+    assert list(history_a[0]) == HISTORY_COLUMNS
+    summary = json.loads((a / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["diverged_at"] is None
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in history_a)
+    assert history_a[summary["best_val_loss_epoch"] - 1]["val_loss"] == summary["best_val_loss"]
+    assert summary["best_train_loss"] == min(r["train_loss"] for r in history_a)
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in history_a)
+    assert summary["train_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in history_a))
+    model = lambdalib.create("LR18_L3(lc)", num_classes=10, img_size=32)
+    assert summary["params"] == sum(p.numel() for p in model.parameters())
+    assert summary["label"] == "LR18_L3(lc)" and summary["noise"] == 0.25
+    assert summary["realised_noise"] == pytest.approx(0.25)  # one of four labels flipped per class
+    for key in ("torch", "device", "git_commit", "world_size"):
+        assert key in summary["environment"]
+    assert RunConfig.load(a / "config.json") == tiny_config(tiny_imagenette, tmp_path / "a")
+    # the learning rate follows the restarts schedule, stepped per epoch
+    assert history_a[0]["lr"] == 1e-3 and history_a[1]["lr"] < history_a[0]["lr"]
+    assert all(r["finite"] and r["grad_norm_max"] >= r["grad_norm_mean"] > 0 for r in history_a)
+    assert not list(a.glob("*.tmp"))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_imagenette, tmp_path):
+    full = read_history(run(tiny_config(tiny_imagenette, tmp_path / "full", epochs=4), progress=False))
+    config = tiny_config(tiny_imagenette, tmp_path / "cut", epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, progress=False, stop_after_epoch=2)
+    summary = json.loads((config.run_dir() / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_done"] == 2
+    resumed = read_history(run(config, progress=False))
+    assert without_timings(resumed) == without_timings(full)
+
+
+def test_finished_run_is_not_rerun_and_other_config_is_refused(tiny_imagenette, tmp_path):
+    config = tiny_config(tiny_imagenette, tmp_path, epochs=1)
+    run_dir = run(config, progress=False)
+    stamp = (run_dir / "history.csv").stat().st_mtime_ns
+    run(config, progress=False)
+    assert (run_dir / "history.csv").stat().st_mtime_ns == stamp
+    clash = tiny_config(tiny_imagenette, tmp_path, epochs=1, lr=0.5, run_name=run_dir.name)
+    with pytest.raises(ValueError, match="another config.*lr"):
+        run(clash, progress=False)
+
+
+def test_divergence_is_detected_and_last_good_checkpoint_kept(tiny_imagenette, tmp_path):
+    config = tiny_config(tiny_imagenette, tmp_path, model="R18", lr=1e4, epochs=4)
+    run_dir = run(config, progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    n = summary["diverged_at"]
+    history = read_history(run_dir)
+    limit = config.diverge_factor * math.log(10)
+    assert len(history) == n
+    assert not history[-1]["finite"] or max(history[-1]["val_loss"], history[-1]["train_loss"]) > limit
+    assert all(max(r["val_loss"], r["train_loss"]) <= limit for r in history[:-1])
+    if n > 1:
+        assert len(torch.load(run_dir / "last.pt", weights_only=True)["history"]) == n - 1
+    assert run(config, progress=False) == run_dir  # a diverged run is finished, not retried
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tiny_imagenette, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "lambdalib.cli", "train",
+           "--model", "R18", "--data", str(tiny_imagenette), "--results", str(tmp_path), "--epochs", "2",
+           "--img-size", "32", "--batch-size", "8", "--workers", "0", "--preset", "fast", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["status"] in FINISHED and summary["environment"]["world_size"] == 2
+    history = read_history(runs[0])
+    assert len(history) == 2
+    # the recorded val loss covers both ranks' shards, with rank 0's weights and BN statistics
+    from lambdalib import data
+    from lambdalib.train import evaluate
+
+    model = lambdalib.create("R18", num_classes=10, img_size=32)
+    model.load_state_dict(torch.load(runs[0] / "last.pt", weights_only=True)["model"])
+    val = data.NoisyImagenette(tiny_imagenette, "val", transform=data.val_transform(32))
+    loss, acc = evaluate(model, data.make_loader(val, batch_size=8, shuffle=False, seed=0, workers=0), torch.device("cpu"))
+    assert loss == pytest.approx(history[-1]["val_loss"], rel=1e-4)
+    assert acc == pytest.approx(history[-1]["val_acc"])
+
+
+def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_imagenette, tmp_path, monkeypatch):
+    from lambdalib import train
+
+    real, calls = train._train_one_epoch, []
+
+    def nan_on_second_epoch(*args, **kwargs):
+        calls.append(1)
+        stats = real(*args, **kwargs)
+        return {**stats, "train_loss": math.nan, "finite": False} if len(calls) == 2 else stats
+
+    monkeypatch.setattr(train, "_train_one_epoch", nan_on_second_epoch)
+    run_dir = run(tiny_config(tiny_imagenette, tmp_path, model="R18", epochs=3), progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["diverged_at"], summary["epochs_done"]) == ("diverged", 2, 2)
+    assert len(calls) == 2  # stopped at once, epoch 3 never ran
+    history = read_history(run_dir)
+    assert history[0]["finite"] and not history[1]["finite"]
+    assert len(torch.load(run_dir / "last.pt", weights_only=True)["history"]) == 1
+    assert torch.load(run_dir / "best.pt", weights_only=True)["epoch"] == 1
