@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -58,6 +59,49 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from . import data
+    from .paths import results_dir
+
+    info = data.overview(args.data)
+    print(f"data: {info['root']}\n")
+    print(info["classes"].to_string(), "\n")
+    print(info["noise"].to_string())
+    out = Path(args.out) if args.out else results_dir() / "figures" / f"samples_noise{args.noise * 100:g}.png"
+    data.plot_samples(info["root"], args.noise, n=args.samples, path=out)
+    print(f"\nsample grid (clean vs noisy labels): {out}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .sweep import QUICK, REPORT_NOISE, Grid, reproduce
+
+    params = dict(QUICK) if args.quick else {}
+    for name in ("epochs", "img_size", "preset", "data", "results", "workers"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    grid = Grid(params=params, seeds=list(range(args.seeds)),
+                noise=[float(n) for n in args.noise.split(",")] if args.noise else list(REPORT_NOISE))
+    if args.models:
+        grid.models = [m.strip() for m in args.models.split(",")]
+    try:
+        counts = reproduce(grid, inline=args.quick or args.inline)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command again to go on")
+        return 130
+    print(f"{counts['total']} runs: {counts['skipped']} already finished, {counts['ran']} run now "
+          f"({counts['diverged']} diverged)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    readme = report.build(args.results)
+    print(f"report: {readme}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -80,6 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("data", help="class counts, realised noise rates and a sample grid (clean vs noisy labels)")
+    p.add_argument("--data", default="embedded", help="'embedded', 'imagenette2-160', a folder or an archive")
+    p.add_argument("--noise", type=float, default=0.25, help="noise level of the sample grid")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--out", help="where to save the sample grid (default results/figures/)")
+    p.set_defaults(func=_cmd_data)
+
+    for name, quick_default in (("reproduce", False), ("demo", True)):
+        p = sub.add_parser(
+            name, help="the report's grid: 10 models x noise 0/5/25/50 %%, then the report"
+            if name == "reproduce" else "the main job on the embedded data: `reproduce --quick`",
+            description="Runs every (model, noise, seed) of the grid that has no finished record (through the "
+                        "numbered notebooks with papermill, or in-process with --inline / --quick), then "
+                        "rebuilds the report. --quick: all ten models, every noise level, 2 epochs at 64 px on "
+                        "the embedded data (minutes on a laptop CPU; a smoke test, not results).",
+        )
+        p.add_argument("--quick", action="store_true", default=quick_default)
+        p.add_argument("--inline", action="store_true", help="train in this process, not through the notebooks")
+        p.add_argument("--models", help="comma-separated labels (default: all ten)")
+        p.add_argument("--noise", help="comma-separated fractions (default 0,0.05,0.25,0.5)")
+        p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--img-size", type=int)
+        p.add_argument("--preset")
+        p.add_argument("--data")
+        p.add_argument("--results")
+        p.add_argument("--workers", type=int)
+        p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("report", help="rebuild results/ tables, figures and README from the run records")
+    p.add_argument("--results", help="results folder (default: the repository's results/)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -46,6 +46,8 @@ class RunConfig:
     diverge_factor: float = 10.0  # a train/val loss above factor x ln(classes) (23 for 10) = diverged
     seed: int = 0
     data: str = "embedded"  # "embedded", "imagenette2-160" / "-320" / "imagenette2", a folder or an archive
+    train_per_class: int = 0  # use only the first N training images of each class (0 = all); for smoke runs
+    val_per_class: int = 0  # the same for validation
     results: str = ""  # results folder; "" = the repository's results/
     workers: int = -1  # data loader workers; -1 = a sensible default for this machine
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -86,6 +88,9 @@ class RunConfig:
         for name in ("epochs", "img_size", "batch_size", "t0", "t_mult"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be a positive integer")
+        for name in ("train_per_class", "val_per_class"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0 (0 = every image)")
         if self.img_size < 32:
             raise bad("img_size", "must be at least 32 px (the ResNet stem downsamples by 32)")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -115,7 +120,11 @@ class RunConfig:
         model = re.sub(r"[^A-Za-z0-9]+", "-", report_label(self.model)).strip("-")
         data = re.sub(r"[^A-Za-z0-9.]+", "-", Path(self.data).name if "/" in self.data else self.data).strip("-")
         noise = f"{self.noise * 100:g}".replace(".", "p")
-        extra = "" if self.preset == "report" or self.lr == PRESETS[self.preset].get("lr") else f"-lr{self.lr:g}"
+        extra = "" if self.lr == PRESETS[self.preset].get("lr") else f"-lr{self.lr:g}"
+        if self.synthetic_noise:
+            noise += "syn"
+        if self.train_per_class or self.val_per_class:
+            data += f"-{self.train_per_class}+{self.val_per_class}pc"
         return f"{model}_noise{noise}_{self.preset}{extra}_e{self.epochs}_{self.img_size}px_s{self.seed}_{data}"
 
     def results_dir(self) -> Path:

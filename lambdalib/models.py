@@ -74,6 +74,19 @@ def resolve_name(name: str) -> str:
     )
 
 
+def family_label(position: str | None, depth: int, stage: int | None = None) -> str:
+    """The report label for a notebook's (family, depth, stage): ("rpe", 18, 2) -> "LR18_L2(rpe)"."""
+    if depth not in (18, 34):
+        raise ValueError(f"depth={depth!r}: the report's ResNets are 18 or 34")
+    if position is None:
+        return f"R{depth}"
+    if position not in ("rpe", "lc"):
+        raise ValueError(f"position={position!r}: expected 'rpe' or 'lc'")
+    if stage not in (2, 3):
+        raise ValueError(f"stage={stage!r}: the report puts the lambda layer in stage 2 or 3")
+    return f"LR{depth}_L{stage}({position})"
+
+
 def report_label(name: str) -> str:
     name = resolve_name(name)
     return SPECS[name].label if name in SPECS else name

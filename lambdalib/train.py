@@ -259,6 +259,19 @@ def summarize(history: list[dict], status: str, diverged_at: int | None, extra: 
     )
 
 
+def first_per_class(targets, per_class: int) -> list[int]:
+    """Indices of the first `per_class` items of each class (all items when per_class is 0)."""
+    if per_class <= 0:
+        return list(range(len(targets)))
+    seen: dict[int, int] = {}
+    keep = []
+    for index, target in enumerate(targets):
+        if seen.get(int(target), 0) < per_class:
+            seen[int(target)] = seen.get(int(target), 0) + 1
+            keep.append(index)
+    return keep
+
+
 def load_summary(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "summary.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -295,8 +308,10 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
     train_set = data_lib.NoisyImagenette(root, "train", noise=config.noise, synthetic=config.synthetic_noise,
                                          seed=config.seed, transform=data_lib.train_transform(config.img_size))
     val_set = data_lib.NoisyImagenette(root, "val", transform=data_lib.val_transform(config.img_size))
+    train_subset = first_per_class(train_set.clean_targets, config.train_per_class)
+    val_subset = first_per_class(val_set.clean_targets, config.val_per_class)
     workers = None if config.workers < 0 else config.workers
-    val_part = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
+    val_part = torch.utils.data.Subset(val_set, val_subset[dist.rank::dist.world_size])
     val_loader = data_lib.make_loader(val_part, batch_size=config.batch_size, shuffle=False, seed=config.seed,
                                       workers=workers)
 
@@ -314,6 +329,7 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
         optimizer, T_0=config.t0, T_mult=config.t_mult, eta_min=config.eta_min)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     history: list[dict] = []
+    train_data = torch.utils.data.Subset(train_set, train_subset)
 
     last = run_dir / "last.pt"
     if last.exists():
@@ -330,8 +346,8 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
 
     extra = dict(
         run_id=config.run_id, model=models.resolve_name(config.model), label=models.report_label(config.model),
-        noise=config.noise, realised_noise=train_set.flip_rate, preset=config.preset, params=params,
-        gflops=round(gflops, 4), train_images=len(train_set), val_images=len(val_set),
+        noise=config.noise, realised_noise=float(train_set.flipped[train_subset].mean()), preset=config.preset,
+        params=params, gflops=round(gflops, 4), train_images=len(train_subset), val_images=len(val_subset),
         amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off", channels_last=channels_last,
         environment=environment(device, dist.world_size),
     )
@@ -349,17 +365,17 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
 
     write_record("running", None, history)
     status, diverged_at = "running", None
-    bar = tqdm(total=config.epochs * len(train_set), initial=len(history) * len(train_set), unit="img",
+    bar = tqdm(total=config.epochs * len(train_subset), initial=len(history) * len(train_subset), unit="img",
                desc=models.report_label(config.model), disable=not (progress and dist.is_main), dynamic_ncols=True)
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             seed_everything(epoch_seed(config.seed, epoch, dist.rank))
             sampler = None
             if dist.enabled:
-                sampler = torch.utils.data.DistributedSampler(train_set, dist.world_size, dist.rank,
+                sampler = torch.utils.data.DistributedSampler(train_data, dist.world_size, dist.rank,
                                                               shuffle=True, seed=config.seed)
                 sampler.set_epoch(epoch)
-            loader = data_lib.make_loader(train_set, batch_size=config.batch_size, shuffle=sampler is None,
+            loader = data_lib.make_loader(train_data, batch_size=config.batch_size, shuffle=sampler is None,
                                           seed=epoch_seed(config.seed, epoch), workers=workers, sampler=sampler)
             lr = optimizer.param_groups[0]["lr"]
             start = time.perf_counter()

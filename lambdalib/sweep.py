@@ -1,0 +1,114 @@
+"""The report's grid, run through the notebooks: skip finished runs, resume unfinished ones, then report.
+
+    lambdalib reproduce                 # 2 baselines + 8 Lambda-ResNets x noise 0/5/25/50 % = 40 runs
+    lambdalib reproduce --quick         # every model and noise level, tiny epochs/images, embedded data
+
+Each run is one notebook (02 baselines, 03 rpe, 04 lc) executed by papermill with its parameters;
+the executed copy is kept under results/notebooks/. A run whose record says complete or diverged is
+skipped, an interrupted one resumes (train.run picks up its last.pt). The report notebook runs last.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .config import RunConfig
+from .models import SPECS, resolve_name
+from .paths import project_root
+from .train import FINISHED, load_summary
+
+REPORT_NOISE = (0.0, 0.05, 0.25, 0.5)
+FAMILY_NOTEBOOK = {None: "02_baselines.ipynb", "rpe": "03_lambda_rpe.ipynb", "lc": "04_lambda_lc.ipynb"}
+REPORT_NOTEBOOK = "06_report.ipynb"
+
+# the --quick profile: every model and noise level, so every table and figure has its rows, at a size
+# that runs in minutes on a 2-core CPU (numbers are a smoke test, not results)
+QUICK = dict(epochs=3, img_size=64, batch_size=32, preset="fast", data="embedded", train_per_class=32,
+             val_per_class=20)
+
+
+@dataclass
+class Grid:
+    models: list[str] = field(default_factory=lambda: [s.label for s in SPECS.values()])
+    noise: list[float] = field(default_factory=lambda: list(REPORT_NOISE))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    params: dict[str, Any] = field(default_factory=dict)  # shared RunConfig fields (epochs, data, ...)
+
+    def configs(self) -> list[RunConfig]:
+        return [RunConfig.from_params(model=m, noise=n, seed=s, **self.params)
+                for m in self.models for n in self.noise for s in self.seeds]
+
+
+# RunConfig fields that the family notebooks take as papermill parameters (besides depth and stage)
+NOTEBOOK_FIELDS = ("noise", "synthetic_noise", "epochs", "img_size", "batch_size", "preset", "lr", "seed",
+                   "data", "train_per_class", "val_per_class", "results", "workers", "device", "amp", "grad_clip")
+
+
+def notebook_parameters(config: RunConfig) -> dict[str, Any]:
+    """The papermill parameters that make a family notebook train exactly `config`."""
+    spec = SPECS[resolve_name(config.model)]
+    params = {name: getattr(config, name) for name in NOTEBOOK_FIELDS}
+    params["depth"] = spec.depth
+    if spec.stage is not None:
+        params["stage"] = spec.stage
+    return params
+
+
+def notebook_for(config: RunConfig) -> Path:
+    return project_root() / "notebooks" / FAMILY_NOTEBOOK[SPECS[resolve_name(config.model)].position]
+
+
+def is_finished(config: RunConfig) -> bool:
+    summary = load_summary(config.run_dir())
+    return bool(summary) and summary["status"] in FINISHED
+
+
+def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any]) -> None:
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
+                               progress_bar=False, kernel_name="python3")
+
+
+def reproduce(grid: Grid, *, inline: bool = False, report: bool = True, progress: bool = True) -> dict[str, int]:
+    """Run every config of the grid that is not finished, then build the report.
+
+    inline: train in this process instead of through the notebooks (no kernel start-up per run; the
+    --quick profile uses it). Returns counts of skipped / run / diverged runs.
+    """
+    from . import train
+
+    configs = grid.configs()
+    counts = dict(total=len(configs), skipped=0, ran=0, diverged=0)
+    bar = tqdm(configs, desc="reproduce", unit="run", disable=not progress)
+    for config in bar:
+        bar.set_postfix_str(config.run_id, refresh=True)
+        if is_finished(config):
+            counts["skipped"] += 1
+            continue
+        start = time.perf_counter()
+        if inline:
+            train.run(config, progress=False)
+        else:
+            out = config.results_dir() / "notebooks" / f"{config.run_id}.ipynb"
+            run_notebook(notebook_for(config), out, notebook_parameters(config))
+        counts["ran"] += 1
+        summary = load_summary(config.run_dir()) or {}
+        counts["diverged"] += summary.get("status") == "diverged"
+        bar.write(f"{config.run_id}: {summary.get('status')} in {time.perf_counter() - start:.0f}s")
+    if report:
+        results = configs[0].results_dir() if configs else None
+        if inline:
+            from . import report as report_lib
+
+            report_lib.build(results)
+        else:
+            nb = project_root() / "notebooks" / REPORT_NOTEBOOK
+            run_notebook(nb, (results or Path("results")) / "notebooks" / REPORT_NOTEBOOK,
+                         dict(results=str(results) if results else ""))
+    return counts
