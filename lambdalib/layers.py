@@ -169,14 +169,15 @@ class LambdaLayer(nn.Module):
         n, hk, uk = height * width, self.heads * self.dim_k, self.dim_u * self.dim_k
         q, k, v = self.qkv(x).split([hk, uk, self.dim_u * self.dim_v], dim=1)
         # layouts chosen so every contraction below is one batched matmul with no big permute:
-        q = self.norm_q(q).reshape(b, self.heads, self.dim_k, n).permute(0, 3, 1, 2).contiguous()  # b n h k
+        q_by_n = self.norm_q(q).reshape(b, self.heads, self.dim_k, n).permute(3, 0, 1, 2).contiguous()  # n b h k
         k = k.reshape(b, self.dim_u, self.dim_k, n).softmax(dim=-1)  # b u k m, normalised over context
         v = self.norm_v(v).reshape(b, self.dim_u, self.dim_v, n)  # b u v m
 
         # content lambda K^T V, shared by all positions: y_c[b, n, h, :] = q[b, n, h, :] @ lambda_c[b]
         v_cols = v.transpose(2, 3).reshape(b, self.dim_u * n, self.dim_v)  # b (u m) v
         content_lambda = torch.bmm(k.transpose(1, 2).reshape(b, self.dim_k, self.dim_u * n), v_cols)  # b k v
-        y = torch.bmm(q.reshape(b, n * self.heads, self.dim_k), content_lambda).view(b, n, self.heads, self.dim_v)
+        q = q_by_n.transpose(0, 1).reshape(b, n * self.heads, self.dim_k)  # b (n h) k
+        y = torch.bmm(q, content_lambda).view(b, n, self.heads, self.dim_v)
 
         table = self._table_for(height, width)
         th, tw = table.shape[-2:]
@@ -185,14 +186,14 @@ class LambdaLayer(nn.Module):
             lam = F.conv2d(v.transpose(1, 2).reshape(b * self.dim_v, self.dim_u, height, width),
                            table, padding=(th // 2, tw // 2))  # (b v) k H W
             lam = lam.reshape(b, self.dim_v, self.dim_k, n)
-            y = y + torch.einsum("bnhk,bvkn->bnhv", q, lam)
+            y = y + torch.einsum("nbhk,bvkn->bnhv", q_by_n, lam)
         else:
             # e[n, k, (u m)] gathered from the table; offsets outside the lc scope hit a zero row
             flat = torch.cat([table.flatten(2), table.new_zeros(self.dim_k, self.dim_u, 1)], dim=2)
             index = self._offsets_index(height, width, th, tw, x.device)
             emb = flat.permute(2, 0, 1).index_select(0, index)  # (n m) k u
             emb = emb.view(n, n, self.dim_k, self.dim_u).permute(0, 2, 3, 1).reshape(n, self.dim_k, self.dim_u * n)
-            y = y + position_term(q, emb, v_cols)
+            y = y + position_term(q_by_n, emb, v_cols)
 
         # (b, n, h, v) is channels-last (b, H, W, C): hand it on as such, no copy
         y = y.reshape(b, height, width, self.dim_out).permute(0, 3, 1, 2)
@@ -204,63 +205,61 @@ class LambdaLayer(nn.Module):
                 f"heads={self.heads}, dim_u={self.dim_u}, impl={self.impl}")
 
 
-def _chunk(batch: int, per_example: int, device: torch.device) -> int:
-    """Examples per chunk so one chunk's q.e map stays cache-sized on CPU (~4 MB) and large on GPU."""
+def _chunk(total: int, per_item: int, device: torch.device) -> int:
+    """Positions per chunk so one chunk's q.e map stays cache-sized on CPU (~4 MB) and large on GPU."""
     budget = 1 << 20 if device.type == "cpu" else 1 << 26
-    return max(1, min(batch, budget // max(per_example, 1)))
+    return max(1, min(total, budget // max(per_item, 1)))
 
 
 class _PositionTerm(torch.autograd.Function):
-    """y[b, n, h, :] = sum_m (q[b, n, h, :] . e[n, :, m]) v[b, m, :], in example chunks.
+    """y[b, n, h, :] = sum_m (q[n, b, h, :] . e[n, :, m]) v[b, m, :], in chunks of query positions.
 
     The q.e map (b x n x h x m, the size of an attention map) is never kept: it is rebuilt chunk by
-    chunk in backward. Memory stays O(inputs), the arithmetic is the dense path's plus one recompute.
-    Shapes: q (b, n, h, k), emb (n, k, M), v_cols (b, M, v) with M = u*m context slots.
+    chunk in backward, so memory stays O(inputs) for one extra q.e product. Chunking over positions
+    (not examples) keeps every matmul wide: the per-position products see all b*h query rows at once.
+    Shapes: q_by_n (n, b, h, k), emb (n, k, M), v_cols (b, M, v) with M = u*m context slots.
     """
 
     @staticmethod
-    def forward(ctx, q, emb, v_cols):
-        b, n, h, k = q.shape
-        step = _chunk(b, n * h * emb.shape[-1], q.device)
-        q_by_n = q.permute(1, 0, 2, 3)  # n b h k (a view)
-        out = q.new_empty(b, n * h, v_cols.shape[-1])
-        for start in range(0, b, step):
-            stop = min(b, start + step)
-            qe = _q_dot_e(q_by_n[:, start:stop], emb)  # (bc, n h, M)
-            torch.bmm(qe, v_cols[start:stop], out=out[start:stop])
-        ctx.save_for_backward(q, emb, v_cols)
+    def forward(ctx, q_by_n, emb, v_cols):
+        n, b, h, _ = q_by_n.shape
+        step = _chunk(n, b * h * emb.shape[-1], q_by_n.device)
+        out = q_by_n.new_empty(b, n, h, v_cols.shape[-1])
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            qe = _q_dot_e(q_by_n[start:stop], emb[start:stop])  # (b, nc h, M)
+            out[:, start:stop] = torch.bmm(qe, v_cols).view(b, stop - start, h, -1)
+        ctx.save_for_backward(q_by_n, emb, v_cols)
         ctx.step = step
-        return out.view(b, n, h, -1)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, emb, v_cols = ctx.saved_tensors
-        b, n, h, k = q.shape
-        grad = grad.reshape(b, n * h, -1)
-        q_by_n = q.permute(1, 0, 2, 3)
-        grad_q = torch.empty_like(q_by_n)  # n b h k
-        grad_emb = torch.zeros_like(emb)
-        grad_v = torch.empty_like(v_cols)
-        for start in range(0, b, ctx.step):
-            stop = min(b, start + ctx.step)
-            bc = stop - start
-            qe = _q_dot_e(q_by_n[:, start:stop], emb)
-            torch.bmm(qe.transpose(1, 2), grad[start:stop], out=grad_v[start:stop])
-            grad_qe = torch.bmm(grad[start:stop], v_cols[start:stop].transpose(1, 2))  # (bc, n h, M)
-            grad_qe = grad_qe.view(bc, n, h, -1).transpose(0, 1).reshape(n, bc * h, -1)  # n (bc h) M
-            q_chunk = q_by_n[:, start:stop].reshape(n, bc * h, k)
-            grad_q[:, start:stop] = torch.bmm(grad_qe, emb.transpose(1, 2)).view(n, bc, h, k)
-            grad_emb += torch.bmm(q_chunk.transpose(1, 2), grad_qe)  # (baddbmm_ splits into per-batch addmm on CPU)
-        return grad_q.permute(1, 0, 2, 3), grad_emb, grad_v
+        q_by_n, emb, v_cols = ctx.saved_tensors
+        n, b, h, k = q_by_n.shape
+        grad_q, grad_emb = torch.empty_like(q_by_n), torch.empty_like(emb)
+        grad_v = torch.zeros_like(v_cols)
+        for start in range(0, n, ctx.step):
+            stop = min(n, start + ctx.step)
+            nc = stop - start
+            q_chunk = q_by_n[start:stop].reshape(nc, b * h, k)
+            qe = _q_dot_e(q_by_n[start:stop], emb[start:stop])
+            g = grad[:, start:stop].reshape(b, nc * h, -1)
+            grad_v += torch.bmm(qe.transpose(1, 2), g)
+            grad_qe = torch.bmm(g, v_cols.transpose(1, 2))  # (b, nc h, M)
+            grad_qe = grad_qe.view(b, nc, h, -1).transpose(0, 1).reshape(nc, b * h, -1)
+            grad_q[start:stop] = torch.bmm(grad_qe, emb[start:stop].transpose(1, 2)).view(nc, b, h, k)
+            grad_emb[start:stop] = torch.bmm(q_chunk.transpose(1, 2), grad_qe)
+        return grad_q, grad_emb, grad_v
 
 
-def _q_dot_e(q_by_n: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """(n, bc, h, k) x (n, k, M) -> (bc, n*h, M): one matmul batched over positions, then one regroup."""
-    n, bc, h, k = q_by_n.shape
-    qe = torch.bmm(q_by_n.reshape(n, bc * h, k), emb)  # n (bc h) M
-    return qe.view(n, bc, h, -1).transpose(0, 1).reshape(bc, n * h, -1)
+def _q_dot_e(q_chunk: torch.Tensor, emb_chunk: torch.Tensor) -> torch.Tensor:
+    """(nc, b, h, k) x (nc, k, M) -> (b, nc*h, M): one matmul batched over positions, then one regroup."""
+    nc, b, h, k = q_chunk.shape
+    qe = torch.bmm(q_chunk.reshape(nc, b * h, k), emb_chunk)  # nc (b h) M
+    return qe.view(nc, b, h, -1).transpose(0, 1).reshape(b, nc * h, -1)
 
 
-def position_term(q: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
-    """sum_m (q_n . e_nm) v_m for all n; see _PositionTerm. q (b,n,h,k), emb (n,k,M), v_cols (b,M,v)."""
-    return _PositionTerm.apply(q, emb, v_cols)
+def position_term(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
+    """sum_m (q_n . e_nm) v_m for every n: q_by_n (n,b,h,k), emb (n,k,M), v_cols (b,M,v) -> (b,n,h,v)."""
+    return _PositionTerm.apply(q_by_n, emb, v_cols)

@@ -141,14 +141,14 @@ def test_position_term_backward_matches_autograd(monkeypatch, chunk):
     """The hand-written backward (which rebuilds q.e chunk by chunk) against torch.autograd.gradcheck."""
     from lambdalib import layers
 
-    monkeypatch.setattr(layers, "_chunk", lambda batch, per_example, device: chunk)
+    monkeypatch.setattr(layers, "_chunk", lambda total, per_item, device: chunk)
     torch.manual_seed(0)
     b, n, h, k, slots, v = 3, 5, 2, 3, 10, 4
-    q = torch.randn(b, n, h, k, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(n, b, h, k, dtype=torch.float64, requires_grad=True)
     emb = torch.randn(n, k, slots, dtype=torch.float64, requires_grad=True)
     v_cols = torch.randn(b, slots, v, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layers.position_term, (q, emb, v_cols))
-    expected = torch.einsum("bnhk,nkm,bmv->bnhv", q, emb, v_cols)
+    expected = torch.einsum("nbhk,nkm,bmv->bnhv", q, emb, v_cols)
     torch.testing.assert_close(layers.position_term(q, emb, v_cols), expected)
 
 
