@@ -1,0 +1,254 @@
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lambdalib import data as D
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette"
+SHARED_ARCHIVE = SHARED / "imagenette2-224.tgz"
+SHARED_MD5 = "33fa28bcc2a9241a07415f68b658bf0c"
+
+
+def need_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not present (the shared data folder beside the repository)")
+    return path
+
+
+def make_two_class_set(folder: Path, per_split=(("train", 3), ("val", 2))) -> Path:
+    """A real-layout Imagenette folder with two classes of small random JPEGs and its CSV."""
+    rng = np.random.default_rng(0)
+    rows = ["path,noisy_labels_0,noisy_labels_1,noisy_labels_5,noisy_labels_25,noisy_labels_50,is_valid"]
+    for split, n in per_split:
+        for wnid, other in ((D.WNIDS[0], D.WNIDS[1]), (D.WNIDS[1], D.WNIDS[0])):
+            (folder / split / wnid).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                rel = f"{split}/{wnid}/{wnid}_{k}.JPEG"
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / rel)
+                noisy50 = other if (k == 0 and split == "train") else wnid
+                rows.append(f"{rel},{wnid},{wnid},{wnid},{wnid},{noisy50},{split == 'val'}")
+    (folder / D.CSV_NAME).write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_archive(tmp_path_factory):
+    """imagenette2-tiny.tgz (top folder imagenette2-tiny/) and its md5."""
+    base = tmp_path_factory.mktemp("tiny")
+    make_two_class_set(base / "imagenette2-tiny")
+    archive = base / "src" / "imagenette2-tiny.tgz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(base / "imagenette2-tiny", arcname="imagenette2-tiny")
+    return archive, D.calculate_md5(archive)
+
+
+@pytest.fixture(scope="session")
+def shared_extract(tmp_path_factory):
+    """The shared 224 px archive, fetched through its file:// URL, verified and extracted once per session."""
+    archive = need_shared(SHARED_ARCHIVE)
+    root = tmp_path_factory.mktemp("downloads")
+    folder = D.prepare_archive(archive.as_uri(), SHARED_MD5, download_root=root)
+    yield root, folder
+    shutil.rmtree(root, ignore_errors=True)  # 280 MB: not worth keeping in pytest's retained tmp dirs
+
+
+# ----------------------------------------------------------------------------- official labels
+
+
+def test_official_counts_and_flip_rates():
+    labels = D.read_labels(need_shared(SHARED / D.CSV_NAME))
+    counts = D.class_table(labels)
+    assert (counts["train"].sum(), counts["val"].sum()) == (9469, 3925)
+    rates = D.noise_table(labels)
+    assert [round(100 * r, 2) for r in rates["train_rate"]] == [0.0, 1.00, 5.01, 25.01, 50.01]
+    assert (rates["val_flipped"] == 0).all()
+
+
+def test_archive_table_is_torchvisions():
+    from torchvision.datasets import Imagenette
+
+    official = {Path(url).stem: (url, md5) for url, md5 in Imagenette._ARCHIVES.values()}
+    assert D.ARCHIVES == official
+
+
+# ----------------------------------------------------------------------------- download / verify / extract
+
+
+def test_shared_archive_through_file_url(shared_extract, monkeypatch):
+    root, folder = shared_extract
+    assert folder == root / "imagenette2-224" and D.check_root(folder) == folder
+    assert D.calculate_md5(root / "imagenette2-224.tgz") == SHARED_MD5
+    # A verified copy is reused: nothing is fetched or extracted again.
+    monkeypatch.setattr(D, "_fetch", lambda *a: pytest.fail("fetched again"))
+    monkeypatch.setattr(D, "_extract", lambda *a: pytest.fail("extracted again"))
+    assert D.resolve_root(SHARED_ARCHIVE.as_uri(), md5=SHARED_MD5, download_root=root) == folder
+
+
+def test_full_set_labels_and_clean_val(shared_extract):
+    _, folder = shared_extract
+    train = D.NoisyImagenette(folder, "train", noise=0.25)
+    assert len(train) == 9469 and round(100 * train.flip_rate, 2) == 25.01
+    val = D.NoisyImagenette(folder, "val", noise=0.5)
+    assert len(val) == 3925 and val.flip_rate == 0.0
+    assert np.array_equal(val.targets, val.clean_targets)
+    image, label = train[0]
+    assert image.shape == (3, 160, 160) and label == train.noisy_targets[0]
+
+
+def test_truncated_archive_is_fetched_again(tiny_archive, tmp_path):
+    archive, md5 = tiny_archive
+    (tmp_path / archive.name).write_bytes(archive.read_bytes()[:100])  # an interrupted download
+    folder = D.prepare_archive(archive.as_uri(), md5, download_root=tmp_path)
+    assert D.calculate_md5(tmp_path / archive.name) == md5
+    assert len(D.NoisyImagenette(folder, "train")) == 6
+
+
+def test_wrong_md5_raises_and_leaves_nothing(tiny_archive, tmp_path):
+    archive, _ = tiny_archive
+    with pytest.raises(D.IntegrityError, match="does not match the expected 0{32}"):
+        D.prepare_archive(archive.as_uri(), "0" * 32, download_root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_says_where_to_place_the_file(tmp_path):
+    url = (tmp_path / "elsewhere" / "imagenette2-160.tgz").as_uri()
+    with pytest.raises(D.DataUnavailableError) as err:
+        D.prepare_archive(url, "0" * 32, download_root=tmp_path / "data")
+    assert url in str(err.value) and str(tmp_path / "data" / "imagenette2-160.tgz") in str(err.value)
+
+
+@pytest.fixture
+def http_server(tiny_archive):
+    """Serves the tiny archive's folder over http on localhost (exercises torchvision's download_url)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tiny_archive[0].parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_download_and_offline_message(tiny_archive, http_server, tmp_path, monkeypatch):
+    archive, md5 = tiny_archive
+    folder = D.prepare_archive(f"{http_server}/{archive.name}", md5, download_root=tmp_path)
+    assert len(D.NoisyImagenette(folder, "val")) == 4
+    # An official name that cannot be fetched: the error names the URL and where to put the file.
+    url = f"{http_server}/imagenette2-160.tgz"  # 404
+    monkeypatch.setitem(D.ARCHIVES, "imagenette2-160", (url, "0" * 32))
+    with pytest.raises(D.DataUnavailableError) as err:
+        D.resolve_root("imagenette2-160", download_root=tmp_path)
+    assert url in str(err.value) and str(tmp_path / "imagenette2-160.tgz") in str(err.value)
+    assert not (tmp_path / "imagenette2-160").exists()
+
+
+def test_local_archive_path_without_md5(tiny_archive, tmp_path):
+    archive, _ = tiny_archive
+    folder = D.resolve_root(str(archive), download_root=tmp_path)
+    assert folder == tmp_path / "imagenette2-tiny"
+    assert D.resolve_root(folder) == folder  # the extracted folder is usable as is
+
+
+# ----------------------------------------------------------------------------- labels, errors
+
+
+def test_unknown_noise_level_errors():
+    with pytest.raises(ValueError, match=r"noise=0.3 .*0.01, 0.05, 0.25, 0.5.*synthetic=True"):
+        D.NoisyImagenette(None, "train", noise=0.3)
+    with pytest.raises(ValueError, match="0.25"):
+        D.NoisyImagenette(None, "train", noise=25)
+    with pytest.raises(ValueError, match="noise=0.2"):
+        D.overview(None, noise_levels=(0.0, 0.2))
+
+
+def test_synthetic_noise_is_seeded_and_recorded():
+    a = D.NoisyImagenette(None, "train", noise=0.3, synthetic=True, seed=1)
+    b = D.NoisyImagenette(None, "train", noise=0.3, synthetic=True, seed=1)
+    c = D.NoisyImagenette(None, "train", noise=0.3, synthetic=True, seed=2)
+    assert np.array_equal(a.noisy_targets, b.noisy_targets)
+    assert not np.array_equal(a.noisy_targets, c.noisy_targets)
+    assert a.flip_rate == round(0.3 * len(a)) / len(a)
+    assert a.flipped.sum() == round(0.3 * len(a))  # a flipped label never equals the clean one
+    assert D.NoisyImagenette(None, "val", noise=0.3, synthetic=True).flip_rate == 0.0
+
+
+def test_layout_errors_say_what_to_do(tmp_path):
+    folder = make_two_class_set(tmp_path / "set")
+    (folder / D.CSV_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match="missing noisy_imagenette.csv.*ships inside every imagenette2"):
+        D.resolve_root(folder)
+    with pytest.raises(FileNotFoundError, match="Did you mean"):
+        D.resolve_root(make_two_class_set(tmp_path / "outer" / "inner").parent)
+    with pytest.raises(FileNotFoundError, match="imagenette2-160"):
+        D.resolve_root(tmp_path / "no-such-thing")
+    gone = make_two_class_set(tmp_path / "gone")
+    (gone / "train" / D.WNIDS[0] / f"{D.WNIDS[0]}_1.JPEG").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 6 train images .* are missing"):
+        D.NoisyImagenette(gone, "train")
+
+
+def test_corrupt_image_is_reported_by_path(tmp_path):
+    folder = make_two_class_set(tmp_path / "set")
+    bad = folder / "train" / D.WNIDS[0] / f"{D.WNIDS[0]}_1.JPEG"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    data = D.NoisyImagenette(folder, "train")
+    index = data.paths.index(str(bad))
+    with pytest.raises(D.CorruptImageError, match=str(bad)):
+        data[index]
+    skipping = D.NoisyImagenette(folder, "train", on_error="skip")
+    with pytest.warns(RuntimeWarning, match=str(bad)):
+        image, label = skipping[index]
+    assert image.shape == (3, 160, 160) and label == skipping.noisy_targets[index + 1]
+    assert skipping.bad_files == {str(bad)}
+
+
+# ----------------------------------------------------------------------------- embedded subset, loader, overview
+
+
+def test_embedded_subset_is_balanced_with_official_noise():
+    train = D.NoisyImagenette(None, "train", noise=0.05)
+    val = D.NoisyImagenette(None, "val")
+    assert set(train.class_counts().values()) == {160} and set(val.class_counts().values()) == {70}
+    assert list(train.class_counts()) == list(D.CLASS_NAMES)
+    assert train.flip_rate == pytest.approx(0.05, abs=0.002)
+    size = sum(f.stat().st_size for f in D.embedded_root().rglob("*") if f.is_file())
+    assert size < 9e6
+    assert train[0][0].shape == (3, 160, 160)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_is_determined_by_seed(workers):
+    data = D.NoisyImagenette(None, "train", noise=0.25, img_size=64)
+
+    def first_batch(seed):
+        return next(iter(D.make_loader(data, batch_size=8, shuffle=True, seed=seed, workers=workers)))
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    (x1, y1), (x2, y2), (x3, _) = first_batch(0), first_batch(0), first_batch(1)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
+    assert torch.equal(torch.rand(1), expected)  # the caller's global RNG is left alone
+
+
+def test_default_workers():
+    assert 1 <= D.default_workers() <= 8
+
+
+def test_overview_and_sample_grid(tmp_path):
+    info = D.overview(None)
+    assert info["classes"]["train"].sum() == 1600 and info["classes"].loc[D.WNIDS[0], "name"] == "tench"
+    assert info["noise"].loc[0.25, "train_rate"] == pytest.approx(0.25, abs=0.002)
+    target = tmp_path / "fig" / "samples.png"
+    fig = D.plot_samples(None, noise=0.5, n=4, path=target)
+    assert target.stat().st_size > 0 and len(fig.axes) == 4
