@@ -102,6 +102,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from . import attention
+
+    target = int(args.target) if args.target and args.target.isdigit() else args.target
+    result = attention.attention_figure(args.models, image=args.image, method=args.method, out=args.out,
+                                        allow_random=args.allow_random, target=target)
+    if result is None:
+        return 1
+    print(result.caption)
+    print(f"figure: {result.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -153,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results")
         p.add_argument("--workers", type=int)
         p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("attention", help="FullGrad (or another CAM) maps of timm models and our checkpoints",
+                       description="The report's figure 7: one map per model on a dog-and-cat image. Models are timm "
+                                   "names (pretrained weights needed), report labels, run folders or best.pt files.")
+    p.add_argument("models", nargs="*", help="default: resnet18 resnet50 lambda_resnet26t lambda_resnet50ts")
+    p.add_argument("--image", help="image path (default: data/images/both.png)")
+    p.add_argument("--method", default="fullgrad", help="fullgrad, gradcam, gradcam++, scorecam, ...")
+    p.add_argument("--target", help="class index or name (default: each model's top prediction)")
+    p.add_argument("--out", help="figure path (default: results/figures/attention_<method>.png)")
+    p.add_argument("--allow-random", action="store_true",
+                   help="show models without weights, titled 'random init (no weights available)'")
+    p.set_defaults(func=_cmd_attention)
 
     p = sub.add_parser("report", help="rebuild results/ tables, figures and README from the run records")
     p.add_argument("--results", help="results folder (default: the repository's results/)")

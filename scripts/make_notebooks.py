@@ -1,4 +1,4 @@
-"""Write notebooks/01-04 and 06 (05_fullgrad is hand-written): thin cells over lambdalib, no outputs.
+"""Write notebooks/01-06: thin cells over lambdalib, committed without outputs.
 
 The set-up cell and the parameter names are shared, so they are generated here in one place:
     python scripts/make_notebooks.py
@@ -111,6 +111,37 @@ def data_notebook():
     ])
 
 
+def fullgrad_notebook():
+    return notebook([
+        new_markdown_cell(
+            "# FullGrad attention maps (the report's figure 7)\n\n"
+            "FullGrad maps of timm's pretrained `resnet18`, `resnet50`, `lambda_resnet26t` and `lambda_resnet50ts` "
+            "(and of our own run records) on an image with a dog and a cat, each explaining the model's top "
+            "prediction.\n\nUnlike the report's figure, every bias-carrying conv/norm layer enters each map: "
+            "pytorch-grad-cam's FullGrad matches layer types exactly and so skipped timm's `BatchNormAct2d` (34 of "
+            "40 bias layers of `lambda_resnet26t`, 60 of 70 of `lambda_resnet50ts`). The caption says what was "
+            "counted per model.\n\nWithout access to huggingface.co (and no local copy of the weights) the "
+            "pretrained models are left out with a warning; the figure then shows our run records "
+            "(`results/runs/*/best.pt`) if there are any."),
+        new_code_cell(SETUP),
+        parameters_cell(
+            'models = ["resnet18", "resnet50", "lambda_resnet26t", "lambda_resnet50ts"]  # timm names, pretrained\n'
+            "checkpoints = []      # our run folders results/runs/ID or their best.pt\n"
+            "image = None          # None: data/images/both.png, shipped with the repository\n"
+            'method = "fullgrad"   # or "gradcam", "gradcam++", "scorecam", "fullgradstock"\n'
+            "target = None         # None: the top-1 class of each model; else a class index or name\n"
+            "allow_random = False  # True: show models without weights, titled as random init\n"
+            "out = None            # None: results/figures/attention_METHOD.png"),
+        new_code_cell(
+            "from IPython.display import Image, display\nfrom lambdalib import attention\n\n"
+            "result = attention.attention_figure(models + checkpoints, image=image, method=method, out=out,\n"
+            "                                    allow_random=allow_random, target=target)\n"
+            "if result is not None:\n"
+            '    print(result.caption, f"\\n\\nsaved: {result.path}")\n'
+            "    display(Image(filename=str(result.path), width=1000))"),
+    ])
+
+
 def report_notebook():
     return notebook([
         new_markdown_cell("# The report, regenerated from run records\n\nEvery table and figure below is "
@@ -128,7 +159,8 @@ def report_notebook():
 
 def main() -> None:
     NOTEBOOKS.mkdir(exist_ok=True)
-    written = {"01_data.ipynb": data_notebook(), "06_report.ipynb": report_notebook()}
+    written = {"01_data.ipynb": data_notebook(), "05_fullgrad.ipynb": fullgrad_notebook(),
+               "06_report.ipynb": report_notebook()}
     written.update({name: family_notebook(*spec) for name, spec in FAMILIES.items()})
     for name, nb in sorted(written.items()):
         nbformat.validate(nb)
