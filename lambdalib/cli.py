@@ -97,7 +97,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from . import report
 
-    readme = report.build(args.results)
+    readme = report.build(args.results or None, out=args.out or None, quiet=args.quiet)
     print(f"report: {readme}")
     return 0
 
@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_attention)
 
     p = sub.add_parser("report", help="rebuild results/ tables, figures and README from the run records")
-    p.add_argument("--results", help="results folder (default: the repository's results/)")
+    p.add_argument("--results", help="results folder holding runs/ (default: the repository's results/)")
+    p.add_argument("--out", help="where README.md, tables/ and figures/ go (default: the results folder)")
+    p.add_argument("--quiet", action="store_true", help="do not list every file written")
     p.set_defaults(func=_cmd_report)
     return parser
 

@@ -237,9 +237,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dis
 
 
 def summarize(history: list[dict], status: str, diverged_at: int | None, extra: dict) -> dict:
-    """The summary.json fields derived from a history."""
+    """The summary.json fields derived from a history; bests come from the epochs before any divergence."""
+    good = [r for r in history if r["epoch"] != diverged_at]
+
     def best(column: str, pick=min) -> tuple[float | None, int | None]:
-        rows = [r for r in history if math.isfinite(r[column])]
+        rows = [r for r in good if math.isfinite(r[column])]
         if not rows:
             return None, None
         row = pick(rows, key=lambda r: r[column])

@@ -93,7 +93,7 @@ def family_notebook(position, title, blurb):
                           "run is not trained again."),
         new_code_cell("run_dir = train.run(config)\ntrain.load_summary(run_dir)"),
         new_markdown_cell("## Loss curves"),
-        new_code_cell("report.plot_run(run_dir);"),
+        new_code_cell("from IPython.display import Image\n\nImage(filename=str(report.plot_run(run_dir)))"),
     ])
 
 

@@ -75,9 +75,10 @@ def test_bad_parameters_fail_early_with_a_clear_message(tmp_path, params, messag
     assert done.returncode != 0
     assert message in done.stderr
     executed = json.loads((tmp_path / "out.ipynb").read_text())
-    failed = [i for i, c in enumerate(executed["cells"]) if any(o.get("output_type") == "error"
-                                                                 for o in c.get("outputs", []))]
-    assert failed and failed[0] <= 5  # the configuration cell, before any training
+    failed = [c for c in executed["cells"] if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failed) == 1 and "RunConfig.from_params" in "".join(failed[0]["source"])  # the configuration cell
+    training = next(c for c in executed["cells"] if "train.run(config)" in "".join(c["source"]))
+    assert training.get("execution_count") is None  # nothing after it ran
     assert not (tmp_path / "runs").exists()
 
 
@@ -87,10 +88,15 @@ def test_data_and_report_notebooks(tiny_imagenette, tmp_path):
     config = RunConfig.from_params(model="R18", noise=0.25, data=str(tiny_imagenette), results=str(tmp_path), **TINY)
     from lambdalib.train import run
 
-    run(config, progress=False)
+    run_dir = run(config, progress=False)
     done = papermill_cli("06_report.ipynb", tmp_path / "06.ipynb", "-p", "results", tmp_path, cwd=NOTEBOOKS)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "README.md").exists()
+    # FullGrad on our checkpoint (offline: no pretrained weights are asked for)
+    papermill.execute_notebook(str(NOTEBOOKS / "05_fullgrad.ipynb"), str(tmp_path / "05.ipynb"), kernel_name="python3",
+                               parameters=dict(models=[], checkpoints=[str(run_dir)], out=str(tmp_path / "att.png")),
+                               cwd=str(NOTEBOOKS), progress_bar=False)
+    assert (tmp_path / "att.png").stat().st_size > 10_000
 
 
 def test_sweep_through_notebooks_then_rerun_does_nothing(tiny_imagenette, tmp_path):
