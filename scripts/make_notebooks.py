@@ -68,6 +68,8 @@ FAMILIES = {
 
 def notebook(cells) -> nbformat.NotebookNode:
     nb = new_notebook(cells=cells)
+    for index, cell in enumerate(nb.cells):  # stable ids: regenerating gives the same files
+        cell["id"] = f"cell-{index}"
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
