@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
             if name == "reproduce" else "the main job on the embedded data: `reproduce --quick`",
             description="Runs every (model, noise, seed) of the grid that has no finished record (through the "
                         "numbered notebooks with papermill, or in-process with --inline / --quick), then "
-                        "rebuilds the report. --quick: all ten models, every noise level, 2 epochs at 64 px on "
-                        "the embedded data (minutes on a laptop CPU; a smoke test, not results).",
+                        "rebuilds the report. --quick: all ten models, every noise level, 3 epochs at 64 px on "
+                        "24/16 images per class of the embedded data (minutes on a laptop CPU; a smoke test, not results).",
         )
         p.add_argument("--quick", action="store_true", default=quick_default)
         p.add_argument("--inline", action="store_true", help="train in this process, not through the notebooks")

@@ -43,7 +43,7 @@ class RunConfig:
     t_mult: int = 2
     eta_min: float = 0.0
     grad_clip: float = 0.0  # max total grad norm; 0 = off
-    diverge_factor: float = 10.0  # a train/val loss above factor x ln(classes) (23 for 10) = diverged
+    diverge_factor: float = 10.0  # train loss > factor x ln(classes), or val loss > factor x its start: diverged
     seed: int = 0
     data: str = "embedded"  # "embedded", "imagenette2-160" / "-320" / "imagenette2", a folder or an archive
     train_per_class: int = 0  # use only the first N training images of each class (0 = all); for smoke runs

@@ -597,8 +597,9 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         "transcribed from the report (its Table 3 repeats Table 5, so the L3 rpe numbers are missing).\n",
         "## Provenance\n", _provenance(all_runs) if not all_runs.empty else f"_{NO_RUNS}_\n",
         "Tables: mean ± sample std over the runs (seeds) of a cell when it has several; training time is the sum "
-        "of epoch times; a run diverges when a loss is non-finite or above `diverge_factor` × ln(classes), and "
-        "its best values are those up to that epoch. Full-precision CSVs are in `tables/`.\n",
+        "of epoch times; a run diverges when a loss is non-finite, its train loss exceeds `diverge_factor` × "
+        "ln(classes) or its val loss `diverge_factor` × its first epoch's (the reason is in its summary.json), "
+        "and its best values are those of the epochs before. Full-precision CSVs are in `tables/`.\n",
     ]
     for setup in setups:
         readme.append("## Results\n" if setup is PLACEHOLDER else f"## Set-up: {setup['setup_label']}\n")

@@ -27,8 +27,8 @@ REPORT_NOTEBOOK = "06_report.ipynb"
 
 # the --quick profile: every model and noise level, so every table and figure has its rows, at a size
 # that runs in minutes on a 2-core CPU (numbers are a smoke test, not results)
-QUICK = dict(epochs=3, img_size=64, batch_size=32, preset="fast", data="embedded", train_per_class=32,
-             val_per_class=20)
+QUICK = dict(epochs=3, img_size=64, batch_size=32, preset="fast", data="embedded", train_per_class=24,
+             val_per_class=16)
 
 
 @dataclass

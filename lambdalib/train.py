@@ -13,8 +13,9 @@ reseeds all RNGs from (seed, epoch, rank) and the loader order from (seed, epoch
 and resumed run computes exactly what an uninterrupted one does (tested on CPU). Ctrl-C keeps the
 last finished epoch, marks the record "interrupted" and exits; at most one epoch's work is lost.
 
-Divergence: a non-finite loss, or an epoch's train or val loss above diverge_factor x ln(classes) (the
-loss an untrained net starts from), ends the run as "diverged at epoch N"; last.pt stays at epoch N-1.
+Divergence (see `divergence`): a non-finite loss, a train loss above diverge_factor x ln(classes), or
+a val loss above diverge_factor x its start, ends the run as "diverged at epoch N" (summary.json says
+why); last.pt stays at epoch N-1.
 """
 from __future__ import annotations
 
@@ -236,6 +237,25 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dis
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
+def divergence(row: dict, history: list[dict], factor: float, classes: int) -> str:
+    """Why this epoch counts as diverged ("" if it does not).
+
+    An untrained net's loss is about ln(classes). A train loss far above that has exploded. The val
+    loss is compared with its own start (the first epoch's, at least ln(classes)): early in training
+    BatchNorm's running statistics can put a val loss at 10-1000 while training is healthy, and that
+    is the start a later explosion (the report's 71622.614) must be measured against.
+    """
+    if not row["finite"]:
+        return "non-finite loss"
+    chance = math.log(classes)
+    if row["train_loss"] > factor * chance:
+        return f"train loss {row['train_loss']:.4g} > {factor:g} x ln({classes})"
+    start = max(history[0]["val_loss"] if history else row["val_loss"], chance)
+    if row["val_loss"] > factor * start:
+        return f"val loss {row['val_loss']:.4g} > {factor:g} x its start {start:.4g}"
+    return ""
+
+
 def summarize(history: list[dict], status: str, diverged_at: int | None, extra: dict) -> dict:
     """The summary.json fields derived from a history; bests come from the epochs before any divergence."""
     good = [r for r in history if r["epoch"] != diverged_at]
@@ -394,13 +414,12 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
                        grad_norm_max=stats["grad_norm_max"], epoch_time_s=time.perf_counter() - start,
                        train_images_per_s=stats["images"] / train_time if train_time > 0 else math.nan,
                        finite=stats["finite"] and math.isfinite(val_loss))
-            # an untrained net starts near ln(classes); far above that, a loss has exploded
-            limit = config.diverge_factor * math.log(len(train_set.classes))
-            if not row["finite"] or max(val_loss, row["train_loss"]) > limit:
+            reason = divergence(row, history, config.diverge_factor, len(train_set.classes))
+            if reason:
                 status, diverged_at = "diverged", epoch
+                extra["diverged_reason"] = reason
                 write_record(status, diverged_at, history + [row])  # shown, but last.pt stays at epoch-1
-                say(f"diverged at epoch {epoch} (train loss {row['train_loss']:.4g}, val loss {val_loss:.4g}); "
-                    f"last good checkpoint: epoch {epoch - 1}")
+                say(f"diverged at epoch {epoch}: {reason}; last good checkpoint: epoch {epoch - 1}")
                 break
             history.append(row)
             scheduler.step()

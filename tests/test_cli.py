@@ -19,3 +19,23 @@ def test_models_table(capsys):
 def test_console_script_runs():
     done = subprocess.run([sys.executable, "-m", "lambdalib.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "lambdalib" in done.stdout
+
+
+def test_train_command_writes_a_record_and_rejects_bad_values(tiny_imagenette, tmp_path, capsys):
+    args = ["train", "--model", "LR18_L3(rpe)", "--noise", "0.05", "--data", str(tiny_imagenette), "--results",
+            str(tmp_path), "--epochs", "1", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "LR18_L3(rpe): complete" in out and f"run record: {tmp_path}" in out
+    assert main(args[:3] + ["--noise", "0.3"]) == 2
+    assert "noise=0.3" in capsys.readouterr().err
+    assert main(["train", "--model", "LR99"]) == 2
+    assert "Unknown model 'LR99'" in capsys.readouterr().err
+
+
+def test_attention_command_offline_says_what_is_missing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LAMBDALIB_HOME", str(tmp_path))  # no run records to fall back on
+    assert main(["attention", "resnet18", "--out", str(tmp_path / "a.png")]) == 1
+    assert "Nothing to show" in capsys.readouterr().out
+    assert not (tmp_path / "a.png").exists()
