@@ -54,9 +54,10 @@ class RunConfig:
     amp: str = "auto"  # "auto" (on for CUDA: bf16 where supported, else fp16 + grad scaler), "off", "bf16", "fp16"
     channels_last: str = "auto"  # "auto" (on for CUDA), "on", "off"
     run_name: str = ""  # "" = derived from the fields that define the experiment
+    checkpoints: str = "best"  # "best": best.pt (+ last.pt until complete); "best+last"; "none": last.pt until complete
 
     # fields that may differ when a run is resumed (they do not change what is computed on CPU)
-    RESUMABLE_CHANGES = ("workers", "results", "run_name", "device")
+    RESUMABLE_CHANGES = ("workers", "results", "run_name", "device", "checkpoints")
 
     @classmethod
     def from_params(cls, **params: Any) -> "RunConfig":
@@ -106,6 +107,8 @@ class RunConfig:
             raise bad("channels_last", "expected 'auto', 'on' or 'off'")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise bad("device", "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        if self.checkpoints not in ("best", "best+last", "none"):
+            raise bad("checkpoints", "expected 'best', 'best+last' or 'none'")
         if self.preset not in PRESETS:
             raise bad("preset", f"expected one of {sorted(PRESETS)}")
 

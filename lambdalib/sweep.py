@@ -28,7 +28,7 @@ REPORT_NOTEBOOK = "06_report.ipynb"
 # the --quick profile: every model and noise level, so every table and figure has its rows, at a size
 # that runs in minutes on a 2-core CPU (numbers are a smoke test, not results)
 QUICK = dict(epochs=3, img_size=64, batch_size=32, preset="fast", data="embedded", train_per_class=24,
-             val_per_class=16)
+             val_per_class=16, checkpoints="none")  # 40 checkpoints would be ~2-3 GB for a smoke test
 
 
 @dataclass
@@ -45,7 +45,8 @@ class Grid:
 
 # RunConfig fields that the family notebooks take as papermill parameters (besides depth and stage)
 NOTEBOOK_FIELDS = ("noise", "synthetic_noise", "epochs", "img_size", "batch_size", "preset", "lr", "seed",
-                   "data", "train_per_class", "val_per_class", "results", "workers", "device", "amp", "grad_clip")
+                   "data", "train_per_class", "val_per_class", "results", "workers", "device", "amp", "grad_clip",
+                   "checkpoints")
 
 
 def notebook_parameters(config: RunConfig) -> dict[str, Any]:

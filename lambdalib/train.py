@@ -4,8 +4,9 @@ Run record (results/runs/<run_id>/):
     config.json    the RunConfig
     history.csv    one row per epoch (HISTORY_COLUMNS)
     summary.json   status, best losses/accuracy and their epochs, times, params, FLOPs, environment
-    last.pt        model, optimizer, scheduler, grad-scaler and history after the last good epoch
-    best.pt        model weights at the best validation loss
+    last.pt        model, optimizer, scheduler, grad-scaler and history after the last good epoch; kept
+                   once the run is complete only with checkpoints="best+last" (a finished run never resumes)
+    best.pt        model weights at the best validation loss (not with checkpoints="none")
 
 Every file is written to a temporary name and renamed, so a crash never leaves half a record. Resume
 is at epoch granularity: re-running the same config continues after the last saved epoch. Every epoch
@@ -428,7 +429,7 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
                              scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), history=history,
                              config=config.to_dict())
                 atomic_torch_save(state, last)
-                if val_loss <= min(r["val_loss"] for r in history):
+                if config.checkpoints != "none" and val_loss <= min(r["val_loss"] for r in history):
                     atomic_torch_save(dict(model=model.state_dict(), epoch=epoch, config=config.to_dict(),
                                            classes=list(train_set.classes)), run_dir / "best.pt")
             write_record("running", None, history)
@@ -439,6 +440,8 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
         else:
             status = "complete"
             write_record(status, None, history)
+            if dist.is_main and config.checkpoints != "best+last":
+                last.unlink(missing_ok=True)  # only needed to resume, and a finished run never resumes
     except KeyboardInterrupt:
         write_record("interrupted", None, history)
         say(f"\ninterrupted: {run_dir} keeps epochs 1-{len(history)}; run the same command again to resume")

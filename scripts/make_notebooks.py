@@ -40,7 +40,8 @@ results = ""           # empty: results/ of this repository
 workers = -1           # data loader workers, -1: automatic
 device = "auto"
 amp = "auto"
-grad_clip = 0.0'''
+grad_clip = 0.0
+checkpoints = "best"   # "best", "best+last" or "none"'''
 
 CONFIG_CELL = """\
 from lambdalib import report, train
@@ -51,7 +52,8 @@ config = RunConfig.from_params(
     model={label}, noise=noise, synthetic_noise=synthetic_noise,
     epochs=epochs, img_size=img_size, batch_size=batch_size, preset=preset, lr=lr, seed=seed,
     data=data, train_per_class=train_per_class, val_per_class=val_per_class,
-    results=results, workers=workers, device=device, amp=amp, grad_clip=grad_clip)
+    results=results, workers=workers, device=device, amp=amp, grad_clip=grad_clip,
+    checkpoints=checkpoints)
 print(config.run_id)
 config"""
 

@@ -185,7 +185,8 @@ def test_map_shape_range_and_target(patch_net, tmp_path):
 def run_home(tiny_imagenette, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     config = RunConfig.from_params(model="LR18_L3(lc)", data=str(tiny_imagenette), results=str(home / "results"),
-                                   epochs=1, img_size=32, batch_size=8, workers=0, preset="fast")
+                                   epochs=1, img_size=32, batch_size=8, workers=0, preset="fast",
+                                   checkpoints="best+last")
     run_dir = run(config, progress=False)
     assert (run_dir / "best.pt").is_file()
     return home, run_dir

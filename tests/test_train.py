@@ -50,6 +50,9 @@ def test_same_seed_same_history_and_complete_record(tiny_imagenette, tmp_path):
     assert history_a[0]["lr"] == 1e-3 and history_a[1]["lr"] < history_a[0]["lr"]
     assert all(r["finite"] and r["grad_norm_max"] >= r["grad_norm_mean"] > 0 for r in history_a)
     assert not list(a.glob("*.tmp"))
+    assert (a / "best.pt").exists() and not (a / "last.pt").exists()  # a complete run never resumes
+    none = run(tiny_config(tiny_imagenette, tmp_path / "c", epochs=1, checkpoints="none"), progress=False)
+    assert not list(none.glob("*.pt"))
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_imagenette, tmp_path):
@@ -95,7 +98,8 @@ def test_ddp_two_processes_on_cpu(tiny_imagenette, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "lambdalib.cli", "train",
            "--model", "R18", "--data", str(tiny_imagenette), "--results", str(tmp_path), "--epochs", "2",
-           "--img-size", "32", "--batch-size", "8", "--workers", "0", "--preset", "fast", "--no-progress"]
+           "--img-size", "32", "--batch-size", "8", "--workers", "0", "--preset", "fast", "--no-progress",
+           "--checkpoints", "best+last"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
