@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     summary = load_summary(run_dir) or {}
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
         print(f"{summary.get('label')}: {summary.get('status')}"
               + (f" at epoch {summary['diverged_at']}" if summary.get("diverged_at") else "")
               + f"; best val loss {summary.get('best_val_loss')}, best val acc {summary.get('best_val_acc')}")

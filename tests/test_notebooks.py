@@ -1,5 +1,6 @@
 """The notebooks as a user runs them: papermill from notebooks/ and from the repository root."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,7 @@ def test_from_the_root_results_land_in_the_repository(tiny_imagenette, tmp_path,
             "-p", "data", tiny_imagenette, *[x for k, v in TINY.items() for x in ("-p", k, v)]]
     exe = Path(sys.executable).with_name("papermill")
     done = subprocess.run([str(exe), *map(str, args), "-k", "python3"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**__import__("os").environ, "LAMBDALIB_HOME": str(home)})
+                          timeout=600, env={**os.environ, "LAMBDALIB_HOME": str(home)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert [p.name.split("_")[0] for p in (home / "results" / "runs").iterdir()] == ["LR18-L3-lc"]
 
