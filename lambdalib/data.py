@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 from torchvision.datasets.utils import calculate_md5, check_integrity, download_url, extract_archive
 
@@ -67,8 +68,6 @@ CSV_COLUMNS = ("path", "noisy_labels_0", "noisy_labels_1", "noisy_labels_5", "no
                "is_valid")
 EMBEDDED_NAME = "imagenette-mini"
 SPLITS = ("train", "val")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MARKER = ".lambdalib-verified.json"  # written into an extracted folder once its archive passed md5
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -375,13 +374,13 @@ def class_table(labels: pd.DataFrame) -> pd.DataFrame:
 def train_transform(img_size: int = 160) -> Callable:
     """RandomResizedCrop + horizontal flip + ToTensor + ImageNet normalisation."""
     return T.Compose([T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                      T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
 
 
 def val_transform(img_size: int = 160) -> Callable:
     """Resize(img_size / 0.875) + CenterCrop + ToTensor + ImageNet normalisation."""
     return T.Compose([T.Resize(round(img_size / 0.875)), T.CenterCrop(img_size), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                      T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
 
 
 def _open_rgb(path: str) -> Image.Image:

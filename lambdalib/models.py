@@ -18,13 +18,12 @@ from dataclasses import dataclass
 import timm
 import torch
 import torchvision
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 from torch import nn
 
 from .layers import LambdaLayer
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMG_SIZE = 160
 
 
@@ -150,7 +149,7 @@ def build_resnet(
         net.lambda_site = f"layer{lambda_stage}.{block_index}.{lambda_conv} ({position}, {side}x{side} map)"
     # what timm.data.resolve_data_config and timm tooling read
     net.pretrained_cfg = net.default_cfg = dict(
-        num_classes=num_classes, input_size=(in_chans, img_size, img_size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        num_classes=num_classes, input_size=(in_chans, img_size, img_size), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         interpolation="bilinear", crop_pct=0.875, first_conv="conv1", classifier="fc",
     )
     return net
