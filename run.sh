@@ -10,16 +10,18 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${LAMBDALIB_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
 
 setup() {
-  if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
-    if [ ! -x .venv/bin/python ]; then
-      "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-        || { echo "lambdalib needs Python >= 3.10 (set PYTHON=python3.x)" >&2; exit 1; }
+  # an activated venv or conda env is used as it is (conda's auto-activated base is not one)
+  if [ -z "${VIRTUAL_ENV:-}" ] && { [ -z "${CONDA_PREFIX:-}" ] || [ "${CONDA_DEFAULT_ENV:-}" = base ]; }; then
+    if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # missing or half-created
+      rm -rf .venv
       echo "[setup] creating .venv"
-      "$PYTHON" -m venv .venv
+      "$PYTHON" -m venv .venv || { rm -rf .venv; echo "could not create .venv: install python3-venv" >&2; exit 1; }
     fi
     # shellcheck disable=SC1091
     . .venv/bin/activate
   fi
+  python -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || { echo "lambdalib needs Python >= 3.10 (set PYTHON=python3.x)" >&2; exit 1; }
   if ! python -c 'import torch, torchvision' 2>/dev/null; then
     echo "[setup] installing $TORCH_SPEC"
     # shellcheck disable=SC2086
@@ -45,7 +47,7 @@ case "$cmd" in
   setup) setup ;;
   demo)
     setup
-    lambdalib demo "$@"
+    python -m lambdalib.cli demo "$@"
     ;;
   test)
     setup

@@ -51,6 +51,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = run(config, progress=not args.no_progress)
     except KeyboardInterrupt:
         return 130
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_initialized():  # under torchrun
+            torch.distributed.destroy_process_group()
     summary = load_summary(run_dir) or {}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
         print(f"{summary.get('label')}: {summary.get('status')}"

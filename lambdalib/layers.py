@@ -261,5 +261,10 @@ def _q_dot_e(q_chunk: torch.Tensor, emb_chunk: torch.Tensor) -> torch.Tensor:
 
 
 def position_term(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
-    """sum_m (q_n . e_nm) v_m for every n: q_by_n (n,b,h,k), emb (n,k,M), v_cols (b,M,v) -> (b,n,h,v)."""
-    return _PositionTerm.apply(q_by_n, emb, v_cols)
+    """sum_m (q_n . e_nm) v_m for every n: q_by_n (n,b,h,k), emb (n,k,M), v_cols (b,M,v) -> (b,n,h,v).
+
+    Under autocast q and v arrive in half precision while the table stays fp32; the Function's backward
+    runs outside autocast, so all three are brought to one dtype here (autograd casts the grads back).
+    """
+    dtype = q_by_n.dtype
+    return _PositionTerm.apply(q_by_n, emb.to(dtype), v_cols.to(dtype))

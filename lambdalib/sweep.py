@@ -50,9 +50,20 @@ NOTEBOOK_FIELDS = ("noise", "synthetic_noise", "epochs", "img_size", "batch_size
 
 
 def notebook_parameters(config: RunConfig) -> dict[str, Any]:
-    """The papermill parameters that make a family notebook train exactly `config`."""
+    """The papermill parameters that make a family notebook train exactly `config`.
+
+    Paths become absolute (the notebook runs in notebooks/); a field the notebooks do not take must be
+    at its default, or the notebook would silently train something else (use inline=True for those).
+    """
+    untaken = {f: v for f, v in config.to_dict().items() if f not in NOTEBOOK_FIELDS and f not in ("model", "run_name")
+               and v != getattr(RunConfig, f)}
+    if untaken:
+        raise ValueError(f"the notebooks do not take {sorted(untaken)}; run this grid inline (--inline)")
     spec = SPECS[resolve_name(config.model)]
     params = {name: getattr(config, name) for name in NOTEBOOK_FIELDS}
+    params["results"] = str(config.results_dir().resolve())
+    if Path(config.data).expanduser().exists():
+        params["data"] = str(Path(config.data).expanduser().resolve())
     params["depth"] = spec.depth
     if spec.stage is not None:
         params["stage"] = spec.stage

@@ -162,9 +162,10 @@ def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
         return None
     if config.amp == "fp16":
         return torch.float16
-    if config.amp == "bf16" or torch.cuda.is_bf16_supported():
+    # native bf16 from Ampere (8.x) on; is_bf16_supported() also says yes to emulated bf16 on T4/P100
+    if config.amp == "bf16" or torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
-    return torch.float16  # P100 / T4: fp16 with a grad scaler
+    return torch.float16  # P100 / T4 / V100: fp16 with a grad scaler
 
 
 def _adam(model: nn.Module, config: RunConfig) -> torch.optim.Adam:
@@ -208,7 +209,9 @@ def _train_one_epoch(model, loader, optimizer, scaler, amp_dtype, config, device
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        if math.isfinite(norm):  # fp16: an overflowing step is skipped by the scaler, not a divergence
+            norms.append(norm)
         scaler.step(optimizer)
         scaler.update()
         loss_sum += float(loss.detach()) * len(labels)
@@ -336,7 +339,11 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
         return run_dir
 
     # data: official noisy labels for training, clean labels for validation
+    if dist.enabled and not dist.is_main:
+        torch_dist.barrier()  # rank 0 downloads/extracts first; the others then find the verified copy
     root = data_lib.resolve_root(config.data)
+    if dist.enabled and dist.is_main:
+        torch_dist.barrier()
     train_set = data_lib.NoisyImagenette(root, "train", noise=config.noise, synthetic=config.synthetic_noise,
                                          seed=config.seed, transform=data_lib.train_transform(config.img_size))
     val_set = data_lib.NoisyImagenette(root, "val", transform=data_lib.val_transform(config.img_size))
@@ -349,7 +356,8 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
 
     # model, optimizer, schedule
     seed_everything(config.seed)
-    model = models.create(config.model, num_classes=len(train_set.classes), img_size=config.img_size)
+    size = {"img_size": config.img_size} if models.resolve_name(config.model) in models.SPECS else {}
+    model = models.create(config.model, num_classes=len(train_set.classes), **size)
     params = sum(p.numel() for p in model.parameters())
     gflops = models.count_flops(model, config.img_size) / 1e9
     model.to(device)
@@ -368,7 +376,8 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and scaler.is_enabled():  # a disabled scaler saved {}: nothing to restore
+            scaler.load_state_dict(state["scaler"])
         history = state["history"]
         say(f"resuming {run_dir.name} after epoch {len(history)}")
     net = model
@@ -416,7 +425,7 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
             if dist.enabled:  # evaluate and save with rank 0's BN statistics on every rank
                 for buffer in model.buffers():
                     torch_dist.broadcast(buffer, 0)
-            val_loss, val_acc = (evaluate(net, val_loader, device, amp_dtype, dist, channels_last)
+            val_loss, val_acc = (evaluate(model, val_loader, device, amp_dtype, dist, channels_last)
                                  if stats["finite"] else (math.nan, math.nan))
             row = dict(epoch=epoch, lr=lr, train_loss=stats["train_loss"], train_acc=stats["train_acc"],
                        val_loss=val_loss, val_acc=val_acc, grad_norm_mean=stats["grad_norm_mean"],
@@ -436,10 +445,11 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
                 state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                              scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), history=history,
                              config=config.to_dict())
-                atomic_torch_save(state, last)
+                # best.pt before last.pt: a crash in between repeats this epoch on resume and rewrites both
                 if config.checkpoints != "none" and val_loss <= min(r["val_loss"] for r in history):
                     atomic_torch_save(dict(model=model.state_dict(), epoch=epoch, config=config.to_dict(),
                                            classes=list(train_set.classes)), run_dir / "best.pt")
+                atomic_torch_save(state, last)
             write_record("running", None, history)
             if dist.enabled:
                 torch_dist.barrier()

@@ -81,3 +81,17 @@ def test_summary_table_counts_flops():
     rows = {r["label"]: r for r in models.summary_table(img_size=64)}
     assert len(rows) == 10
     assert rows["R18"]["gflops"] > rows["LR18_L3(rpe)"]["gflops"] > 0
+
+
+@pytest.mark.parametrize("name", ["LR18_L2(rpe)", "LR18_L2(lc)", "LR18_L3(lc)"])
+def test_training_step_under_autocast(name):
+    """Mixed precision as train.py runs it on a GPU (bf16 autocast, backward outside), here on the CPU."""
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=10, img_size=64)
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    loss.backward()
+    layer = next(m for m in model.modules() if isinstance(m, LambdaLayer))
+    assert layer.pos_emb.grad is not None and layer.pos_emb.grad.dtype == torch.float32
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -155,3 +155,9 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_imagenette, tm
     assert history[0]["finite"] and not history[1]["finite"]
     assert len(torch.load(run_dir / "last.pt", weights_only=True)["history"]) == 1
     assert torch.load(run_dir / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_timm_model_name_trains_too(tiny_imagenette, tmp_path):
+    run_dir = run(tiny_config(tiny_imagenette, tmp_path, model="resnet10t", epochs=1), progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["label"] == "resnet10t"
