@@ -18,7 +18,8 @@ if importlib.util.find_spec("lambdalib") is None:
     target = os.path.abspath("..")  # a clone, opened from notebooks/
     if not os.path.exists(os.path.join(target, "pyproject.toml")):
         target = os.path.abspath("lambdalib")
-        if not os.path.isdir(target) and subprocess.run(["git", "clone", "-q", REPO_URL, target]).returncode:
+        if not os.path.isdir(target) and subprocess.run(["git", "clone", "-q", REPO_URL, target],
+                                                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}).returncode:
             raise RuntimeError(f"could not clone {REPO_URL}: set REPO_URL above to your lambdalib repository")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", target], check=True)
     sys.path.insert(0, target)  # this kernel started before the install
