@@ -68,6 +68,50 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class RunBusyError(ValueError):
+    """Another live process on this machine is training the same run folder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def acquire_run_lock(run_dir: Path) -> Path:
+    """One trainer per run folder: two processes on the same run would interleave their writes.
+
+    The lock file names its owner (pid, host). A lock whose owner is dead, is this process, or sits on
+    another host (a lost Colab session's, on a shared drive) is taken over, with a note for the latter.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock, host = run_dir / ".lock", platform.node()
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            pid = owner.get("pid")
+            if owner.get("host") == host and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+                raise RunBusyError(f"{run_dir} is being trained by process {pid} on this machine; wait for it "
+                                   f"or stop it (a lock left by a crash is taken over automatically)") from None
+            if owner.get("host") not in (None, host):
+                print(f"note: taking over {lock} left by {owner.get('host')}")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "w") as out:
+            json.dump({"pid": os.getpid(), "host": host}, out)
+        return lock
+    raise RunBusyError(f"could not take {lock}: another process keeps recreating it")
+
+
 def read_history(run_dir: Path) -> list[dict]:
     """history.csv -> list of dicts with numbers parsed."""
     rows = []
@@ -339,6 +383,16 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
         say(f"{run_dir}: already {summary['status']}, nothing to do")
         return run_dir
 
+    lock = acquire_run_lock(run_dir) if dist.is_main else None
+    try:
+        return _train(config, dist, device, amp_dtype, channels_last, run_dir, progress, stop_after_epoch, say)
+    finally:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+
+
+def _train(config, dist, device, amp_dtype, channels_last, run_dir, progress, stop_after_epoch, say) -> Path:
+    """The body of `run`, once the run folder is ours."""
     # data: official noisy labels for training, clean labels for validation
     if dist.enabled and not dist.is_main:
         torch_dist.barrier()  # rank 0 downloads/extracts first; the others then find the verified copy

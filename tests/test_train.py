@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,21 @@ def test_a_timm_model_name_trains_too(tiny_imagenette, tmp_path):
     run_dir = run(tiny_config(tiny_imagenette, tmp_path, model="resnet10t", epochs=1), progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["label"] == "resnet10t"
+
+
+def test_one_trainer_per_run_folder(tiny_imagenette, tmp_path):
+    from lambdalib.train import RunBusyError
+
+    config = tiny_config(tiny_imagenette, tmp_path, model="R18", epochs=1)
+    lock = config.run_dir() / ".lock"
+    lock.parent.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": other.pid, "host": platform.node()}))
+        with pytest.raises(RunBusyError, match=f"process {other.pid}"):
+            run(config, progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    # the owner is gone: its lock is stale and taken over; a finished run leaves no lock behind
+    assert read_history(run(config, progress=False)) and not lock.exists()
