@@ -29,6 +29,7 @@ import platform
 import random
 import subprocess
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -235,9 +236,9 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 # ----------------------------------------------------------------------------------- the loop
 def _train_one_epoch(model, loader, optimizer, scaler, amp_dtype, config, device, dist, channels_last, bar):
     model.train()
-    loss_sum, correct, count, norms, finite = 0.0, 0, 0, [], True
+    losses, sizes, corrects, norms, finite = [], [], [], [], True
     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-    for images, labels in loader:
+    for step, (images, labels) in enumerate(loader, 1):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if channels_last:
@@ -245,7 +246,7 @@ def _train_one_epoch(model, loader, optimizer, scaler, amp_dtype, config, device
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             logits = model(images)
             loss = F.cross_entropy(logits.float(), labels)
-        ok = bool(torch.isfinite(loss))
+        ok = bool(torch.isfinite(loss))  # the step's one host sync: a non-finite loss stops at once
         if dist.enabled:  # every rank must stop together
             ok = dist.all_sum([0.0 if ok else 1.0], device)[0] == 0
         if not ok:
@@ -254,23 +255,28 @@ def _train_one_epoch(model, loader, optimizer, scaler, amp_dtype, config, device
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-        if math.isfinite(norm):  # fp16: an overflowing step is skipped by the scaler, not a divergence
-            norms.append(norm)
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += float(loss.detach()) * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
-        count += len(labels)
+        # statistics stay on the device until the epoch ends (no per-step GPU syncs)
+        losses.append(loss.detach())
+        sizes.append(len(labels))
+        corrects.append((logits.argmax(1) == labels).sum())
         bar.update(len(labels) * dist.world_size)
-        bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}", refresh=False)
-    loss_sum, correct, count = dist.all_sum([loss_sum, correct, count], device)
+        if not bar.disable and step % 10 == 0:
+            bar.set_postfix(loss=f"{float(losses[-1]):.3f}", acc=f"{float(corrects[-1]) / len(labels):.3f}", refresh=False)
+    loss_sum = float((torch.stack(losses).cpu().double() * torch.tensor(sizes, dtype=torch.float64)).sum()) \
+        if losses else 0.0
+    correct = int(torch.stack(corrects).sum()) if corrects else 0
+    loss_sum, correct, count = dist.all_sum([loss_sum, correct, sum(sizes)], device)
     finite = finite and math.isfinite(loss_sum)
+    # fp16: a step whose gradients overflow is skipped by the scaler (infinite norm), not a divergence
+    norm_values = [n for n in torch.stack(norms).cpu().double().tolist() if math.isfinite(n)] if norms else []
     return dict(
         train_loss=loss_sum / count if (count and finite) else math.nan,
         train_acc=correct / count if count else math.nan,
-        grad_norm_mean=float(np.mean(norms)) if norms else math.nan,
-        grad_norm_max=float(np.max(norms)) if norms else math.nan,
+        grad_norm_mean=float(np.mean(norm_values)) if norm_values else math.nan,
+        grad_norm_max=float(np.max(norm_values)) if norm_values else math.nan,
         finite=finite, images=int(count),
     )
 
@@ -343,11 +349,11 @@ def first_per_class(targets, per_class: int) -> list[int]:
     """Indices of the first `per_class` items of each class (all items when per_class is 0)."""
     if per_class <= 0:
         return list(range(len(targets)))
-    seen: dict[int, int] = {}
+    seen: Counter = Counter()
     keep = []
-    for index, target in enumerate(targets):
-        if seen.get(int(target), 0) < per_class:
-            seen[int(target)] = seen.get(int(target), 0) + 1
+    for index, target in enumerate(map(int, targets)):
+        seen[target] += 1
+        if seen[target] <= per_class:
             keep.append(index)
     return keep
 
