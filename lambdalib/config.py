@@ -100,7 +100,7 @@ class RunConfig:
         for name in ("weight_decay", "eta_min", "grad_clip"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
-        if self.diverge_factor <= 1:
+        if not self.diverge_factor > 1:  # also rejects nan
             raise bad("diverge_factor", "must be > 1")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise bad("amp", "expected 'auto', 'off', 'bf16' or 'fp16'")

@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from . import train
 from .config import RunConfig
 from .models import SPECS, resolve_name
 from .paths import project_root
@@ -93,12 +94,12 @@ def reproduce(grid: Grid, *, inline: bool = False, report: bool = True, progress
     inline: train in this process instead of through the notebooks (no kernel start-up per run; the
     --quick profile uses it). Returns counts of skipped / run / diverged runs.
     """
-    from . import train
-
     configs = grid.configs()
+    # every notebook's parameters before anything runs: a config the notebooks cannot take fails now
+    parameters = [None if inline else notebook_parameters(config) for config in configs]
     counts = dict(total=len(configs), skipped=0, ran=0, diverged=0)
     bar = tqdm(configs, desc="reproduce", unit="run", disable=not progress)
-    for config in bar:
+    for config, params in zip(bar, parameters):
         bar.set_postfix_str(config.run_id, refresh=True)
         if is_finished(config):
             counts["skipped"] += 1
@@ -108,7 +109,7 @@ def reproduce(grid: Grid, *, inline: bool = False, report: bool = True, progress
             train.run(config, progress=False)
         else:
             out = config.results_dir() / "notebooks" / f"{config.run_id}.ipynb"
-            run_notebook(notebook_for(config), out, notebook_parameters(config))
+            run_notebook(notebook_for(config), out, params)
         counts["ran"] += 1
         summary = load_summary(config.run_dir()) or {}
         counts["diverged"] += summary.get("status") == "diverged"
@@ -122,5 +123,5 @@ def reproduce(grid: Grid, *, inline: bool = False, report: bool = True, progress
         else:
             nb = project_root() / "notebooks" / REPORT_NOTEBOOK
             run_notebook(nb, (results or Path("results")) / "notebooks" / REPORT_NOTEBOOK,
-                         dict(results=str(results) if results else ""))
+                         dict(results=str(results.resolve()) if results else ""))  # it runs in notebooks/
     return counts

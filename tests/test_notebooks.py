@@ -112,3 +112,11 @@ def test_sweep_through_notebooks_then_rerun_does_nothing(tiny_imagenette, tmp_pa
     counts = reproduce(grid, progress=False, report=False)
     assert counts == dict(total=2, skipped=2, ran=0, diverged=0)
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*")}
+
+
+def test_sweep_refuses_fields_the_notebooks_cannot_take_before_running_anything(tiny_imagenette, tmp_path):
+    grid = Grid(models=["R18"], noise=[0.0], params=dict(data=str(tiny_imagenette), results=str(tmp_path),
+                                                         weight_decay=1e-4, **TINY))
+    with pytest.raises(ValueError, match=r"do not take \['weight_decay'\].*--inline"):
+        reproduce(grid, progress=False)
+    assert not (tmp_path / "runs").exists()
