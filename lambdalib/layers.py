@@ -7,7 +7,9 @@ For every query position n and head h (|k| = query depth, |v| = dim_out / heads,
 
 Position embeddings e_nm depend only on the offset m - n:
   * "rpe": global scope, one learned vector per offset of an (H, W) map, so the layer is tied to H, W;
-  * "lc":  lambda convolution, offsets limited to an r x r window (zero outside), any map size.
+  * "lc":  lambda convolution, offsets limited to an r x r window (zero outside), any map size; built with
+           feat_size it stores only the offsets that map can use (2H-1 x 2W-1 when smaller than r x r), so
+           it then takes any map up to that size and refuses a larger one, naming both sizes.
 
 How the position term is computed (the layer picks the cheaper, same result):
   * "dense": contract q with the offsets first, qe[n, m] = q_n . e_nm, then y_n = sum_m qe[n, m] v_m.
@@ -56,7 +58,10 @@ class LambdaLayer(nn.Module):
     Args:
         dim, dim_out: input / output channels; dim_out must divide by ``heads``.
         position: "rpe" (needs ``feat_size``, the H, W it will see) or "lc" (needs ``scope``).
-        feat_size: map size; required for rpe, used by lc only to size the init and crop the table.
+        feat_size: map size; required for rpe. For lc it sizes the init and crops the stored table to the
+            offsets that map can use: the layer then computes the exact lambda convolution on any map up to
+            feat_size (in each direction) and raises ValueError on a larger one, whose r x r window needs
+            offsets that were never stored (leave feat_size out to keep the full r x r table).
         scope: lc window side r (odd).
         dim_k, heads, dim_u: |k|, |h|, |u| of the paper.
         stride: >1 average-pools the output (as timm does), since the lambda itself is per position.
@@ -144,7 +149,17 @@ class LambdaLayer(nn.Module):
                 )
             return self.pos_emb
         th, tw = self._scope_on((height, width))
-        top, left = (self.pos_emb.shape[-2] - th) // 2, (self.pos_emb.shape[-1] - tw) // 2
+        stored_h, stored_w = self.pos_emb.shape[-2:]
+        if th > stored_h or tw > stored_w:  # the r x r window reaches offsets the cropped table never stored
+            fh, fw = self.feat_size
+            raise ValueError(
+                f"LambdaLayer(lc) was built for a {fh}x{fw} feature map but got {height}x{width}: it stores only "
+                f"the {stored_h}x{stored_w} offsets a {fh}x{fw} map can use, and its scope-{self.scope} window "
+                f"needs {th}x{tw} on a {height}x{width} map; build the model with the image size you feed it "
+                f"(img_size=...) or no larger, or build the layer without feat_size to store the full "
+                f"{self.scope}x{self.scope} table"
+            )
+        top, left = (stored_h - th) // 2, (stored_w - tw) // 2
         return self.pos_emb[..., top : top + th, left : left + tw]
 
     def _use_conv(self, n: int, table_area: int) -> bool:
@@ -166,6 +181,7 @@ class LambdaLayer(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.dim:
             raise ValueError(f"LambdaLayer expects (B, {self.dim}, H, W) input, got {tuple(x.shape)}")
         b, _, height, width = x.shape
+        table = self._table_for(height, width)  # checks the map size first
         n, hk, uk = height * width, self.heads * self.dim_k, self.dim_u * self.dim_k
         q, k, v = self.qkv(x).split([hk, uk, self.dim_u * self.dim_v], dim=1)
         # layouts chosen so every contraction below is one batched matmul with no big permute:
@@ -179,7 +195,6 @@ class LambdaLayer(nn.Module):
         q = q_by_n.transpose(0, 1).reshape(b, n * self.heads, self.dim_k)  # b (n h) k
         y = torch.bmm(q, content_lambda).view(b, n, self.heads, self.dim_v)
 
-        table = self._table_for(height, width)
         th, tw = table.shape[-2:]
         if self._use_conv(n, th * tw):
             # position lambdas as a convolution of v with the table: lambda_p[b, n, k, v]

@@ -3,11 +3,17 @@ import itertools
 import pytest
 import torch
 
+import lambdalib
 from lambdalib.layers import LambdaLayer
 
 
 def naive_lambda(layer: LambdaLayer, x: torch.Tensor) -> torch.Tensor:
-    """Eqs. 2-3 position by position, straight from the paper, with no shared tricks."""
+    """Eqs. 2-3 position by position, straight from the paper, with no shared tricks.
+
+    e_nm is the stored table's entry for offset m - n (the table is centred on offset 0); for lc it is zero
+    outside the r x r scope. An in-scope offset the (cropped) table does not hold raises LookupError: no
+    layer could compute that map without inventing parameters.
+    """
     b, _, height, width = x.shape
     n = height * width
     hk, uk = layer.heads * layer.dim_k, layer.dim_u * layer.dim_k
@@ -17,24 +23,31 @@ def naive_lambda(layer: LambdaLayer, x: torch.Tensor) -> torch.Tensor:
     v = layer.norm_v(v).reshape(b, layer.dim_u, layer.dim_v, n)
     table = layer.pos_emb  # k u th tw
     th, tw = table.shape[-2:]
-    if layer.position == "lc":  # the window usable on this map, centred
-        uh, uw = min(th, 2 * height - 1), min(tw, 2 * width - 1)
-        table = table[..., (th - uh) // 2 : (th - uh) // 2 + uh, (tw - uw) // 2 : (tw - uw) // 2 + uw]
-        th, tw = uh, uw
+    reach = layer.scope // 2 if layer.position == "lc" else max(height, width)  # rpe: global scope
+    zero = torch.zeros(layer.dim_k, dtype=x.dtype)
     positions = list(itertools.product(range(height), range(width)))
     out = torch.zeros(b, layer.heads, layer.dim_v, n, dtype=x.dtype)
-    for i in range(b):
-        for ni, (yn, xn) in enumerate(positions):
-            lam = torch.zeros(layer.dim_k, layer.dim_v, dtype=x.dtype)
-            for mi, (ym, xm) in enumerate(positions):
-                dy, dx = ym - yn + th // 2, xm - xn + tw // 2
-                inside = 0 <= dy < th and 0 <= dx < tw
-                for u in range(layer.dim_u):
-                    e_nm = table[:, u, dy, dx] if inside else torch.zeros(layer.dim_k, dtype=x.dtype)
-                    lam += torch.outer(k[i, u, :, mi] + e_nm, v[i, u, :, mi])
-            for h in range(layer.heads):
-                out[i, h, :, ni] = lam.T @ q[i, h, :, ni]
+    for ni, (yn, xn) in enumerate(positions):
+        lam = torch.zeros(b, layer.dim_k, layer.dim_v, dtype=x.dtype)  # lambda_n of every example
+        for mi, (ym, xm) in enumerate(positions):
+            dy, dx = ym - yn, xm - xn
+            in_scope = abs(dy) <= reach and abs(dx) <= reach
+            ty, tx = dy + th // 2, dx + tw // 2
+            if in_scope and not (0 <= ty < th and 0 <= tx < tw):
+                raise LookupError(f"offset ({dy}, {dx}) is in scope but not in the {th}x{tw} table")
+            for u in range(layer.dim_u):
+                e_nm = table[:, u, ty, tx] if in_scope else zero
+                lam += (k[:, u, :, mi] + e_nm)[:, :, None] * v[:, u, None, :, mi]  # outer product per example
+        for h in range(layer.heads):
+            out[:, h, :, ni] = (lam.transpose(1, 2) @ q[:, h, :, ni, None])[..., 0]
     return layer.pool(out.reshape(b, layer.dim_out, height, width))
+
+
+def _nontrivial_norms(layer: LambdaLayer) -> LambdaLayer:
+    with torch.no_grad():  # non-trivial BN statistics so the norms are really exercised
+        for bn in (layer.norm_q, layer.norm_v):
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    return layer
 
 
 @pytest.mark.parametrize(
@@ -52,10 +65,7 @@ def naive_lambda(layer: LambdaLayer, x: torch.Tensor) -> torch.Tensor:
 def test_layer_matches_naive_loop(kwargs, size):
     torch.manual_seed(0)
     feat = size if kwargs["position"] == "rpe" else None
-    layer = LambdaLayer(6, 8, heads=2, dim_k=3, feat_size=feat, **kwargs).double()
-    with torch.no_grad():  # non-trivial BN statistics so the norms are really exercised
-        for bn in (layer.norm_q, layer.norm_v):
-            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    layer = _nontrivial_norms(LambdaLayer(6, 8, heads=2, dim_k=3, feat_size=feat, **kwargs).double())
     layer.train()
     x = torch.randn(2, 6, *size, dtype=torch.float64)
     torch.testing.assert_close(layer(x), naive_lambda(layer, x))
@@ -117,6 +127,58 @@ def test_lc_accepts_any_map_size():
     layer = LambdaLayer(8, 8, position="lc", scope=23, heads=2)
     for size in [(3, 3), (7, 12), (30, 30)]:
         assert layer(torch.randn(1, 8, *size)).shape == (1, 8, *size)
+
+
+LC_MAPS = [(5, 5), (8, 8), (9, 9), (12, 12), (6, 11), (3, 8)]  # smaller, equal, larger, non-square
+
+
+@pytest.mark.parametrize("size", LC_MAPS, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("scope", [7, 23])
+def test_lc_built_for_a_map_on_other_maps(scope, size):
+    """lc built for 8x8 on other maps: the true lambda convolution (the naive loop), or a clear refusal.
+
+    scope 7 fits an 8x8 map, so the full 7x7 table is stored and every map is computed exactly. Scope 23
+    stores only the 15x15 offsets an 8x8 map can use: maps up to 8x8 are exact; a larger side needs offsets
+    that were never stored (the reference cannot compute them either), so every impl refuses, naming both.
+    """
+    torch.manual_seed(0)
+    layer = _nontrivial_norms(
+        LambdaLayer(6, 8, position="lc", feat_size=(8, 8), scope=scope, heads=2, dim_k=3).double()
+    )
+    assert layer.pos_emb.shape[-2:] == ((7, 7) if scope == 7 else (15, 15))
+    x = torch.randn(2, 6, *size, dtype=torch.float64)
+    fits = scope == 7 or max(size) <= 8
+    if fits:
+        expected = naive_lambda(layer, x)
+    else:
+        with pytest.raises(LookupError):
+            naive_lambda(layer, x)
+    for impl in ("dense", "conv", "auto"):
+        layer.impl = impl
+        if fits:
+            torch.testing.assert_close(layer(x), expected, msg=lambda m: f"impl={impl}: {m}")
+        else:
+            with pytest.raises(ValueError, match=rf"built for a 8x8 feature map but got {size[0]}x{size[1]}"):
+                layer(x)
+
+
+def test_lc_model_on_other_image_sizes():
+    """LR18_L2(lc) built at 64 px (8x8 map at the lambda layer): exact on images up to that, refused beyond."""
+    torch.manual_seed(0)
+    model = lambdalib.create("LR18_L2(lc)", num_classes=10, img_size=64).eval()
+    layer = next(m for m in model.modules() if isinstance(m, LambdaLayer))
+    seen = []
+    hook = layer.register_forward_hook(lambda mod, args, out: seen.append((args[0], out)))
+    with torch.no_grad():
+        for image in [(48, 48), (64, 48)]:  # 6x6 and 8x6 maps
+            seen.clear()
+            assert model(torch.randn(1, 3, *image)).shape == (1, 10)
+            (x, out), = seen
+            torch.testing.assert_close(out, naive_lambda(layer, x), rtol=1e-4, atol=1e-4)
+        for image, side in [(72, 9), (96, 12)]:
+            with pytest.raises(ValueError, match=rf"8x8 feature map but got {side}x{side}"):
+                model(torch.randn(1, 3, image, image))
+    hook.remove()
 
 
 def test_bad_dimensions_give_clear_errors():

@@ -48,7 +48,9 @@ def test_rpe_model_checks_image_size():
     with pytest.raises(ValueError, match="4x4 feature map but got 5x5"):
         model(torch.randn(1, 3, 80, 80))
     lc = models.create("LR18_L3(lc)", num_classes=10, img_size=64)
-    assert lc(torch.randn(1, 3, 80, 80)).shape == (1, 10)
+    assert lc(torch.randn(1, 3, 48, 48)).shape == (1, 10)  # a smaller map: the window is cropped, exactly
+    with pytest.raises(ValueError, match="4x4 feature map but got 5x5"):  # a larger one needs offsets never stored
+        lc(torch.randn(1, 3, 80, 80))
 
 
 def test_lambda_site_must_be_stride_one():
