@@ -29,18 +29,24 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field (--img-size for img_size, ...); unset flags keep the preset's value."""
+    """One flag per RunConfig field (--img-size for img_size, ...), with the field's help and choices;
+    unset flags keep the preset's value."""
     from dataclasses import MISSING, fields
 
-    from .config import RunConfig
+    from .config import PRESETS, RunConfig
 
+    preset_set = {name for values in PRESETS.values() for name in values}
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
+        shown = "the preset's" if f.name in preset_set else repr(default)
+        help_text = f"{f.metadata['help']} (default {shown})".replace("%", "%%")
         if f.type == "bool":
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=f"(default {default})")
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=f"(default {default!r})")
+            choices = f.metadata.get("choices")
+            parser.add_argument(flag, dest=f.name, default=None, choices=choices,
+                                metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(), help=help_text)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -58,17 +64,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
             torch.distributed.destroy_process_group()
     summary = load_summary(run_dir) or {}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
-        print(f"{summary.get('label')}: {summary.get('status')}"
-              + (f" at epoch {summary['diverged_at']}" if summary.get("diverged_at") else "")
-              + f"; best val loss {summary.get('best_val_loss')}, best val acc {summary.get('best_val_acc')}")
+        print(_run_line(summary))
         print(f"run record: {run_dir}")
     return 0
+
+
+def _run_line(summary: dict) -> str:
+    """'LR18_L2(rpe): complete; best val loss 1.234 (epoch 3), best val acc 45.6% (epoch 3)'."""
+    line = f"{summary.get('label')}: {summary.get('status')}"
+    if summary.get("diverged_at"):
+        line += f" at epoch {summary['diverged_at']} ({summary.get('diverged_reason', '?')})"
+    if summary.get("best_val_loss") is None:
+        return line + "; no epoch finished, so no best values"
+    return (line + f"; best val loss {summary['best_val_loss']:.4f} (epoch {summary['best_val_loss_epoch']}), "
+            f"best val acc {summary['best_val_acc']:.1%} (epoch {summary['best_val_acc_epoch']})")
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from . import data
     from .paths import results_dir
 
+    if args.samples < 1:
+        raise ValueError(f"--samples {args.samples}: the sample grid needs at least 1 image")
     info = data.overview(args.data)
     print(f"data: {info['root']}\n")
     print(info["classes"].to_string(), "\n")
@@ -96,8 +113,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print("interrupted: finished runs are kept; run the same command again to go on")
         return 130
     print(f"{counts['total']} runs: {counts['skipped']} already finished, {counts['ran']} run now "
-          f"({counts['diverged']} diverged)")
-    return 0
+          f"({counts['diverged']} diverged), {counts['failed']} failed")
+    for line in counts["failures"]:
+        print(f"  failed: {line}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
+    except (ValueError, OSError) as err:  # user errors (and a full disk, ...): one clear line, no traceback
         print(f"lambdalib {args.command}: error: {err}", file=sys.stderr)
         return 2
 

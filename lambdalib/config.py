@@ -17,11 +17,13 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+import hashlib
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-OFFICIAL_NOISE_LEVELS = (0.0, 0.01, 0.05, 0.25, 0.5)
+OFFICIAL_NOISE_LEVELS = (0.0, 0.01, 0.05, 0.25, 0.5)  # the columns of Imagenette's noisy_imagenette.csv
+NOISE_TOLERANCE = 1e-9  # how close a rate must be to an official level to use its column
 
 PRESETS: dict[str, dict[str, Any]] = {
     "report": dict(lr=1e-5),
@@ -29,45 +31,74 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def official_noise_level(noise: float) -> float | None:
+    """The official level `noise` stands for (0.25 -> 0.25), or None when Imagenette has no such column."""
+    for level in OFFICIAL_NOISE_LEVELS:
+        if math.isclose(noise, level, rel_tol=0.0, abs_tol=NOISE_TOLERANCE):
+            return level
+    return None
+
+
+def data_slug(data: str) -> str:
+    """A data source as a short name: 'embedded', 'imagenette2-160', or a folder/archive's own name."""
+    name = Path(data).name if ("/" in data or "\\" in data) else data
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-") or "data"
+
+
+def _field(default: Any, help: str, choices: tuple | None = None, identity: bool = True):
+    """A RunConfig field with its one-line help, allowed values, and whether it is part of the experiment."""
+    return field(default=default, metadata=dict(help=help, choices=choices, identity=identity))
+
+
 @dataclass
 class RunConfig:
-    model: str = "LR18_L2(rpe)"  # report label or timm name
-    noise: float = 0.0  # fraction of flipped training labels (official columns: 0, .01, .05, .25, .5)
-    synthetic_noise: bool = False  # allow other noise rates, as seeded symmetric noise
-    preset: str = "report"
-    epochs: int = 35
-    img_size: int = 160
-    batch_size: int = 64
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    t0: int = 5  # CosineAnnealingWarmRestarts, stepped once per epoch
-    t_mult: int = 2
-    eta_min: float = 0.0
-    grad_clip: float = 0.0  # max total grad norm; 0 = off
-    diverge_factor: float = 10.0  # train loss > factor x ln(classes), or val loss > factor x its start: diverged
-    seed: int = 0
-    data: str = "embedded"  # "embedded", "imagenette2-160" / "-320" / "imagenette2", a folder or an archive
-    train_per_class: int = 0  # use only the first N training images of each class (0 = all); for smoke runs
-    val_per_class: int = 0  # the same for validation
-    results: str = ""  # results folder; "" = the repository's results/
-    workers: int = -1  # data loader workers; -1 = a sensible default for this machine
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    amp: str = "auto"  # "auto" (on for CUDA: bf16 where supported, else fp16 + grad scaler), "off", "bf16", "fp16"
-    channels_last: str = "auto"  # "auto" (on for CUDA), "on", "off"
-    run_name: str = ""  # "" = derived from the fields that define the experiment
-    checkpoints: str = "best"  # "best": best.pt (+ last.pt until complete); "best+last"; "none": last.pt until complete
-
-    # fields that may differ when a run is resumed (they do not change what is computed on CPU)
-    RESUMABLE_CHANGES = ("workers", "results", "run_name", "device", "checkpoints")
+    # -- what is computed: every field below with identity=True is part of the experiment (see identity())
+    model: str = _field("LR18_L2(rpe)", "report label (R18, LR18_L2(rpe), ...) or timm model name")
+    noise: float = _field(0.0, "fraction of flipped training labels; official columns: 0, 0.01, 0.05, 0.25, 0.5")
+    synthetic_noise: bool = _field(False, "allow other noise rates, as seeded synthetic symmetric noise")
+    preset: str = _field("report", "recipe preset: 'report' (Adam lr 1e-5, as published) or 'fast' (lr 1e-3)",
+                         ("report", "fast"))
+    epochs: int = _field(35, "training epochs (35 = three cosine restart cycles, 5 + 10 + 20)")
+    img_size: int = _field(160, "training and evaluation image size in pixels (>= 32)")
+    batch_size: int = _field(64, "images per step per process; the global batch is batch_size x world_size")
+    lr: float = _field(1e-5, "Adam learning rate (the preset's unless given)")
+    weight_decay: float = _field(0.0, "Adam weight decay")
+    t0: int = _field(5, "CosineAnnealingWarmRestarts T_0, in epochs (stepped once per epoch)")
+    t_mult: int = _field(2, "CosineAnnealingWarmRestarts T_mult")
+    eta_min: float = _field(0.0, "CosineAnnealingWarmRestarts eta_min")
+    grad_clip: float = _field(0.0, "max total gradient norm; 0 = no clipping")
+    diverge_factor: float = _field(10.0, "diverged when train loss > factor x ln(classes) or val loss > factor x "
+                                         "its first value")
+    seed: int = _field(0, "seed of the weights, the noise draw (synthetic) and the data order")
+    data: str = _field("embedded", "'embedded', 'imagenette2-160', 'imagenette2-320', 'imagenette2', a folder in "
+                                   "the imagenette2 layout, or an archive path / URL")
+    train_per_class: int = _field(0, "use only the first N training images of each class; 0 = all")
+    val_per_class: int = _field(0, "use only the first N validation images of each class; 0 = all")
+    amp: str = _field("auto", "mixed precision: 'auto' (CUDA: bf16 from compute capability 8, else fp16 + grad "
+                              "scaler; CPU: off), 'off', 'bf16', 'fp16'", ("auto", "off", "bf16", "fp16"))
+    world_size: int = _field(0, "processes training together; 0 = as many as torchrun started (1 without it)")
+    # -- how and where it runs: not part of the experiment (a run may resume with other values)
+    results: str = _field("", "results folder; '' = the repository's results/", identity=False)
+    run_name: str = _field("", "run folder name; '' = derived from the experiment's identity", identity=False)
+    workers: int = _field(-1, "data loader workers; -1 = a sensible default for this machine", identity=False)
+    device: str = _field("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", identity=False)
+    channels_last: str = _field("auto", "channels-last memory format: 'auto' (CUDA with tensor cores), 'on', 'off'",
+                                ("auto", "on", "off"), identity=False)
+    deterministic: bool = _field(False, "deterministic cuDNN/cuBLAS algorithms for bit-repeatable GPU runs "
+                                        "(slower); off = cudnn.benchmark", identity=False)
+    checkpoints: str = _field("best", "'best': best.pt (+ last.pt until complete); 'best+last'; 'none': last.pt "
+                                      "until complete", ("best", "best+last", "none"), identity=False)
+    on_error: str = _field("fail", "an unreadable image: 'fail' (stop, naming the file) or 'skip' (counted in the "
+                                   "record)", ("fail", "skip"), identity=False)
 
     @classmethod
     def from_params(cls, **params: Any) -> "RunConfig":
         """Build from user parameters: preset first, then explicit values; validated."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(params) - set(known))
         if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown}; RunConfig fields are: {sorted(known)}")
-        preset = params.get("preset", cls.preset)
+            raise ValueError(f"unknown parameter(s) {unknown}; RunConfig fields are: {known}")
+        preset = params.get("preset") or cls.preset
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r}: expected one of {sorted(PRESETS)}")
         values = {**PRESETS[preset], **{k: v for k, v in params.items() if v is not None}}
@@ -84,53 +115,83 @@ class RunConfig:
         resolve_name(self.model)  # raises with the list of known models
         if not 0.0 <= self.noise < 1.0:
             raise bad("noise", "must be a fraction in [0, 1), e.g. 0.25 for 25 %")
-        if not self.synthetic_noise and not any(math.isclose(self.noise, n) for n in OFFICIAL_NOISE_LEVELS):
+        if not self.synthetic_noise and official_noise_level(self.noise) is None:
             raise bad("noise", f"Imagenette's official noisy labels exist for {list(OFFICIAL_NOISE_LEVELS)}; "
                                "set synthetic_noise=True for seeded synthetic symmetric noise at other rates")
         for name in ("epochs", "img_size", "batch_size", "t0", "t_mult"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be a positive integer")
-        for name in ("train_per_class", "val_per_class"):
+        for name in ("train_per_class", "val_per_class", "world_size"):
             if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0 (0 = every image)")
+                raise bad(name, "must be >= 0 (0 = " + ("every image)" if name != "world_size" else "from torchrun)"))
         if self.img_size < 32:
             raise bad("img_size", "must be at least 32 px (the ResNet stem downsamples by 32)")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise bad("lr", "must be a positive number")
         for name in ("weight_decay", "eta_min", "grad_clip"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # also rejects nan
                 raise bad(name, "must be >= 0")
         if not self.diverge_factor > 1:  # also rejects nan
             raise bad("diverge_factor", "must be > 1")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
-            raise bad("amp", "expected 'auto', 'off', 'bf16' or 'fp16'")
-        if self.channels_last not in ("auto", "on", "off"):
-            raise bad("channels_last", "expected 'auto', 'on' or 'off'")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise bad(f.name, "expected one of " + ", ".join(repr(c) for c in choices))
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise bad("device", "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        if self.checkpoints not in ("best", "best+last", "none"):
-            raise bad("checkpoints", "expected 'best', 'best+last' or 'none'")
-        if self.preset not in PRESETS:
-            raise bad("preset", f"expected one of {sorted(PRESETS)}")
 
     # ------------------------------------------------------------------------------ identity
+    def resolved(self) -> "RunConfig":
+        """This config with what 'auto' means here made concrete: the precision actually computed in
+        (amp 'auto' -> 'off' on CPU, 'bf16' from CUDA compute capability 8, else 'fp16') and the world
+        size (torchrun's WORLD_SIZE). A run record always holds a resolved config."""
+        amp, world_size = self.amp, self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        if amp == "auto":
+            amp = _auto_precision(self.device)
+        return replace(self, amp=amp, world_size=world_size)
+
+    def identity(self) -> dict[str, Any]:
+        """The one definition of "the same experiment": every field that changes what is computed.
+
+        Used by the run folder name, the resume check, the sweep's skip and the report's grouping. Two
+        configs with equal identities train the same thing; fields outside it (where results go, loader
+        workers, device, memory format, checkpoint policy, ...) may differ, e.g. when a run resumes.
+        Values are normalised (model -> timm name, data -> its short name, 'auto' -> what it means here).
+        """
+        from .models import resolve_name
+
+        config = self.resolved()
+        ident = {f.name: getattr(config, f.name) for f in fields(config) if f.metadata["identity"]}
+        ident["model"] = resolve_name(config.model)
+        ident["data"] = data_slug(config.data)
+        for name in ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor"):
+            ident[name] = float(ident[name])
+        return ident
+
     @property
-    def run_id(self) -> str:
-        """Folder name: the same experiment always maps to the same folder, so re-running resumes it."""
-        if self.run_name:
-            return self.run_name
+    def experiment_id(self) -> str:
+        """Readable slug + a hash of the whole identity except the seed: runs that share it are seeds of
+        one experiment (one table cell); runs that differ in any identity field never share it."""
         from .models import report_label
 
+        ident = self.identity()
+        ident.pop("seed")
+        digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
         model = re.sub(r"[^A-Za-z0-9]+", "-", report_label(self.model)).strip("-")
-        data = re.sub(r"[^A-Za-z0-9.]+", "-", Path(self.data).name if "/" in self.data else self.data).strip("-")
-        noise = f"{self.noise * 100:g}".replace(".", "p")
-        extra = "" if self.lr == PRESETS[self.preset].get("lr") else f"-lr{self.lr:g}"
-        if self.synthetic_noise:
-            noise += "syn"
-        if self.train_per_class or self.val_per_class:
-            data += f"-{self.train_per_class}+{self.val_per_class}pc"
-        return f"{model}_noise{noise}_{self.preset}{extra}_e{self.epochs}_{self.img_size}px_s{self.seed}_{data}"
+        noise = f"{self.noise * 100:g}".replace(".", "p") + ("syn" if self.synthetic_noise else "")
+        return f"{model}_noise{noise}_{self.preset}_e{self.epochs}_{self.img_size}px_{ident['data']}_{digest}"
 
+    @property
+    def run_id(self) -> str:
+        """Folder name: the same experiment and seed always map to the same folder, so re-running resumes."""
+        return self.run_name or f"{self.experiment_id}_s{self.seed}"
+
+    def differences(self, other: "RunConfig") -> dict[str, tuple[Any, Any]]:
+        """Identity fields that differ between two configs: {name: (mine, theirs)}."""
+        mine, theirs = self.identity(), other.identity()
+        return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+
+    # ---------------------------------------------------------------------------------- storage
     def results_dir(self) -> Path:
         from .paths import results_dir
 
@@ -154,11 +215,24 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def differences(self, other: "RunConfig") -> dict[str, tuple[Any, Any]]:
-        """Fields that differ and would change what the run computes."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return {k: (mine[k], theirs[k]) for k in mine
-                if mine[k] != theirs[k] and k not in self.RESUMABLE_CHANGES}
+
+def _auto_precision(device: str) -> str:
+    """What amp='auto' computes in on `device`: off on CPU/MPS; on CUDA native bf16 from compute
+    capability 8 (Ampere), else fp16 with a grad scaler (T4, P100, V100: their bf16 is emulated)."""
+    if device in ("cpu", "mps"):
+        return "off"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "off"
+    index = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", "0"))
+    return "bf16" if torch.cuda.get_device_capability(index)[0] >= 8 else "fp16"
+
+
+def help_text(name: str) -> str:
+    """One line for `--help`, a notebook's parameters cell and the README: the field's help and choices."""
+    f = {f.name: f for f in fields(RunConfig)}[name]
+    return f.metadata["help"]
 
 
 def _coerce(name: str, value: Any) -> Any:

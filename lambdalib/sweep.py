@@ -76,7 +76,9 @@ def notebook_for(config: RunConfig) -> Path:
 
 
 def is_finished(config: RunConfig) -> bool:
-    summary = load_summary(config.run_dir())
+    """Finished by the same rule the trainer uses (train.existing_record: the same experiment identity,
+    a finished status); a folder holding another experiment raises instead of being skipped."""
+    summary = train.existing_record(config)
     return bool(summary) and summary["status"] in FINISHED
 
 
@@ -97,23 +99,34 @@ def reproduce(grid: Grid, *, inline: bool = False, report: bool = True, progress
     configs = grid.configs()
     # every notebook's parameters before anything runs: a config the notebooks cannot take fails now
     parameters = [None if inline else notebook_parameters(config) for config in configs]
-    counts = dict(total=len(configs), skipped=0, ran=0, diverged=0)
+    counts = dict(total=len(configs), skipped=0, ran=0, diverged=0, failed=0)
+    failures: list[str] = []
     bar = tqdm(configs, desc="reproduce", unit="run", disable=not progress)
     for config, params in zip(bar, parameters):
         bar.set_postfix_str(config.run_id, refresh=True)
-        if is_finished(config):
-            counts["skipped"] += 1
-            continue
         start = time.perf_counter()
-        if inline:
-            train.run(config, progress=False)
-        else:
-            out = config.results_dir() / "notebooks" / f"{config.run_id}.ipynb"
-            run_notebook(notebook_for(config), out, params)
+        try:  # one failed or busy run does not stop the grid: it is reported at the end
+            if is_finished(config):
+                counts["skipped"] += 1
+                continue
+            if inline:
+                train.run(config, progress=False)
+            else:
+                out = config.results_dir() / "notebooks" / f"{config.run_id}.ipynb"
+                run_notebook(notebook_for(config), out, params)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001  (papermill, data and record errors alike)
+            counts["failed"] += 1
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            failures.append(f"{config.run_id}: {reason}")
+            bar.write(f"{config.run_id}: FAILED: {reason}")
+            continue
         counts["ran"] += 1
         summary = load_summary(config.run_dir()) or {}
         counts["diverged"] += summary.get("status") == "diverged"
         bar.write(f"{config.run_id}: {summary.get('status')} in {time.perf_counter() - start:.0f}s")
+    counts["failures"] = failures
     if report:
         results = configs[0].results_dir() if configs else None
         if inline:

@@ -27,8 +27,11 @@ import math
 import os
 import platform
 import random
+import shutil
 import subprocess
+import sys
 import time
+import warnings
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -41,94 +44,16 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data as data_lib
-from . import models
+from . import models, record
 from .config import RunConfig
+from .record import (  # noqa: F401  (re-exported: the trainer writes the record through these)
+    FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, RunBusyError, acquire_run_lock, atomic_torch_save, atomic_write_text,
+    load_summary, read_history, summarize)
 from .paths import project_root
 
-HISTORY_COLUMNS = [
-    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-    "grad_norm_mean", "grad_norm_max", "epoch_time_s", "train_images_per_s", "finite",
-]
-TIMING_COLUMNS = ("epoch_time_s", "train_images_per_s")  # the only columns allowed to differ between repeats
-FINISHED = ("complete", "diverged")
-
-
-# ------------------------------------------------------------------------------------- plumbing
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class RunBusyError(ValueError):
-    """Another live process on this machine is training the same run folder."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
-def acquire_run_lock(run_dir: Path) -> Path:
-    """One trainer per run folder: two processes on the same run would interleave their writes.
-
-    The lock file names its owner (pid, host). A lock whose owner is dead, is this process, or sits on
-    another host (a lost Colab session's, on a shared drive) is taken over, with a note for the latter.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock, host = run_dir / ".lock", platform.node()
-    for _ in range(2):
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            pid = owner.get("pid")
-            if owner.get("host") == host and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
-                raise RunBusyError(f"{run_dir} is being trained by process {pid} on this machine; wait for it "
-                                   f"or stop it (a lock left by a crash is taken over automatically)") from None
-            if owner.get("host") not in (None, host):
-                print(f"note: taking over {lock} left by {owner.get('host')}")
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(handle, "w") as out:
-            json.dump({"pid": os.getpid(), "host": host}, out)
-        return lock
-    raise RunBusyError(f"could not take {lock}: another process keeps recreating it")
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    """history.csv -> list of dicts with numbers parsed."""
-    rows = []
-    with open(run_dir / "history.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({k: (v == "True" if k == "finite" else int(v) if k == "epoch" else float(v))
-                         for k, v in row.items()})
-    return rows
-
-
-def _history_csv(history: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return out.getvalue()
 
 
 def git_commit() -> str:
@@ -145,12 +70,26 @@ def git_commit() -> str:
 
 
 def environment(device: torch.device, world_size: int) -> dict[str, Any]:
+    """Where and with what a run was computed (summary.json's "environment")."""
+    from importlib import metadata
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        gpu = dict(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), capability=f"{major}.{minor}")
     else:
         name = platform.processor() or platform.machine()
         name = f"CPU ({name}, {torch.get_num_threads()} threads)"
-    return dict(torch=torch.__version__, python=platform.python_version(), device=name,
+        gpu = {}
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return dict(torch=torch.__version__, torchvision=version("torchvision"), timm=version("timm"),
+                grad_cam=version("grad-cam"), python=platform.python_version(), device=name, **gpu,
                 world_size=world_size, git_commit=git_commit(), platform=platform.platform())
 
 
@@ -194,6 +133,7 @@ def _pick_device(config: RunConfig, dist: Distributed) -> torch.device:
     if config.device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist.local_rank)
+        _warn_if_cuda_unusable()
         return torch.device("cpu")
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -203,15 +143,42 @@ def _pick_device(config: RunConfig, dist: Distributed) -> torch.device:
     return device
 
 
+def _warn_if_cuda_unusable() -> None:
+    """A GPU that this torch cannot use (e.g. a P100 under a build without sm_60 kernels) falls back to
+    the CPU: say so loudly rather than train 50x slower in silence."""
+    if Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists():
+        warnings.warn("an NVIDIA GPU is present but this torch cannot use it (torch.cuda.is_available() is False): "
+                      "training on the CPU. Install a torch build for this GPU (see the README, LAMBDALIB_TORCH).",
+                      stacklevel=3)
+
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
-    if config.amp == "off" or device.type != "cuda":
-        return None
-    if config.amp == "fp16":
-        return torch.float16
-    # native bf16 from Ampere (8.x) on; is_bf16_supported() also says yes to emulated bf16 on T4/P100
-    if config.amp == "bf16" or torch.cuda.get_device_capability(device)[0] >= 8:
-        return torch.bfloat16
-    return torch.float16  # P100 / T4 / V100: fp16 with a grad scaler
+    """The autocast dtype of a resolved config (config.resolved() turns 'auto' into what this device
+    computes in); CPU autocast honours bf16 and fp16 too, so the mixed-precision paths run anywhere."""
+    amp = config.amp if config.amp != "auto" else config.resolved().amp
+    return AMP_DTYPES[amp]
+
+
+def _channels_last(config: RunConfig, device: torch.device) -> bool:
+    """'auto': only on GPUs with tensor cores (compute capability 7.0+), where NHWC convs are faster."""
+    if config.channels_last != "auto":
+        return config.channels_last == "on"
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 7
+
+
+def _set_determinism(config: RunConfig, device: torch.device) -> dict:
+    """deterministic=True: deterministic cuDNN/cuBLAS algorithms (bit-repeatable GPU runs, slower);
+    otherwise cudnn.benchmark picks the fastest algorithm per shape. Returns what was set, for the record."""
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    else:
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+    return dict(deterministic=config.deterministic, cudnn_benchmark=torch.backends.cudnn.benchmark)
 
 
 def _adam(model: nn.Module, config: RunConfig) -> torch.optim.Adam:
@@ -234,21 +201,43 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 # ----------------------------------------------------------------------------------- the loop
-def _train_one_epoch(model, loader, optimizer, scaler, amp_dtype, config, device, dist, channels_last, bar):
+@dataclass
+class Context:
+    """What every part of a run needs to know, resolved once: the config, where it runs, how."""
+    config: RunConfig
+    dist: Distributed
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    run_dir: Path
+    progress: bool = True
+
+    def say(self, *args, **kwargs) -> None:
+        if self.dist.is_main:
+            print(*args, **kwargs, flush=True)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True)
+
+
+def _train_one_epoch(ctx: Context, model, loader, optimizer, scaler, bar) -> dict:
     model.train()
     losses, sizes, corrects, norms, finite = [], [], [], [], True
-    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    max_norm = ctx.config.grad_clip if ctx.config.grad_clip > 0 else math.inf
     for step, (images, labels) in enumerate(loader, 1):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+        images, labels = ctx.to_device(images, labels)
+        with ctx.autocast():
             logits = model(images)
             loss = F.cross_entropy(logits.float(), labels)
         ok = bool(torch.isfinite(loss))  # the step's one host sync: a non-finite loss stops at once
-        if dist.enabled:  # every rank must stop together
-            ok = dist.all_sum([0.0 if ok else 1.0], device)[0] == 0
+        if ctx.dist.enabled:  # every rank must stop together
+            ok = ctx.dist.all_sum([0.0 if ok else 1.0], ctx.device)[0] == 0
         if not ok:
             finite = False
             break
@@ -256,27 +245,32 @@ def _train_one_epoch(model, loader, optimizer, scaler, amp_dtype, config, device
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-        scaler.step(optimizer)
+        scaler.step(optimizer)  # fp16: skipped when the gradients overflowed (an infinite norm)
         scaler.update()
         # statistics stay on the device until the epoch ends (no per-step GPU syncs)
         losses.append(loss.detach())
         sizes.append(len(labels))
         corrects.append((logits.argmax(1) == labels).sum())
-        bar.update(len(labels) * dist.world_size)
-        if not bar.disable and step % 10 == 0:
-            bar.set_postfix(loss=f"{float(losses[-1]):.3f}", acc=f"{float(corrects[-1]) / len(labels):.3f}", refresh=False)
+        if bar is not None:
+            bar.update(len(labels) * ctx.dist.world_size)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", refresh=False)
+    dist, device = ctx.dist, ctx.device
     loss_sum = float((torch.stack(losses).cpu().double() * torch.tensor(sizes, dtype=torch.float64)).sum()) \
         if losses else 0.0
     correct = int(torch.stack(corrects).sum()) if corrects else 0
     loss_sum, correct, count = dist.all_sum([loss_sum, correct, sum(sizes)], device)
     finite = finite and math.isfinite(loss_sum)
-    # fp16: a step whose gradients overflow is skipped by the scaler (infinite norm), not a divergence
-    norm_values = [n for n in torch.stack(norms).cpu().double().tolist() if math.isfinite(n)] if norms else []
+    all_norms = torch.stack(norms).cpu().double().tolist() if norms else []
+    norm_values = [n for n in all_norms if math.isfinite(n)]
     return dict(
         train_loss=loss_sum / count if (count and finite) else math.nan,
         train_acc=correct / count if count else math.nan,
         grad_norm_mean=float(np.mean(norm_values)) if norm_values else math.nan,
         grad_norm_max=float(np.max(norm_values)) if norm_values else math.nan,
+        # a step whose gradients overflowed was skipped by the fp16 scaler: counted, not a divergence
+        skipped_steps=len(all_norms) - len(norm_values),
+        loss_scale=float(scaler.get_scale()),  # 1.0 when not scaling (fp32, bf16)
         finite=finite, images=int(count),
     )
 
@@ -284,15 +278,21 @@ def _train_one_epoch(model, loader, optimizer, scaler, amp_dtype, config, device
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dist: Distributed | None = None,
              channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy over the loader (summed over ranks under DDP)."""
+    """Mean cross-entropy and top-1 accuracy over the loader (summed over ranks under DDP).
+
+    Under autocast, a batch whose logits overflow the half-precision range (fp16 tops out at 65504; an
+    early-epoch net with large BatchNorm statistics gets there) is evaluated again in fp32, so a
+    precision artefact never reads as a diverged run.
+    """
     model.eval()
+    ctx = Context(RunConfig(), dist or Distributed(), device, amp_dtype, channels_last, Path("."))
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+        images, labels = ctx.to_device(images, labels)
+        with ctx.autocast():
             logits = model(images).float()
+        if amp_dtype is not None and not bool(torch.isfinite(logits).all()):
+            logits = model(images.float()).float()  # outside autocast: fp32
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(1) == labels).sum())
         count += len(labels)
@@ -320,31 +320,6 @@ def divergence(row: dict, history: list[dict], factor: float, classes: int) -> s
     return ""
 
 
-def summarize(history: list[dict], status: str, diverged_at: int | None, extra: dict) -> dict:
-    """The summary.json fields derived from a history; bests come from the epochs before any divergence."""
-    good = [r for r in history if r["epoch"] != diverged_at]
-
-    def best(column: str, pick=min) -> tuple[float | None, int | None]:
-        rows = [r for r in good if math.isfinite(r[column])]
-        if not rows:
-            return None, None
-        row = pick(rows, key=lambda r: r[column])
-        return row[column], row["epoch"]
-
-    best_train, best_train_epoch = best("train_loss")
-    best_val, best_val_epoch = best("val_loss")
-    best_acc, best_acc_epoch = best("val_acc", max)
-    return dict(
-        status=status, diverged_at=diverged_at, epochs_done=len(history),
-        best_train_loss=best_train, best_train_loss_epoch=best_train_epoch,
-        best_val_loss=best_val, best_val_loss_epoch=best_val_epoch,
-        best_val_acc=best_acc, best_val_acc_epoch=best_acc_epoch,
-        train_time_s=sum(r["epoch_time_s"] for r in history),
-        mean_train_images_per_s=float(np.mean([r["train_images_per_s"] for r in history])) if history else None,
-        **extra,
-    )
-
-
 def first_per_class(targets, per_class: int) -> list[int]:
     """Indices of the first `per_class` items of each class (all items when per_class is 0)."""
     if per_class <= 0:
@@ -358,9 +333,27 @@ def first_per_class(targets, per_class: int) -> list[int]:
     return keep
 
 
-def load_summary(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def existing_record(config: RunConfig) -> dict | None:
+    """The summary of the run record `config` maps to (None if there is none yet).
+
+    Raises ValueError when that folder holds another experiment (only possible with run_name or by
+    hand): naming what differs and what to do. The trainer and the sweep both decide through here.
+    """
+    run_dir = config.run_dir()
+    if not (run_dir / "config.json").exists():
+        return load_summary(run_dir)
+    changed = record.load_config(run_dir).differences(config)
+    if changed:
+        detail = ", ".join(f"{k}: {was!r} -> {now!r}" for k, (was, now) in changed.items())
+        hint = ""
+        if "world_size" in changed:
+            hint += f" Resume with as many processes as it started with (torchrun --nproc_per_node " \
+                    f"{changed['world_size'][0]}); "
+        if "amp" in changed:
+            hint += f" Resume with amp={changed['amp'][0]!r} (the precision it was trained in); "
+        raise ValueError(f"{run_dir} holds a run of another config, another experiment ({detail}).{hint or ' '}Or pass another run_name "
+                         f"(--run-name), or move that folder away.")
+    return load_summary(run_dir)
 
 
 def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | None = None) -> Path:
@@ -369,36 +362,72 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
     stop_after_epoch: behave as if interrupted after that epoch (for tests and time-boxed sessions).
     """
     config.validate()
+    config = config.resolved()  # 'auto' made concrete: the record says what was computed
     dist = _setup_distributed(config)
+    if config.world_size != dist.world_size:
+        raise ValueError(f"world_size={config.world_size} but {dist.world_size} process(es) are training; "
+                         f"leave world_size at 0 to take torchrun's")
     device = _pick_device(config, dist)
-    amp_dtype = _amp_dtype(config, device)
-    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
-    run_dir = config.run_dir()
-    say = print if dist.is_main else (lambda *a, **k: None)
+    ctx = Context(config, dist, device, _amp_dtype(config, device), _channels_last(config, device),
+                  config.run_dir(), progress)
 
-    # an existing record: same experiment -> resume or return; different -> refuse, never overwrite
-    summary = load_summary(run_dir)
-    if (run_dir / "config.json").exists():
-        old = RunConfig.load(run_dir / "config.json")
-        changed = old.differences(config)
-        if changed:
-            detail = ", ".join(f"{k}: {was!r} -> {now!r}" for k, (was, now) in changed.items())
-            raise ValueError(f"{run_dir} holds a run with another config ({detail}); pass another run_name "
-                             f"or move that folder away")
+    summary = existing_record(config)  # another experiment in that folder: refused, never overwritten
     if summary and summary["status"] in FINISHED:
-        say(f"{run_dir}: already {summary['status']}, nothing to do")
-        return run_dir
+        ctx.say(f"{ctx.run_dir}: already {summary['status']}, nothing to do")
+        return ctx.run_dir
 
-    lock = acquire_run_lock(run_dir) if dist.is_main else None
+    fresh = not ctx.run_dir.exists()
+    lock = record.acquire_run_lock(ctx.run_dir) if dist.is_main else None
     try:
-        return _train(config, dist, device, amp_dtype, channels_last, run_dir, progress, stop_after_epoch, say)
+        return _train(ctx, stop_after_epoch)
+    except BaseException:
+        # a start that failed before anything was recorded (bad data, no memory, ...) leaves no folder
+        if lock is not None and fresh and not (ctx.run_dir / "config.json").exists():
+            lock.unlink(missing_ok=True)
+            shutil.rmtree(ctx.run_dir, ignore_errors=True)
+        raise
     finally:
         if lock is not None:
             lock.unlink(missing_ok=True)
 
 
-def _train(config, dist, device, amp_dtype, channels_last, run_dir, progress, stop_after_epoch, say) -> Path:
+def _load_checkpoint(ctx: Context, path: Path) -> dict | None:
+    """last.pt, read on rank 0 and handed to every rank (ranks on another node may not see the file).
+
+    An unreadable one (truncated by a crash mid-copy, random bytes) is moved aside, kept under a name
+    that says so, and the run starts again from epoch 1: said, never silently.
+    """
+    state = None
+    if ctx.dist.is_main and path.exists():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "history"} <= set(state):
+                raise ValueError("not a lambdalib checkpoint")
+        except Exception as err:  # noqa: BLE001  (torch raises many kinds for a damaged file)
+            aside = path.with_name(f"last.unreadable-{datetime.now().strftime('%Y%m%d-%H%M%S')}.pt")
+            os.replace(path, aside)
+            reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+            ctx.say(f"warning: {path} is unreadable ({reason}); kept it as {aside.name} and starting this run "
+                    f"again from epoch 1")
+            state = None
+    if ctx.dist.enabled:
+        box = [state]
+        torch_dist.broadcast_object_list(box, src=0)
+        state = box[0]
+    return state
+
+
+def _loader_workers(ctx: Context) -> int:
+    """config.workers, or the machine's cores shared among the processes on this node (DDP)."""
+    if ctx.config.workers >= 0:
+        return ctx.config.workers
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.dist.world_size))
+    return max(0, data_lib.default_workers() // max(local, 1) - (1 if local > 1 else 0))
+
+
+def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     """The body of `run`, once the run folder is ours."""
+    config, dist, device, run_dir = ctx.config, ctx.dist, ctx.device, ctx.run_dir
     # data: official noisy labels for training, clean labels for validation
     if dist.enabled and not dist.is_main:
         torch_dist.barrier()  # rank 0 downloads/extracts first; the others then find the verified copy
@@ -410,64 +439,70 @@ def _train(config, dist, device, amp_dtype, channels_last, run_dir, progress, st
     val_set = data_lib.NoisyImagenette(root, "val", transform=data_lib.val_transform(config.img_size))
     train_subset = first_per_class(train_set.clean_targets, config.train_per_class)
     val_subset = first_per_class(val_set.clean_targets, config.val_per_class)
-    workers = None if config.workers < 0 else config.workers
+    workers = _loader_workers(ctx)
     val_part = torch.utils.data.Subset(val_set, val_subset[dist.rank::dist.world_size])
     val_loader = data_lib.make_loader(val_part, batch_size=config.batch_size, shuffle=False, seed=config.seed,
                                       workers=workers)
 
     # model, optimizer, schedule
+    determinism = _set_determinism(config, device)
     seed_everything(config.seed)
     size = {"img_size": config.img_size} if models.resolve_name(config.model) in models.SPECS else {}
     model = models.create(config.model, num_classes=len(train_set.classes), **size)
     params = sum(p.numel() for p in model.parameters())
     gflops = models.count_flops(model, config.img_size) / 1e9
     model.to(device)
-    if channels_last:
+    if ctx.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = _adam(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=config.t0, T_mult=config.t_mult, eta_min=config.eta_min)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    history: list[dict] = []
+    scaler = torch.amp.GradScaler(device.type, enabled=ctx.amp_dtype == torch.float16)
+    history: list[dict] = []  # the epochs that last.pt holds: the record never claims more
     train_data = torch.utils.data.Subset(train_set, train_subset)
 
     last = run_dir / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
+    state = _load_checkpoint(ctx, last)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and scaler.is_enabled():  # a disabled scaler saved {}: nothing to restore
+        if state.get("scaler") and scaler.is_enabled():  # a disabled scaler saved {}: nothing to restore
             scaler.load_state_dict(state["scaler"])
         history = state["history"]
-        say(f"resuming {run_dir.name} after epoch {len(history)}")
+        ctx.say(f"resuming {run_dir.name} after epoch {len(history)}")
     net = model
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    precision = config.amp if config.amp != "off" else "fp32"
     extra = dict(
-        run_id=config.run_id, model=models.resolve_name(config.model), label=models.report_label(config.model),
-        noise=config.noise, realised_noise=float(train_set.flipped[train_subset].mean()), preset=config.preset,
+        run_id=config.run_id, experiment_id=config.experiment_id, model=models.resolve_name(config.model),
+        label=models.report_label(config.model), noise=config.noise,
+        realised_noise=float(train_set.flipped[train_subset].mean()), preset=config.preset,
         params=params, gflops=round(gflops, 4), train_images=len(train_subset), val_images=len(val_subset),
-        amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off", channels_last=channels_last,
-        environment=environment(device, dist.world_size),
+        amp=config.amp, precision=precision, channels_last=ctx.channels_last, **determinism,
+        loader_workers=workers, environment=environment(device, dist.world_size),
     )
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.json")
 
     def write_record(status: str, diverged_at: int | None, shown: list[dict]) -> None:
         if not dist.is_main:
             return
-        atomic_write_text(run_dir / "history.csv", _history_csv(shown))
+        record.write_history(run_dir, shown)
         summary = summarize(shown, status, diverged_at, extra)
         summary["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        record.write_summary(run_dir, summary)
 
     write_record("running", None, history)
     status, diverged_at = "running", None
-    bar = tqdm(total=config.epochs * len(train_subset), initial=len(history) * len(train_subset), unit="img",
-               desc=models.report_label(config.model), disable=not (progress and dist.is_main), dynamic_ncols=True)
+    label = models.report_label(config.model)
+    bar = None
+    if ctx.progress and dist.is_main and sys.stderr.isatty():  # a terminal: a live bar; elsewhere one line an epoch
+        bar = tqdm(total=config.epochs * len(train_subset), initial=len(history) * len(train_subset), unit="img",
+                   desc=label, dynamic_ncols=True)
+    log = bar.write if bar is not None else ctx.say
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             seed_everything(epoch_seed(config.seed, epoch, dist.rank))
@@ -476,42 +511,51 @@ def _train(config, dist, device, amp_dtype, channels_last, run_dir, progress, st
                 sampler = torch.utils.data.DistributedSampler(train_data, dist.world_size, dist.rank,
                                                               shuffle=True, seed=config.seed)
                 sampler.set_epoch(epoch)
+            # the loader's seed drives the order (single process) and the augmentations: one stream per rank
             loader = data_lib.make_loader(train_data, batch_size=config.batch_size, shuffle=sampler is None,
-                                          seed=epoch_seed(config.seed, epoch), workers=workers, sampler=sampler)
+                                          seed=epoch_seed(config.seed, epoch, dist.rank), workers=workers,
+                                          sampler=sampler)
             lr = optimizer.param_groups[0]["lr"]
             start = time.perf_counter()
-            stats = _train_one_epoch(net, loader, optimizer, scaler, amp_dtype, config, device, dist,
-                                     channels_last, bar)
+            stats = _train_one_epoch(ctx, net, loader, optimizer, scaler, bar)
             train_time = time.perf_counter() - start
             if dist.enabled:  # evaluate and save with rank 0's BN statistics on every rank
                 for buffer in model.buffers():
                     torch_dist.broadcast(buffer, 0)
-            val_loss, val_acc = (evaluate(model, val_loader, device, amp_dtype, dist, channels_last)
+            val_loss, val_acc = (evaluate(model, val_loader, device, ctx.amp_dtype, dist, ctx.channels_last)
                                  if stats["finite"] else (math.nan, math.nan))
             row = dict(epoch=epoch, lr=lr, train_loss=stats["train_loss"], train_acc=stats["train_acc"],
                        val_loss=val_loss, val_acc=val_acc, grad_norm_mean=stats["grad_norm_mean"],
                        grad_norm_max=stats["grad_norm_max"], epoch_time_s=time.perf_counter() - start,
                        train_images_per_s=stats["images"] / train_time if train_time > 0 else math.nan,
-                       finite=stats["finite"] and math.isfinite(val_loss))
+                       finite=stats["finite"] and math.isfinite(val_loss), precision=precision,
+                       loss_scale=stats["loss_scale"], skipped_steps=stats["skipped_steps"])
             reason = divergence(row, history, config.diverge_factor, len(train_set.classes))
             if reason:
                 status, diverged_at = "diverged", epoch
                 extra["diverged_reason"] = reason
                 write_record(status, diverged_at, history + [row])  # shown, but last.pt stays at epoch-1
-                say(f"diverged at epoch {epoch}: {reason}; last good checkpoint: epoch {epoch - 1}")
+                kept = (f"last good epoch: {epoch - 1}" + ("" if config.checkpoints == "none"
+                                                           else " (its best weights are in best.pt)")
+                        if history else "no epoch finished before it, so there is no checkpoint")
+                log(f"{label}: diverged at epoch {epoch}: {reason}; {kept}")
                 break
-            history.append(row)
-            scheduler.step()
+            done = history + [row]
+            scheduler.step()  # (a failed save below ends the run, so the live scheduler may run ahead)
             if dist.is_main:
                 state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), history=history,
+                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), history=done,
                              config=config.to_dict())
                 # best.pt before last.pt: a crash in between repeats this epoch on resume and rewrites both
-                if config.checkpoints != "none" and val_loss <= min(r["val_loss"] for r in history):
+                if config.checkpoints != "none" and val_loss <= min(r["val_loss"] for r in done):
                     atomic_torch_save(dict(model=model.state_dict(), epoch=epoch, config=config.to_dict(),
                                            classes=list(train_set.classes)), run_dir / "best.pt")
                 atomic_torch_save(state, last)
+            history = done  # committed: last.pt holds it
             write_record("running", None, history)
+            log(f"{label} epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss "
+                f"{val_loss:.4f}, val acc {val_acc:.1%} ({row['epoch_time_s']:.1f}s)"
+                + (f", {row['skipped_steps']} fp16 steps skipped" if row["skipped_steps"] else ""))
             if dist.enabled:
                 torch_dist.barrier()
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
@@ -523,8 +567,17 @@ def _train(config, dist, device, amp_dtype, channels_last, run_dir, progress, st
                 last.unlink(missing_ok=True)  # only needed to resume, and a finished run never resumes
     except KeyboardInterrupt:
         write_record("interrupted", None, history)
-        say(f"\ninterrupted: {run_dir} keeps epochs 1-{len(history)}; run the same command again to resume")
+        ctx.say(f"\ninterrupted: {run_dir} keeps epochs 1-{len(history)}; run the same command again to resume")
         raise
+    except record.RecordError as err:  # e.g. the disk filled up: keep the record at what last.pt holds
+        try:
+            write_record("interrupted", None, history)
+        except record.RecordError:
+            pass
+        raise record.RecordError(f"{err}; the record keeps epochs 1-{len(history)}, which the same command "
+                                 f"resumes from") from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return run_dir
+

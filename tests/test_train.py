@@ -46,7 +46,7 @@ def test_same_seed_same_history_and_complete_record(tiny_imagenette, tmp_path):
     assert summary["realised_noise"] == pytest.approx(0.25)  # one of four labels flipped per class
     for key in ("torch", "device", "git_commit", "world_size"):
         assert key in summary["environment"]
-    assert RunConfig.load(a / "config.json") == tiny_config(tiny_imagenette, tmp_path / "a")
+    assert RunConfig.load(a / "config.json") == tiny_config(tiny_imagenette, tmp_path / "a").resolved()
     # the learning rate follows the restarts schedule, stepped per epoch
     assert history_a[0]["lr"] == 1e-3 and history_a[1]["lr"] < history_a[0]["lr"]
     assert all(r["finite"] and r["grad_norm_max"] >= r["grad_norm_mean"] > 0 for r in history_a)

@@ -1,0 +1,262 @@
+"""The run record: what a run folder holds, how it is written (atomically) and read back.
+
+results/runs/<run_id>/
+    config.json    the resolved RunConfig (config.py says which fields make the experiment)
+    history.csv    one row per finished epoch, HISTORY_COLUMNS
+    summary.json   status, bests and their epochs, times, params, FLOPs, environment (see `summarize`)
+    last.pt        the state to resume from (train.py); removed once the run is finished
+    best.pt        the weights at the best validation loss (train.py)
+    .lock          pid and host of the process training it
+
+The trainer writes through this module; the report, the sweep and the attention maps read through it.
+Every write goes to a temporary name that is renamed over the target, so a crash, a Ctrl-C or a full
+disk never leaves half a file; a failed write removes its temporary and says which path and why.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HISTORY_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+    "grad_norm_mean", "grad_norm_max", "epoch_time_s", "train_images_per_s", "finite",
+    "precision", "loss_scale", "skipped_steps",
+]
+TIMING_COLUMNS = ("epoch_time_s", "train_images_per_s")  # the only columns allowed to differ between repeats
+_TEXT_COLUMNS = {"precision"}
+_BOOL_COLUMNS = {"finite"}
+_INT_COLUMNS = {"epoch", "skipped_steps"}
+
+FINISHED = ("complete", "diverged")  # a finished run never trains again and makes the tables
+UNFINISHED = ("running", "interrupted", "crashed")  # "crashed": said running, but nobody is training it
+
+
+class RecordError(ValueError):
+    """A run record that cannot be read or written; the message names the file."""
+
+
+class RunBusyError(ValueError):
+    """Another live process on this machine is training the same run folder."""
+
+
+# ------------------------------------------------------------------------------------- writing
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) then rename over `path`; on any failure the temporary is removed and the target untouched."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise RecordError(describe_os_error(err, path)) from err
+        raise
+
+
+def describe_os_error(err: OSError, path: Path) -> str:
+    """One line a user can act on: 'no space left on <path>', 'cannot write <path>: read-only ...'."""
+    if err.errno == errno.ENOSPC:
+        return f"no space left on {path.parent} while writing {path.name}; free some space and run again"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {path}: {err.strerror.lower()}; choose a writable results folder (--results)"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot create {path}: a file stands where a folder should be; choose another results folder"
+    return f"cannot write {path}: {err.strerror or err}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run folder, or say in one line why it cannot be (read-only, a file in the way, ...)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RecordError(describe_os_error(err, run_dir)) from err
+
+
+def history_csv(history: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    atomic_write_text(Path(run_dir) / "history.csv", history_csv(history))
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------- reading
+def _parse(column: str, value: str):
+    if column in _TEXT_COLUMNS:
+        return value
+    if column in _BOOL_COLUMNS:
+        return value == "True"
+    if column in _INT_COLUMNS:
+        return int(value) if value not in ("", None) else 0
+    return float(value) if value not in ("", None) else math.nan
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """history.csv -> list of dicts with numbers parsed. Columns added since a record was written read as
+    missing (nan / 0); a file that is not a history raises RecordError naming it."""
+    path = Path(run_dir) / "history.csv"
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return [{k: _parse(k, row.get(k) or "") for k in HISTORY_COLUMNS} for row in rows]
+    except (ValueError, TypeError, KeyError, csv.Error, UnicodeDecodeError) as err:
+        raise RecordError(f"{path} is not a readable history ({err}); delete the run folder to train it again") \
+            from None
+
+
+def load_summary(run_dir: Path) -> dict | None:
+    """summary.json as a dict, None when there is none; a corrupt one raises RecordError naming it."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict) or "status" not in summary:
+            raise ValueError("no status")
+        return summary
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RecordError(f"{path} is not a readable summary ({err}); delete the run folder to train it again") \
+            from None
+
+
+def load_config(run_dir: Path):
+    from .config import RunConfig
+
+    path = Path(run_dir) / "config.json"
+    try:
+        return RunConfig.load(path)
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise RecordError(f"{path} is not a readable config ({err})") from None
+
+
+def status(run_dir: Path, summary: dict | None = None) -> str | None:
+    """The run's status as a reader should see it: a record that says "running" while no live process
+    holds its lock is "crashed" (killed, out of memory, a lost session); re-running resumes it."""
+    summary = load_summary(run_dir) if summary is None else summary
+    if summary is None:
+        return None
+    if summary["status"] == "running" and lock_owner(run_dir) is None:
+        return "crashed"
+    return summary["status"]
+
+
+def is_finished(run_dir: Path) -> bool:
+    summary = load_summary(run_dir)
+    return bool(summary) and summary["status"] in FINISHED
+
+
+# ------------------------------------------------------------------------------------ summary
+def summarize(history: list[dict], status: str, diverged_at: int | None, extra: dict) -> dict:
+    """The summary.json fields derived from a history; bests come from the epochs before any divergence."""
+    good = [r for r in history if r["epoch"] != diverged_at]
+
+    def best(column: str, pick=min) -> tuple[float | None, int | None]:
+        rows = [r for r in good if math.isfinite(r[column])]
+        if not rows:
+            return None, None
+        row = pick(rows, key=lambda r: r[column])
+        return row[column], row["epoch"]
+
+    best_train, best_train_epoch = best("train_loss")
+    best_val, best_val_epoch = best("val_loss")
+    best_acc, best_acc_epoch = best("val_acc", max)
+    return dict(
+        status=status, diverged_at=diverged_at, epochs_done=len(history),
+        best_train_loss=best_train, best_train_loss_epoch=best_train_epoch,
+        best_val_loss=best_val, best_val_loss_epoch=best_val_epoch,
+        best_val_acc=best_acc, best_val_acc_epoch=best_acc_epoch,
+        train_time_s=sum(r["epoch_time_s"] for r in history),
+        mean_train_images_per_s=float(np.mean([r["train_images_per_s"] for r in history])) if history else None,
+        skipped_steps=int(sum(r.get("skipped_steps", 0) or 0 for r in history)),
+        **extra,
+    )
+
+
+# --------------------------------------------------------------------------------------- lock
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def lock_owner(run_dir: Path) -> dict | None:
+    """{pid, host} of the live process training this folder; None when nobody is (no lock, or a dead
+    owner on this machine). A lock from another host counts as live: we cannot tell from here."""
+    lock = Path(run_dir) / ".lock"
+    try:
+        owner = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(owner, dict):
+        return None
+    pid = owner.get("pid")
+    if owner.get("host") == platform.node() and not (isinstance(pid, int) and _pid_alive(pid)):
+        return None
+    return owner
+
+
+def acquire_run_lock(run_dir: Path) -> Path:
+    """One trainer per run folder: two processes on the same run would interleave their writes.
+
+    The lock file names its owner (pid, host). A lock whose owner is dead, is this process, or sits on
+    another host (a lost Colab session's, on a shared drive) is taken over, with a note for the latter.
+    """
+    make_run_dir(run_dir)
+    lock, host = run_dir / ".lock", platform.node()
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            owner = owner if isinstance(owner, dict) else {}
+            pid = owner.get("pid")
+            if owner.get("host") == host and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+                raise RunBusyError(f"{run_dir} is being trained by process {pid} on this machine; wait for it "
+                                   f"or stop it (a lock left by a crash is taken over automatically)") from None
+            if owner.get("host") not in (None, host):
+                print(f"note: taking over {lock} left by {owner.get('host')}")
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as err:
+            raise RecordError(describe_os_error(err, lock)) from err
+        with os.fdopen(handle, "w") as out:
+            json.dump({"pid": os.getpid(), "host": host}, out)
+        return lock
+    raise RunBusyError(f"could not take {lock}: another process keeps recreating it")
