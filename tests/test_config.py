@@ -51,3 +51,53 @@ def test_save_load_roundtrip(tmp_path):
     config = RunConfig.from_params(noise=0.05, epochs=3)
     config.save(tmp_path / "c.json")
     assert RunConfig.load(tmp_path / "c.json") == config
+
+
+# ---------------------------------------------------------------------------- experiment identity
+IDENTITY_CHANGES = dict(lr=3e-4, batch_size=128, weight_decay=1e-4, t0=3, t_mult=1, eta_min=1e-7, grad_clip=1.0,
+                        diverge_factor=20.0, train_per_class=24, val_per_class=16, epochs=5, img_size=64,
+                        world_size=2, amp="fp16", data="imagenette2-160", synthetic_noise=True, preset="fast")
+OPERATIONAL_CHANGES = dict(workers=3, results="/elsewhere", device="cpu", checkpoints="none", channels_last="on",
+                           deterministic=True, on_error="skip")
+
+
+@pytest.mark.parametrize("name,value", IDENTITY_CHANGES.items())
+def test_every_field_that_changes_the_computation_changes_the_experiment(name, value):
+    base = RunConfig.from_params(model="LR18_L2(rpe)", noise=0.25, amp="off")
+    other = RunConfig.from_params(**{**base.to_dict(), name: value})
+    assert other.experiment_id != base.experiment_id and other.run_id != base.run_id
+    assert name in base.differences(other)
+
+
+@pytest.mark.parametrize("name,value", OPERATIONAL_CHANGES.items())
+def test_where_and_how_a_run_goes_is_not_part_of_the_experiment(name, value):
+    base = RunConfig.from_params(model="LR18_L2(rpe)", noise=0.25)
+    other = RunConfig.from_params(**{**base.to_dict(), name: value})
+    assert other.run_id == base.run_id and not base.differences(other)
+
+
+def test_seeds_share_the_experiment_and_names_and_labels_are_one_model():
+    a = RunConfig.from_params(model="LR18_L2(rpe)", seed=0)
+    b = RunConfig.from_params(model="lambda_resnet18_l2_rpe", seed=1)
+    assert a.experiment_id == b.experiment_id and a.run_id != b.run_id
+    assert a.run_id.startswith("LR18-L2-rpe_noise0_report_e35_160px_embedded_") and a.run_id.endswith("_s0")
+
+
+def test_amp_auto_means_what_this_machine_computes(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    auto = RunConfig.from_params(amp="auto")
+    assert auto.resolved().amp == "off" and auto.run_id == RunConfig.from_params(amp="off").run_id
+    assert auto.run_id != RunConfig.from_params(amp="bf16").run_id
+
+
+def test_world_size_comes_from_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert RunConfig.from_params().resolved().world_size == 4  # 4 x 64 images per step: another experiment
+    assert RunConfig.from_params().run_id != RunConfig.from_params(world_size=1).run_id
+
+
+def test_bad_choices_name_the_field_and_the_allowed_values():
+    with pytest.raises(ValueError, match=r"on_error='maybe'.*'fail', 'skip'"):
+        RunConfig.from_params(on_error="maybe")
+    with pytest.raises(ValueError, match=r"amp='fp8'"):
+        RunConfig.from_params(amp="fp8")
