@@ -22,6 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 from torch import nn
 
+from .data import EVAL_CROP_FRACTION
 from .layers import LambdaLayer
 
 DEFAULT_IMG_SIZE = 160
@@ -150,7 +151,7 @@ def build_resnet(
     # what timm.data.resolve_data_config and timm tooling read
     net.pretrained_cfg = net.default_cfg = dict(
         num_classes=num_classes, input_size=(in_chans, img_size, img_size), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-        interpolation="bilinear", crop_pct=0.875, first_conv="conv1", classifier="fc",
+        interpolation="bilinear", crop_pct=EVAL_CROP_FRACTION, first_conv="conv1", classifier="fc",
     )
     return net
 

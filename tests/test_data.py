@@ -252,3 +252,118 @@ def test_overview_and_sample_grid(tmp_path):
     target = tmp_path / "fig" / "samples.png"
     fig = D.plot_samples(None, noise=0.5, n=4, path=target)
     assert target.stat().st_size > 0 and len(fig.axes) == 4
+
+
+# ----------------------------------------------------------------------------- unreadable images (on_error)
+
+
+def break_images(folder: Path) -> list[str]:
+    """Make three train images unreadable: truncated, zero bytes, random bytes; return their paths."""
+    paths = [folder / "train" / D.WNIDS[0] / f"{D.WNIDS[0]}_1.JPEG",
+             folder / "train" / D.WNIDS[1] / f"{D.WNIDS[1]}_0.JPEG",
+             folder / "train" / D.WNIDS[1] / f"{D.WNIDS[1]}_2.JPEG"]
+    paths[0].write_bytes(paths[0].read_bytes()[: paths[0].stat().st_size // 2])
+    paths[1].write_bytes(b"")
+    paths[2].write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    return [str(p) for p in paths]
+
+
+@pytest.mark.parametrize("which, reason", [(0, "truncated"), (1, "empty file"), (2, "not an image")])
+def test_unreadable_image_fails_with_one_line(which, reason, tmp_path):
+    folder = make_two_class_set(tmp_path / "set")
+    bad = break_images(folder)[which]
+    data = D.NoisyImagenette(folder, "train")
+    with pytest.raises(D.UnreadableImageError) as err:
+        data[data.paths.index(bad)]
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{bad} is not a readable image") and reason in message
+    assert "on_error='skip'" in message and err.value.path == bad
+    assert isinstance(err.value, ValueError)  # the CLI prints ValueErrors as one line
+
+
+def test_unreadable_image_in_a_loader_worker_is_still_one_line(tmp_path):
+    folder = make_two_class_set(tmp_path / "set")
+    bad = break_images(folder)[0]
+    data = D.NoisyImagenette(folder, "train", img_size=32)
+    with pytest.raises(D.UnreadableImageError) as err:
+        list(D.make_loader(data, batch_size=2, shuffle=False, seed=0, workers=1))
+    assert str(err.value).startswith(f"{bad} is not a readable image") and "\n" not in str(err.value)
+    assert err.value.path == bad and "DataLoader worker process" in err.value.worker_report
+
+
+def test_check_images_drops_unreadable_ones_and_lists_them(tmp_path):
+    folder = make_two_class_set(tmp_path / "set")
+    bad = break_images(folder)
+    with pytest.warns(RuntimeWarning, match="skipping 3 unreadable train image"):
+        data = D.NoisyImagenette(folder, "train", noise=0.5, img_size=32, on_error="skip", check_images=True)
+    assert data.skipped == bad and len(data) == 3 and not set(bad) & set(data.paths)
+    assert len(data.clean_targets) == len(data.noisy_targets) == len(data.flipped) == 3
+    assert data.class_counts() == {D.CLASS_NAMES[0]: 2, D.CLASS_NAMES[1]: 1, **{n: 0 for n in D.CLASS_NAMES[2:]}}
+    images = torch.cat([x for x, _ in D.make_loader(data, batch_size=2, shuffle=False, seed=0, workers=1)])
+    assert images.shape == (3, 3, 32, 32)
+    # "fail" with check_images: raises at once, naming the first file and counting the others
+    with pytest.raises(D.UnreadableImageError, match=r"2 more train images are unreadable") as err:
+        D.NoisyImagenette(folder, "train", check_images=True)
+    assert err.value.path == bad[0] and "\n" not in str(err.value)
+    # a readable folder: nothing skipped, nothing warned
+    clean = D.NoisyImagenette(make_two_class_set(tmp_path / "ok"), "train", on_error="skip", check_images=True)
+    assert clean.skipped == [] and len(clean) == 6
+
+
+def test_on_error_values(tmp_path):
+    assert D.NoisyImagenette(None, "val", on_error="raise").on_error == "fail"  # the former name
+    assert D.NoisyImagenette(None, "val").on_error == "fail"
+    with pytest.raises(ValueError, match="on_error='ignore'.*'fail'.*'skip'"):
+        D.NoisyImagenette(None, "val", on_error="ignore")
+
+
+# ----------------------------------------------------------------------------- other user errors
+
+
+def test_noise_level_errors_list_the_official_levels_and_no_cli_flag():
+    for call in (lambda: D.overview(None, noise_levels=(0.3,)), lambda: D.NoisyImagenette(None, "train", noise=0.3),
+                 lambda: D.plot_samples(None, noise=0.3, n=1)):
+        with pytest.raises(ValueError, match=r"noise=0.3 .*\[0.0, 0.01, 0.05, 0.25, 0.5\]") as err:
+            call()
+        assert "--" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError) as err:
+        D.overview(None, noise_levels=(0.3,))
+    assert "synthetic" not in str(err.value)  # overview has no synthetic option
+    with pytest.raises(ValueError, match="at least one"):
+        D.overview(None, noise_levels=())
+
+
+def test_noise_levels_match_as_config_says():
+    from lambdalib.config import OFFICIAL_NOISE_LEVELS, official_noise_level
+
+    assert D.NOISE_LEVELS == OFFICIAL_NOISE_LEVELS
+    for noise in (0, 0.25, 0.25 + 1e-12, 0.25 + 1e-6, 0.05000000001, 0.3, 0.5):
+        if official_noise_level(noise) is None:
+            with pytest.raises(ValueError):
+                D.noise_column(noise)
+        else:
+            assert D.noise_column(noise) == f"noisy_labels_{round(official_noise_level(noise) * 100)}"
+
+
+@pytest.mark.parametrize("n", [0, -2])
+def test_sample_grid_needs_a_sample(n):
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        D.plot_samples(None, noise=0.25, n=n)
+
+
+def test_eval_crop_fraction_is_the_val_transforms():
+    resize, crop = D.val_transform(160).transforms[:2]
+    assert resize.size == round(160 / D.EVAL_CROP_FRACTION) == 183 and tuple(crop.size) == (160, 160)
+
+
+def test_broken_label_files_are_one_line(tmp_path):
+    folder = make_two_class_set(tmp_path / "set")
+    csv = folder / D.CSV_NAME
+    rows = csv.read_text().splitlines()
+    csv.write_text("\n".join(r for r in rows if not r.endswith("True")) + "\n")  # no val rows
+    with pytest.raises(ValueError, match="lists no val images"):
+        D.NoisyImagenette(folder, "val")
+    csv.write_text("")
+    with pytest.raises(ValueError, match="not a readable CSV") as err:
+        D.read_labels(folder)
+    assert "\n" not in str(err.value)
