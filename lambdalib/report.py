@@ -3,24 +3,51 @@
     from lambdalib import report
     report.build()              # results/runs/*/ -> results/{README.md, tables/, figures/}
 
-Which runs count: every folder under runs/ with a summary.json. Finished runs ("complete" and
+Which runs count: every folder under runs/ with a summary.json, read through `lambdalib.record`. A run
+whose summary.json, config.json or history.csv cannot be read is skipped with a warning naming the file,
+and listed as skipped in the README; everything else is still built. Finished runs ("complete" and
 "diverged") make the tables and figures; diverged ones are included and marked (the epoch they diverged
 at, an 'x' on the curves), since divergence is one of the report's findings. Unfinished runs
-("running", "interrupted") are left out of tables and figures, because their best values cover only
-part of the schedule and would bias a mean; they are listed, flagged, in the runs index and the README.
+("running", "interrupted", and "crashed": a record that says running while no live process holds its
+lock) are left out of tables and figures, because their best values cover only part of the schedule and
+would bias a mean; they are listed, flagged, in the runs index and the README.
 
-Set-ups: runs are grouped by (preset, data, epochs, img_size) plus any recipe field that differs from
-the preset (e.g. lr); every set-up gets its own section in each table and its own figures, so runs that
-are not comparable are never averaged. Within a set-up, several runs of one (model, noise) cell (seeds)
-are shown as mean ± sample std (ddof=1).
+Cells and set-ups: a table cell is one experiment (`RunConfig.experiment_id`: the run's identity without
+its seed), so only seeds of one experiment are ever aggregated, as mean ± sample std (ddof=1). A set-up
+(one section in each table, its own figures) is the identity without model, noise and seed: runs that
+differ in data, subset size, epochs, image size, preset, lr, batch size, world size, precision, weight
+decay, schedule, clipping, divergence threshold or synthetic noise (not Imagenette's official noisy
+labels, so not comparable with the published rows) never share a section. A section's label states its
+scale (data, images, epochs, px, preset) and every identity field that differs from the preset's value
+(amp and world size: from off and 1). A set-up is a smoke test when it trains fewer than SMOKE_EPOCHS
+epochs, on a per-class subset or on the embedded mini subset; the README says so in its title and first
+lines, and every set-up's scale opens its sections (README and tables/*.md), its figure titles and the
+comparison with the published numbers, directly above that table.
+
+Figures: loss curves per family (diverged epochs as an 'x'), best val top-1 vs noise at the noise levels'
+true spacing with a chance line and error bars only where a cell has >= 2 seeds (n in the caption), and
+`plot_run` for one run (the training notebooks' closing figure).
+
+Writing: every table and figure is computed before the first file is written, and each file is written
+atomically, so a failure mid-build leaves the previous report as it was. A results folder without runs/
+is an error (a mistyped --results would otherwise get an empty report). Written files hold no absolute
+paths (run folders are given relative to the results folder), so rebuilding elsewhere does not change
+them.
 
 The published numbers of the report (Tables 1, 2, 4, 5) are data in lambdalib/published.csv; its
 Table 3 repeats Table 5, so the L3 rpe numbers are missing there and shown as missing.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
+import os
 import re
+import textwrap
+import warnings
+from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
 
@@ -30,9 +57,10 @@ from matplotlib import ticker
 from matplotlib.figure import Figure  # not pyplot: renders PNGs with Agg, leaves a notebook's backend alone
 from matplotlib.lines import Line2D
 
-from . import models, paths
+from . import models, paths, record
 from .config import PRESETS, RunConfig
-from .train import load_summary, read_history
+from .data import WNIDS
+from .record import FINISHED
 
 # number -> (title as in the report, file stem, (position, stage) of its models; None = the baselines)
 TABLES = {
@@ -42,10 +70,16 @@ TABLES = {
     4: ("LambdaResNet Layer2 lc", "table4_L2_lc", ("lc", 2)),
     5: ("LambdaResNet Layer3 lc", "table5_L3_lc", ("lc", 3)),
 }
-FINISHED = ("complete", "diverged")
-# recipe fields that make runs incomparable when they differ from their preset's value
-RECIPE_FIELDS = ("lr", "batch_size", "weight_decay", "t0", "t_mult", "eta_min", "grad_clip", "diverge_factor",
-                 "synthetic_noise")
+# identity fields that vary inside a set-up (the seed also inside a cell); every other one defines the set-up
+CELL_FIELDS = ("model", "noise", "seed")
+# identity fields every set-up label states; the others are named only when they differ from the preset's value
+SCALE_FIELDS = ("preset", "data", "train_per_class", "val_per_class", "epochs", "img_size")
+# what 'auto' / 0 stand for in a label: a single process in full precision (a record holds the resolved values)
+PLAIN = dict(amp="off", world_size=1)
+AMP_OF_DTYPE = {"off": "off", "bf16": "bf16", "fp16": "fp16", "bfloat16": "bf16", "float16": "fp16"}  # summary amp
+SMOKE_EPOCHS = 10  # a set-up with fewer epochs, a per-class subset or the embedded data is a smoke test
+EMBEDDED = "embedded"
+CLASSES = len(WNIDS)  # Imagenette: chance accuracy is 1/10
 # summary.json metrics shown as mean ± std over the runs of a cell (CSV columns keep these names)
 METRICS = ("best_train_loss", "best_val_loss", "train_time_s", "best_val_acc", "mean_train_images_per_s")
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
@@ -71,7 +105,7 @@ def parse_duration(text: str | None) -> float:
 
 def format_duration(seconds: float | None) -> str:
     """5557 -> '1h 32m 37s' (the report's format; leading zero units dropped: '2m 5s', '9s')."""
-    if seconds is None or not math.isfinite(seconds):
+    if seconds is None or pd.isna(seconds) or not math.isfinite(seconds):
         return "—"
     total = int(round(seconds))
     hours, rest = divmod(total, 3600)
@@ -95,6 +129,15 @@ def _percent(value) -> str:
 def _with_std(mean, std, fmt) -> str:
     text = fmt(mean)
     return text if pd.isna(std) or pd.isna(mean) else f"{text} ± {fmt(std)}"
+
+
+def _value(value) -> str:
+    """A config value in a label: floats in %g (1e-06 and 1e+06 stay apart), the rest as str."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _plural(n, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def architecture(label: str, noise: float) -> str:
@@ -122,66 +165,167 @@ def load_published() -> pd.DataFrame:
         return pd.read_csv(handle, dtype={"training_time": str, "note": str})
 
 
+def _resolve(config: RunConfig, summary: dict) -> RunConfig:
+    """The config with 'auto' made concrete from what the run did (its summary), not from this machine:
+    records written before configs were saved resolved hold amp 'auto' / world_size 0."""
+    changes = {}
+    if config.amp == "auto":
+        changes["amp"] = AMP_OF_DTYPE.get(str(summary.get("amp")), PLAIN["amp"])
+    if not config.world_size:
+        changes["world_size"] = int((summary.get("environment") or {}).get("world_size") or PLAIN["world_size"])
+    return replace(config, **changes)
+
+
 def _setup(config: RunConfig) -> dict:
-    """The fields that make runs comparable, a readable label and a file-name slug."""
-    data = Path(config.data).name if "/" in config.data else config.data
-    defaults = {**RunConfig().to_dict(), **PRESETS.get(config.preset, {})}
-    recipe = ", ".join(f"{k}={getattr(config, k):g}" if isinstance(getattr(config, k), float)
-                       else f"{k}={getattr(config, k)}"
-                       for k in RECIPE_FIELDS if getattr(config, k) != defaults[k])
-    label = f"preset {config.preset} · data {data} · {config.epochs} epochs · {config.img_size} px"
-    slug = f"{config.preset}_{data}_e{config.epochs}_{config.img_size}px"
-    if recipe:
-        label += f" · {recipe}"
-        slug += "_" + re.sub(r"[^A-Za-z0-9.]+", "-", recipe.replace("=", "")).strip("-")
-    return dict(setup=re.sub(r"[^A-Za-z0-9._-]+", "-", slug), setup_label=label, preset=config.preset,
-                data=data, epochs=config.epochs, img_size=config.img_size, recipe=recipe)
+    """What makes runs comparable: the identity without model, noise and seed, as a file-name slug (readable
+    scale + a hash of the whole set-up, so two set-ups never share a slug), its scale fields, the other
+    fields that differ from the preset ('recipe') and whether it is a smoke test."""
+    ident = config.identity()
+    key = {k: v for k, v in ident.items() if k not in CELL_FIELDS}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    defaults = {**{f.name: f.default for f in fields(RunConfig)}, **PRESETS.get(key["preset"], {}), **PLAIN}
+    recipe = ", ".join(f"{k}={_value(v)}" for k, v in key.items()
+                       if k not in SCALE_FIELDS and v != defaults.get(k))
+    per_class = (f"{key['train_per_class'] or 'all'}+{key['val_per_class'] or 'all'}pc"
+                 if key["train_per_class"] or key["val_per_class"] else "all")
+    slug = f"{key['preset']}_{key['data']}_{per_class}_e{key['epochs']}_{key['img_size']}px_{digest}"
+    smoke = bool(key["train_per_class"] or key["val_per_class"] or key["epochs"] < SMOKE_EPOCHS
+                 or key["data"] == EMBEDDED)
+    return dict(setup=re.sub(r"[^A-Za-z0-9.+_-]+", "-", slug), smoke_test=smoke,
+                **{k: key[k] for k in SCALE_FIELDS}, recipe=recipe)
+
+
+def _images(group: pd.DataFrame, column: str) -> str:
+    values = sorted({str(int(v)) for v in group[column].dropna()}) if column in group else []
+    return " or ".join(values) or "?"
+
+
+def _describe(setup: pd.Series, group: pd.DataFrame) -> tuple[str, str]:
+    """A set-up's section label and its one-sentence scale (the README's banner), from its fields."""
+    train, val = _images(group, "train_images"), _images(group, "val_images")
+    tpc, vpc = setup["train_per_class"], setup["val_per_class"]
+    data = "the embedded mini subset" if setup["data"] == EMBEDDED else setup["data"]
+    recipe = f", {setup['recipe']}" if setup["recipe"] else ""
+    epochs = _plural(setup["epochs"], "epoch")
+    if tpc or vpc:
+        images = f"{tpc or 'all'}/{vpc or 'all'} images per class ({train} train / {val} val)"
+        on = (f"{tpc} training images per class ({train} in all; {val} validation images)" if tpc
+              else f"all {train} training images ({val} validation images, {vpc} per class)")
+    else:
+        images = f"{train} train / {val} val images"
+        on = f"all {train} training images ({val} validation images)"
+    label = " · ".join(["Smoke test" if setup["smoke_test"] else "Full scale", f"preset {setup['preset']}",
+                        str(setup["data"]), images, epochs, f"{setup['img_size']} px"]
+                       + ([setup["recipe"]] if setup["recipe"] else []))
+    if setup["smoke_test"]:
+        scale = (f"Smoke test of the pipeline: {epochs} on {on} of {data} at {setup['img_size']} px "
+                 f"(preset {setup['preset']}{recipe}) — not results.")
+    else:
+        scale = (f"Full-scale runs: {epochs} on {on} of {data} at {setup['img_size']} px "
+                 f"(preset {setup['preset']}{recipe}).")
+    return label, scale
+
+
+def _relative(run_dir: Path, results_dir: Path | None) -> str:
+    """A run folder as written into the report: relative to the results folder, never absolute."""
+    if results_dir is not None:
+        try:
+            return run_dir.resolve().relative_to(results_dir.resolve()).as_posix()
+        except ValueError:
+            pass
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name == "runs" else run_dir.name
+
+
+def _read_run(run_dir: Path) -> tuple[dict | None, str]:
+    """One run record as a row (None: not a run record); raises with the file that failed in `stage`."""
+    stage = "summary.json"
+    summary = record.load_summary(run_dir)
+    if summary is None:
+        return None, stage
+    stage = "config.json"
+    if not (run_dir / stage).exists():
+        raise record.RecordError(f"{run_dir / stage} is missing (summary.json without its config)")
+    config = _resolve(record.load_config(run_dir), summary)
+    setup = _setup(config)
+    stage = "history.csv"
+    history = record.read_history(run_dir)
+    spec = models.SPECS.get(summary.get("model"))
+    env = summary.get("environment") or {}
+    label = summary.get("label") or models.report_label(config.model)
+    noise = summary.get("noise", config.noise)
+    return dict(
+        summary, **setup, experiment_id=config.experiment_id, seed=config.seed,
+        status=record.status(run_dir, summary),
+        model_order=models.MODEL_NAMES.index(spec.name) if spec else len(models.MODEL_NAMES),
+        family=(spec.position, spec.stage) if spec else None, label=label, noise=noise,
+        architecture=architecture(label, noise),
+        data_desc=f"{setup['data']} ({summary.get('train_images', '?')} train / "
+                  f"{summary.get('val_images', '?')} val images)",
+        **{f"env_{k}": v for k, v in env.items()},
+        _path=run_dir, _history=history,
+    ), stage
+
+
+def _load(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.DataFrame, list[dict]]:
+    """(one row per readable run record, the unreadable ones: run, file, problem). Each unreadable record
+    is also a warning naming its file (strict: raised instead)."""
+    if runs is None:
+        runs = sorted(p for p in (results_dir / "runs").glob("*") if p.is_dir())
+    rows, skipped = [], []
+    for run_dir in map(Path, runs):
+        stage = "summary.json"
+        try:
+            row, stage = _read_run(run_dir)
+        except (record.RecordError, OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            # the record's own problem (unreadable file, unknown model, missing field): skip this run only
+            if strict:
+                raise
+            warnings.warn(f"report: skipping run {run_dir.name}: {err}", stacklevel=3)
+            problem = str(err) if isinstance(err, record.RecordError) else f"{stage}: {type(err).__name__}: {err}"
+            problem = problem.replace(str(run_dir), _relative(run_dir, results_dir))
+            skipped.append(dict(Run=run_dir.name, File=f"{_relative(run_dir, results_dir)}/{stage}",
+                                Problem=problem))
+            continue
+        if row is None:
+            continue  # not a run record (yet)
+        row["run_dir"] = _relative(run_dir, results_dir)
+        row.setdefault("run_id", run_dir.name)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame, skipped
+    labels = {}
+    for setup, group in frame.groupby("setup", sort=False):
+        labels[setup] = _describe(group.iloc[0], group)
+    frame["setup_label"] = frame["setup"].map(lambda s: labels[s][0])
+    frame["scale"] = frame["setup"].map(lambda s: labels[s][1])
+    frame["_report_first"] = frame["preset"] != "report"  # the report's recipe leads, then full-scale set-ups
+    frame = frame.sort_values(["_report_first", "smoke_test", "setup", "model_order", "label", "noise", "seed",
+                               "run_id"])
+    return frame.drop(columns="_report_first").reset_index(drop=True), skipped
 
 
 def collect_runs(results_dir: Path | str | None = None, runs=None) -> pd.DataFrame:
-    """One row per run record (folders without summary.json are skipped): summary fields, the config's
-    seed/epochs/img_size/data, the set-up and the folder. Sorted by set-up, model, noise, seed."""
-    if runs is None:
-        base = Path(results_dir) if results_dir else paths.results_dir()
-        runs = sorted(p for p in (base / "runs").glob("*") if p.is_dir())
-    rows = []
-    for run_dir in map(Path, runs):
-        summary = load_summary(run_dir)
-        if summary is None or not (run_dir / "config.json").exists():
-            continue  # not a run record (yet)
-        config = RunConfig.load(run_dir / "config.json")
-        spec = models.SPECS.get(summary.get("model"))
-        env = summary.get("environment") or {}
-        setup = _setup(config)
-        rows.append(dict(
-            summary, **setup, run_dir=str(run_dir), seed=config.seed,
-            model_order=models.MODEL_NAMES.index(spec.name) if spec else len(models.MODEL_NAMES),
-            family=(spec.position, spec.stage) if spec else None,
-            architecture=architecture(summary.get("label", summary.get("model", "?")), summary.get("noise", 0)),
-            data_desc=f"{setup['data']} ({summary.get('train_images', '?')} train / "
-                      f"{summary.get('val_images', '?')} val images)",
-            **{f"env_{k}": v for k, v in env.items()},
-        ))
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    frame["report_first"] = frame["preset"] != "report"  # the report's recipe leads
-    frame = frame.sort_values(["report_first", "setup", "model_order", "label", "noise", "seed", "run_id"])
-    return frame.drop(columns="report_first").reset_index(drop=True)
+    """One row per readable run record (folders without summary.json are not run records; unreadable
+    records are skipped with a warning naming the file): summary fields, reader status ('crashed' for a
+    dead 'running'), seed, experiment_id, set-up fields and label, run_dir relative to the results
+    folder; internal columns (_path, _history) start with '_'. Sorted by set-up, model, noise, seed."""
+    base = Path(results_dir) if results_dir else (paths.results_dir() if runs is None else None)
+    return _load(base, runs)[0]
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs -> one row per (set-up, model, noise) cell: mean and std of METRICS over its runs."""
+    """Finished runs -> one row per experiment (a table cell): mean and std of METRICS over its seeds."""
     if runs.empty:
         return pd.DataFrame()
     done = runs[runs["status"].isin(FINISHED)]
     cells = []
-    for _, group in done.groupby(["setup", "model", "noise"], sort=False):
+    for _, group in done.groupby("experiment_id", sort=False):
         first = group.iloc[0]
         diverged = group["diverged_at"].dropna().astype(int)
         statuses = group["status"].value_counts()
-        cell = {k: first[k] for k in ("setup", "setup_label", "preset", "data", "epochs", "img_size", "recipe",
-                                      "architecture", "label", "model", "noise", "model_order", "family")}
+        cell = {k: first[k] for k in (*SETUP_COLUMNS, "scale", "experiment_id", "architecture", "label", "model",
+                                      "noise", "model_order", "family")}
         cell.update(
             n_runs=len(group), seeds=";".join(str(s) for s in group["seed"]), run_ids=";".join(group["run_id"]),
             status=", ".join(f"{n} {s}" for s, n in statuses.items()) if len(group) > 1 else first["status"],
@@ -190,7 +334,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
             params=first.get("params"), gflops=first.get("gflops"),
         )
         for metric in METRICS:  # skipna=False: a seed without a value leaves the mean undefined, not biased
-            values = pd.to_numeric(group[metric], errors="coerce")
+            values = pd.to_numeric(group[metric], errors="coerce") if metric in group else pd.Series([math.nan])
             cell[metric] = values.mean(skipna=False)
             cell[f"{metric}_std"] = values.std(ddof=1, skipna=False) if len(values) > 1 else math.nan
         cells.append(cell)
@@ -204,9 +348,10 @@ def _in_table(cells: pd.DataFrame, number: int) -> pd.DataFrame:
     return cells[cells["family"].map(lambda f: f == family)]
 
 
-SETUP_COLUMNS = ["setup", "preset", "data", "epochs", "img_size", "recipe"]
+SETUP_COLUMNS = ["setup", "setup_label", "smoke_test", "preset", "data", "train_per_class", "val_per_class",
+                 "epochs", "img_size", "recipe"]
 TABLE_COLUMNS = SETUP_COLUMNS + [
-    "table", "architecture", "label", "model", "noise", "n_runs", "seeds", "status",
+    "table", "experiment_id", "architecture", "label", "model", "noise", "n_runs", "seeds", "status",
     "best_train_loss", "best_train_loss_std", "best_val_loss", "best_val_loss_std",
     "train_time_s", "train_time_s_std", "training_time", "best_val_acc", "best_val_acc_std",
     "best_val_loss_epoch", "diverged_at", "n_diverged", "params", "gflops",
@@ -224,7 +369,8 @@ def results_table(cells: pd.DataFrame, number: int) -> pd.DataFrame:
 
 
 def results_table_markdown(table: pd.DataFrame) -> pd.DataFrame:
-    """A results_table (one set-up) in the report's layout plus the columns the report lacked."""
+    """A results_table (one set-up) in the report's layout plus the columns the report lacked; a value a
+    run does not have (a run that diverged in its first epoch has no best) reads '—'."""
     def mean_std(metric: str, fmt) -> list[str]:
         return [_with_std(m, s, fmt) for m, s in zip(table[metric], table[f"{metric}_std"])]
 
@@ -234,7 +380,7 @@ def results_table_markdown(table: pd.DataFrame) -> pd.DataFrame:
         "Best val loss": mean_std("best_val_loss", _number),
         "Training time": mean_std("train_time_s", format_duration),
         "Best val top-1": mean_std("best_val_acc", _percent),
-        "Epoch of best val loss": table["best_val_loss_epoch"].str.replace(";", ", "),
+        "Epoch of best val loss": table["best_val_loss_epoch"].map(lambda e: e.replace(";", ", ") or "—"),
         "Diverged at": [("—" if not d else f"epoch {d.replace(';', ', ')}" + (f" ({k}/{n} runs)" if n > 1 else ""))
                         for d, k, n in zip(table["diverged_at"], table["n_diverged"], table["n_runs"])],
         "Params": table["params"].map(lambda p: "—" if pd.isna(p) else f"{p / 1e6:.2f}M"),
@@ -260,7 +406,7 @@ def comparison_table(cells: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
                                     "best_val_loss": "published_best_val_loss",
                                     "training_time": "published_training_time",
                                     "training_time_s": "published_training_time_s"})
-    setups = cells[SETUP_COLUMNS].drop_duplicates() if not cells.empty else pd.DataFrame([{}])
+    setups = cells[SETUP_COLUMNS].drop_duplicates("setup") if not cells.empty else pd.DataFrame([{}])
     blocks = []
     for _, setup in setups.iterrows():
         ours = pd.DataFrame(columns=["label", "noise"])
@@ -316,25 +462,39 @@ def comparison_markdown(block: pd.DataFrame) -> str:
     return markdown_table(table) + (f"\nNotes on the published numbers:\n\n{footnotes}" if notes else "")
 
 
+RUNS_INDEX_COLUMNS = ["Run", "Status", "Set-up", "Architecture", "Seed", "Epochs", "Best val loss",
+                      "Best val top-1", "Training time", "Device", "In tables"]
+
+
+def _status_text(status: str, diverged_at, updated) -> str:
+    if status == "diverged" and pd.notna(diverged_at):
+        return f"diverged at epoch {int(diverged_at)}"
+    if status == "crashed":
+        return (f"crashed (says running, but no process holds its lock; last update {updated}; "
+                "re-run the same command to resume)")
+    if status == "running":
+        return f"running (last update {updated})"
+    return status
+
+
 def runs_index(runs: pd.DataFrame) -> pd.DataFrame:
     """Every run record, finished or not, with its status (the unfinished ones are not in the tables)."""
     if runs.empty:
-        return pd.DataFrame(columns=["Run", "Status", "Set-up", "Architecture", "Seed", "Epochs",
-                                     "Best val loss", "Best val top-1", "Training time", "Device", "In tables"])
+        return pd.DataFrame(columns=RUNS_INDEX_COLUMNS)
+    updated = runs["updated"].fillna("unknown") if "updated" in runs else pd.Series(["unknown"] * len(runs))
+    device = runs["env_device"].fillna("?") if "env_device" in runs else pd.Series(["?"] * len(runs))
     return pd.DataFrame({
         "Run": runs["run_id"],
-        "Status": [s + (f" at epoch {int(d)}" if s == "diverged" and pd.notna(d) else "")
-                   + (f" (last update {u}; a crashed run also reads 'running')" if s == "running" else "")
-                   for s, d, u in zip(runs["status"], runs["diverged_at"], runs.get("updated", runs["status"]))],
+        "Status": [_status_text(s, d, u) for s, d, u in zip(runs["status"], runs["diverged_at"], updated)],
         "Set-up": runs["setup"],
         "Architecture": runs["architecture"],
         "Seed": runs["seed"],
-        "Epochs": [f"{int(d)}/{e}" for d, e in zip(runs["epochs_done"], runs["epochs"])],
+        "Epochs": [f"{int(d) if pd.notna(d) else 0}/{e}" for d, e in zip(runs["epochs_done"], runs["epochs"])],
         "Best val loss": runs["best_val_loss"].map(_number),
         "Best val top-1": runs["best_val_acc"].map(_percent),
         "Training time": runs["train_time_s"].map(format_duration),
-        "Device": runs.get("env_device", pd.Series(["?"] * len(runs))),
-        "In tables": runs["status"].map(lambda s: "yes" if s in FINISHED else "no (unfinished)"),
+        "Device": list(device),
+        "In tables": runs["status"].map(lambda s: "yes" if s in FINISHED else f"no ({s})"),
     })
 
 
@@ -350,35 +510,88 @@ def _no_runs(ax, text: str = NO_RUNS) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.4")
 
 
-def plot_curves(runs: pd.DataFrame, labels: list[str], path: Path, title: str) -> Path:
+def _wrap(title: str, width: int) -> str:
+    """Lines of at most `width` characters; a set-up label breaks between its ' · ' parts."""
+    out = []
+    for line in title.split("\n"):
+        parts, current = line.split(" · "), ""
+        for part in parts:
+            joined = f"{current} · {part}" if current else part
+            if current and len(joined) > width:
+                out.append(current)
+                joined = part
+            current = joined
+        out.extend(textwrap.wrap(current, width) or [""])
+    return "\n".join(out)
+
+
+def _split(run) -> tuple[list[dict], dict | None]:
+    """A run's history as (the epochs before any divergence, the diverged epoch's row or None)."""
+    history = run["_history"] if "_history" in run and isinstance(run["_history"], list) \
+        else record.read_history(Path(run["_path"]))
+    diverged_at = run["diverged_at"] if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
+    good = [r for r in history if r["epoch"] != diverged_at]
+    bad = next((r for r in history if r["epoch"] == diverged_at), None)
+    return good, bad
+
+
+class _LossAxis:
+    """The y-range of loss curves: the finite losses of the epochs before any divergence (one explosion
+    cannot flatten every other curve), logarithmic when they span more than a factor 4, with a band above
+    the range for the 'x' of a diverged epoch whose loss is off-scale or non-finite."""
+
+    def __init__(self, goods: list[list[dict]], band: bool):
+        self.finite = [r[k] for good in goods for r in good for k in ("train_loss", "val_loss")
+                       if math.isfinite(r[k]) and r[k] > 0]
+        low, self.high = (min(self.finite), max(self.finite)) if self.finite else (1.0, 3.0)
+        self.log, self.band = self.high / low > 4, band
+        if self.log:
+            self.bottom, self.off_scale, self.top = low / 1.15, self.high * 1.3, self.high * (1.6 if band else 1.15)
+        else:
+            pad = 0.06 * (self.high - low or 1.0)
+            self.bottom, self.off_scale = max(0.0, low - pad), self.high + 2 * pad
+            self.top = self.high + (3.5 if band else 1) * pad
+        self.band_start = (self.high + self.off_scale) / 2 if band else math.inf
+
+    def diverged(self, bad: dict | None) -> tuple[float, float]:
+        """(the diverged epoch's worst loss, inf when non-finite; where its 'x' goes)."""
+        losses = (bad["train_loss"], bad["val_loss"]) if bad else (math.nan,)
+        worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf  # NaN: off-scale
+        return worst, worst if worst <= self.high else self.off_scale
+
+    def apply(self, ax, axes_with_band=()) -> None:
+        if self.log:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        # no numbers in the off-scale band: an 'x' there is not at that value
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if v < self.band_start else ""))
+        ax.set_ylim(self.bottom, self.top)
+        ax.set_ylabel("cross-entropy loss" + (" (log scale)" if self.log else ""))
+        for other in axes_with_band:
+            other.axhspan(self.band_start, self.top, color="0.92", zorder=0)
+
+
+def _epoch_axis(ax, last_epoch: int) -> None:
+    ax.set_xlim(0.5, last_epoch + 0.5)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
+
+
+def curves_figure(runs: pd.DataFrame, labels: list[str], title: str) -> Figure:
     """Train (dashed) and val (solid) loss vs epoch, one panel per model label, one colour per noise level.
 
     The y-range spans the finite losses of the epochs before any divergence, so one explosion cannot
     flatten every other curve; the epoch a run diverged at is an 'x' (in a band above the range when its
     loss is off-scale or non-finite) and is spelled out under the panel. The y-axis turns logarithmic
     when the losses span more than a factor 4."""
-    fig = Figure(figsize=(5.2 * len(labels), 4.4), layout="constrained")
+    fig = Figure(figsize=(5.2 * len(labels) + 1.6, 4.6), layout="constrained")
     axes = fig.subplots(1, len(labels), sharey=True, squeeze=False)[0]
-    curves = []  # (run, epochs before divergence, the diverged epoch's row or None)
-    for _, run in runs.iterrows():
-        history = read_history(Path(run["run_dir"]))
-        diverged_at = run["diverged_at"] if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
-        good = [r for r in history if r["epoch"] != diverged_at]
-        bad = next((r for r in history if r["epoch"] == diverged_at), None)
-        curves.append((run, good, bad))
-    finite = [r[k] for _, good, _ in curves for r in good for k in ("train_loss", "val_loss")
-              if math.isfinite(r[k]) and r[k] > 0]
-    low, high = (min(finite), max(finite)) if finite else (1.0, 3.0)
-    log = high / low > 4
-    band = any(run["status"] == "diverged" for run, _, _ in curves)  # room above the range for off-scale 'x'
-    if log:
-        bottom, off_scale, top = low / 1.15, high * 1.3, high * (1.6 if band else 1.15)
-    else:
-        pad = 0.06 * (high - low or 1.0)
-        bottom, off_scale, top = max(0.0, low - pad), high + 2 * pad, high + (3.5 if band else 1) * pad
-    band_start = (high + off_scale) / 2 if band else math.inf
-    last_epoch = max([1] + [int(r["epoch"]) for _, good, bad in curves for r in good + ([bad] if bad else [])])
-    noises = set()
+    curves = [(run, *_split(run)) for _, run in runs.iterrows()]
+    band = any(run["status"] == "diverged" for run, _, _ in curves)
+    y = _LossAxis([good for _, good, _ in curves], band)
+    last_epoch = max([1] + [int(r["epoch"]) for _, good, bad in curves for r in good + ([bad] if bad else [])]
+                     + [int(run["epochs"]) for run, _, _ in curves])
+    noises, banded = set(), []
     for ax, label in zip(axes, labels):
         mine = [c for c in curves if c[0]["label"] == label]
         ax.set_title(re.sub(r"^R(\d+)$", r"ResNet\1 (R\1)", label))
@@ -391,34 +604,24 @@ def plot_curves(runs: pd.DataFrame, labels: list[str], path: Path, title: str) -
             epochs = [r["epoch"] for r in good]
             for key, style in (("train_loss", "--"), ("val_loss", "-")):
                 values = [r[key] if math.isfinite(r[key]) else np.nan for r in good]
-                ax.plot(epochs, values, style, color=colour, marker="o", markersize=3, linewidth=1.6, alpha=0.9)
+                ax.plot(epochs, values, style, color=colour, marker="o", markersize=4, linewidth=1.6, alpha=0.9)
             if run["status"] == "diverged":
                 epoch = int(run["diverged_at"])
-                losses = (bad["train_loss"], bad["val_loss"]) if bad else (math.nan,)
-                worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf  # NaN: off-scale
-                ax.plot([epoch], [worst if worst <= high else off_scale], "x", color=colour, markersize=11,
-                        markeredgewidth=2.5)
+                worst, at = y.diverged(bad)
+                ax.plot([epoch], [at], "x", color=colour, markersize=11, markeredgewidth=2.5)
                 seeds = len(mine) > len({c[0]["noise"] for c in mine})  # several runs per noise: name the seed
                 who = f"{run['noise'] * 100:g}%" + (f" seed {run['seed']}" if seeds else "")
                 notes.append(f"{who}: epoch {epoch} (loss {'non-finite' if math.isinf(worst) else f'{worst:.3g}'})")
         ax.set_xlabel("epoch" + "".join(f"\n× diverged {n}" for n in notes))
-        ax.set_xlim(0.7, last_epoch + 0.3)
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
+        _epoch_axis(ax, last_epoch)
         ax.grid(alpha=0.3)
         if any(c[0]["status"] == "diverged" for c in mine):
-            ax.axhspan(band_start, top, color="0.92", zorder=0)  # the off-scale band
-    if log:
-        axes[0].set_yscale("log")
-        axes[0].yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        axes[0].yaxis.set_minor_formatter(ticker.NullFormatter())
-    # no numbers in the off-scale band: an 'x' there is not at that value
-    axes[0].yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if v < band_start else ""))
-    axes[0].set_ylim(bottom, top)
-    axes[0].set_ylabel("cross-entropy loss" + (" (log scale)" if log else ""))
+            banded.append(ax)
+    y.apply(axes[0], banded)
     if not curves:  # an empty figure: no axis numbers that suggest data
         for ax in axes:
             ax.set_xticks([]), ax.set_yticks([])
-    elif not finite:  # only divergences: the y numbers would mean nothing
+    elif not y.finite:  # only divergences: the y numbers would mean nothing
         axes[0].set_yticks([])
     handles = [Line2D([], [], color=_noise_colour(n), linewidth=3, label=f"{n * 100:g}% noise")
                for n in sorted(noises)]
@@ -430,59 +633,153 @@ def plot_curves(runs: pd.DataFrame, labels: list[str], path: Path, title: str) -
                               label="diverged\n(grey band:\noff-scale)"))
     if handles:
         fig.legend(handles=handles, loc="outside right upper", frameon=False)
-    fig.suptitle(title)
-    return _save(fig, path)
+    fig.suptitle(_wrap(title, int(44 * len(labels))))
+    return fig
+
+
+def plot_curves(runs: pd.DataFrame, labels: list[str], path: Path, title: str) -> Path:
+    """curves_figure saved as a PNG at `path`."""
+    return _save(curves_figure(runs, labels, title), Path(path))
+
+
+def run_figure(run: pd.Series) -> Figure:
+    """One run's train and val loss per epoch, readable at any epoch count: markers and the last value of
+    each curve written next to it, integer epoch ticks over the planned schedule (an unfinished run shows
+    how far it got), a diverged epoch as an 'x', the legend under the axes, the title naming the model,
+    noise, status and scale."""
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.subplots()
+    good, bad = _split(run)
+    diverged = run["status"] == "diverged" and pd.notna(run["diverged_at"])
+    y = _LossAxis([good], diverged)
+    epochs = [r["epoch"] for r in good]
+    for key, name, style, marker, colour in (("train_loss", "train loss", "--", "o", OKABE_ITO[0]),
+                                             ("val_loss", "val loss", "-", "s", OKABE_ITO[3])):
+        values = [r[key] if math.isfinite(r[key]) else np.nan for r in good]
+        ax.plot(epochs, values, linestyle=style, marker=marker, markersize=7, linewidth=1.8, color=colour,
+                label=name)
+        finite = [(e, v) for e, v in zip(epochs, values) if math.isfinite(v)]
+        if finite and len(epochs) <= 5:  # few points: their values, as a line would not show a trend
+            last = finite[-1][1]
+            ax.annotate(_number(last) if last < 1e3 else f"{last:.3g}", finite[-1], xytext=(7, 0),
+                        textcoords="offset points", va="center", color=colour, fontsize=9)
+    if diverged:
+        worst, at = y.diverged(bad)
+        ax.plot([int(run["diverged_at"])], [at], "x", color="black", markersize=11, markeredgewidth=2.5,
+                label=f"diverged (loss {'non-finite' if math.isinf(worst) else f'{worst:.3g}'})")
+    if not good and not diverged:
+        _no_runs(ax, "no finished epoch yet")
+    y.apply(ax, [ax] if diverged else [])
+    if not y.finite:
+        ax.set_yticks([])
+    ax.set_xlabel("epoch")
+    _epoch_axis(ax, max([int(run["epochs"])] + epochs))
+    ax.grid(alpha=0.3)
+    if good or diverged:
+        fig.legend(loc="outside lower center", ncol=3, frameon=False)
+    done = int(run["epochs_done"]) if pd.notna(run.get("epochs_done")) else len(good)
+    status = _status_text(run["status"], run.get("diverged_at"), run.get("updated", "unknown")).split(" (")[0]
+    fig.suptitle(_wrap(f"{architecture(run['label'], run['noise'])}: {status}, {done}/{run['epochs']} epochs\n"
+                       f"{run['setup_label']}", 70), fontsize=11)
+    return fig
 
 
 def plot_run(run_dir: Path | str, path: Path | str | None = None) -> Path:
     """One run's train/val loss curves (the family notebooks' closing figure); saved as run_dir/curves.png."""
-    runs = collect_runs(runs=[Path(run_dir)])
+    run_dir = Path(run_dir)
+    runs, _ = _load(None, [run_dir], strict=True)  # an unreadable record raises, naming the file
     if runs.empty:
-        raise FileNotFoundError(f"{run_dir} is not a run record (no summary.json / config.json)")
-    run = runs.iloc[0]
-    title = f"{run['label']}, noise {run['noise']:.0%}: {run['status']}"
-    return plot_curves(runs, [run["label"]], Path(path) if path else Path(run_dir) / "curves.png", title)
+        raise FileNotFoundError(f"{run_dir} is not a run record (no summary.json)")
+    return _save(run_figure(runs.iloc[0]), Path(path) if path else run_dir / "curves.png")
 
 
-def plot_accuracy_vs_noise(cells: pd.DataFrame, path: Path, title: str) -> Path:
-    """Best val top-1 (mean ± std over seeds) vs noise for the ten models; colour = family, line = depth.
-    A black 'x' marks cells where at least one run diverged (its best is from before the divergence)."""
-    fig = Figure(figsize=(8.5, 4.6), layout="constrained")
+def _seeds_caption(n_runs: pd.Series) -> str:
+    low, high = int(n_runs.min()), int(n_runs.max())
+    if high < 2:
+        return "one seed per point: no error bars, and differences of a few points may be noise"
+    counts = f"{low}" if low == high else f"{low}–{high}"
+    return (f"error bars: ± sample std over the seeds of a point (n = {counts})"
+            + ("; points with one seed have none" if low < 2 else ""))
+
+
+def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
+    """Best val top-1 vs noise for the ten models at the noise levels' true spacing; colour = family, line
+    = depth; a dotted chance line (1/classes); error bars (± std over seeds) only on points with >= 2
+    seeds, the number of seeds in the caption. A black 'x' marks cells where at least one run diverged
+    (its best is from before the divergence)."""
+    fig = Figure(figsize=(8.8, 5.0), layout="constrained")
     ax = fig.subplots()
+    chance = 100 / CLASSES
     if cells.empty:
         _no_runs(ax)
         ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlabel("label noise (% of training labels flipped)")
     else:
         levels = sorted(cells["noise"].unique())
-        position = {n: i for i, n in enumerate(levels)}
         present = [m for m in models.MODEL_NAMES if m in set(cells["model"])]
+        present += sorted(set(cells["model"]) - set(present))  # timm models outside the report's ten
+        span = 100 * (max(levels) - min(0.0, *levels)) or 10.0
+        dodge = span / 150  # points of one noise level stay apart, far less than any level spacing
         for i, model in enumerate(present):
-            spec = models.SPECS[model]
+            spec = models.SPECS.get(model)
             mine = cells[cells["model"] == model].sort_values("noise")
-            x = mine["noise"].map(position) + 0.025 * (i - (len(present) - 1) / 2)  # dodge: bars stay apart
+            x = 100 * mine["noise"] + dodge * (i - (len(present) - 1) / 2)
             y = 100 * mine["best_val_acc"]
-            shallow = spec.depth == 18
-            ax.errorbar(x, y, yerr=100 * mine["best_val_acc_std"].fillna(0), label=spec.label,
-                        color=FAMILY_COLOURS[(spec.position, spec.stage)], linestyle="-" if shallow else "--",
-                        marker="o" if shallow else "s", markersize=6, capsize=3, linewidth=1.6)
+            shallow = spec is None or spec.depth == 18
+            colour = FAMILY_COLOURS[(spec.position, spec.stage)] if spec else OKABE_ITO[4]
+            ax.plot(x, y, color=colour, linestyle="-" if shallow else "--", marker="o" if shallow else "s",
+                    markersize=6, linewidth=1.6, label=spec.label if spec else model)
+            seeds = mine["n_runs"] >= 2
+            if seeds.any():
+                ax.errorbar(x[seeds], y[seeds], yerr=100 * mine["best_val_acc_std"][seeds], fmt="none",
+                            ecolor=colour, capsize=3, linewidth=1.2)
             bad = mine["n_diverged"] > 0
             ax.plot(x[bad], y[bad], "x", color="black", markersize=12, markeredgewidth=2.2)
-        ax.set_xticks(range(len(levels)), [f"{n * 100:g}%" for n in levels])
+        ax.axhline(chance, color="0.4", linestyle=":", linewidth=1.5)
+        ax.set_xticks([100 * n for n in levels], [f"{n * 100:g}%" for n in levels])
+        ax.set_xlim(100 * min(0.0, *levels) - span / 20, 100 * max(levels) + span / 20)  # 0 % always shown
+        best = pd.to_numeric(cells["best_val_acc"], errors="coerce").max()
+        ax.set_ylim(0, min(100.0, max(chance, 100 * best if pd.notna(best) else chance) * 1.15 + 2))
         handles, names = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=1.5))
+        names.append(f"chance (1/{CLASSES})")
         if (cells["n_diverged"] > 0).any():
             handles.append(Line2D([], [], marker="x", color="black", linestyle="", markersize=9, markeredgewidth=2))
             names.append("a run diverged")
         fig.legend(handles, names, loc="outside right upper", frameon=False)
-    ax.set_xlabel("label noise (share of flipped training labels)")
+        ax.set_xlabel("label noise (% of training labels flipped)\n" + _seeds_caption(cells["n_runs"]))
     ax.set_ylabel("best val top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(title)
-    return _save(fig, path)
+    ax.set_title(_wrap(title, 80))
+    return fig
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})  # no version stamp: same runs, same bytes
+def plot_accuracy_vs_noise(cells: pd.DataFrame, path: Path, title: str) -> Path:
+    """accuracy_figure saved as a PNG at `path`."""
+    return _save(accuracy_figure(cells, title), Path(path))
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp: same bytes
+    return buffer.getvalue()
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    """Write atomically (a temporary renamed over the target); a failure says which path and why."""
+    data = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        raise record.RecordError(record.describe_os_error(err, path)) from err
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    _write(path, _png(fig))
     return path
 
 
@@ -504,27 +801,33 @@ def _distinct(runs: pd.DataFrame, column: str) -> str:
     return "; ".join(f"`{v}` ({n} run{'s' * (n > 1)})" for v, n in counts.items())
 
 
-def _provenance(runs: pd.DataFrame) -> str:
+def _provenance(runs: pd.DataFrame, skipped: list[dict]) -> str:
     """What produced the numbers: data, preset, hardware, torch, commit (each distinct value when runs differ)."""
-    status = runs["status"].value_counts().sort_index()
-    finished = runs[runs["status"].isin(FINISHED)]
-    finished = finished if not finished.empty else runs  # only unfinished runs: describe those
-    lines = [
-        f"- Run records: {len(runs)} ({', '.join(f'{n} {s}' for s, n in status.items()) or 'none'}); "
-        "the tables and figures use the complete and diverged ones",
-        f"- Data: {_distinct(finished, 'data_desc')}",
-        f"- Preset: {_distinct(finished, 'preset')}",
-        f"- Hardware: {_distinct(finished, 'env_device')} (world size {_distinct(finished, 'env_world_size')}, "
-        f"AMP {_distinct(finished, 'amp')})",
-        f"- torch: {_distinct(finished, 'env_torch')}, Python {_distinct(finished, 'env_python')}",
-        f"- git commit: {_distinct(finished, 'env_git_commit')}",
-    ]
-    if not finished.empty and "updated" in finished:
-        lines.append(f"- Latest run record update: {finished['updated'].dropna().max()}")
+    if runs.empty:
+        lines = ["- Run records: none readable" if skipped else f"_{NO_RUNS}_"]
+    else:
+        status = runs["status"].value_counts().sort_index()
+        finished = runs[runs["status"].isin(FINISHED)]
+        finished = finished if not finished.empty else runs  # only unfinished runs: describe those
+        lines = [
+            f"- Run records: {len(runs)} ({', '.join(f'{n} {s}' for s, n in status.items())}); "
+            "the tables and figures use the complete and diverged ones",
+            f"- Data: {_distinct(finished, 'data_desc')}",
+            f"- Preset: {_distinct(finished, 'preset')}",
+            f"- Hardware: {_distinct(finished, 'env_device')} (world size {_distinct(finished, 'env_world_size')}, "
+            f"AMP {_distinct(finished, 'amp')})",
+            f"- torch: {_distinct(finished, 'env_torch')}, Python {_distinct(finished, 'env_python')}",
+            f"- git commit: {_distinct(finished, 'env_git_commit')}",
+        ]
+        if "updated" in finished and finished["updated"].notna().any():
+            lines.append(f"- Latest run record update: {finished['updated'].dropna().max()}")
+    if skipped:
+        lines.append(f"- Unreadable run records, skipped: {len(skipped)} (listed under "
+                     "[Unreadable run records](#unreadable-run-records-skipped))")
     return "\n".join(lines) + "\n"
 
 
-PLACEHOLDER = dict(setup="no-runs", setup_label=NO_RUNS)  # the one "set-up" of an empty report
+PLACEHOLDER = dict(setup="no-runs", setup_label=NO_RUNS, scale="", smoke_test=False)  # the empty report's
 
 
 def _of(frame: pd.DataFrame, setup: dict) -> pd.DataFrame:
@@ -534,16 +837,43 @@ def _of(frame: pd.DataFrame, setup: dict) -> pd.DataFrame:
     return frame[frame["setup"] == setup["setup"]]
 
 
+def _banner(setup: dict) -> str:
+    """The set-up's scale, as a quote above its tables: a smoke test says so in bold wherever it is read."""
+    if setup is PLACEHOLDER:
+        return ""
+    return f"> **{setup['scale']}**\n" if setup["smoke_test"] else f"> {setup['scale']}\n"
+
+
 def _sections(setups: list[dict], render) -> str:
-    """One '###' section per set-up (no heading in the empty report)."""
-    return "\n".join(render(s) if s is PLACEHOLDER else f"### {s['setup_label']}\n\n{render(s)}" for s in setups)
+    """One '###' section per set-up, opening with its scale (no heading in the empty report)."""
+    return "\n".join(render(s) if s is PLACEHOLDER else f"### {s['setup_label']}\n\n{_banner(s)}\n{render(s)}"
+                     for s in setups)
+
+
+def _what_this_is(setups: list[dict], n_runs: int) -> tuple[str, str]:
+    """(the README's title, its opening lines): what the report holds, derived from the set-ups' scale."""
+    if setups == [PLACEHOLDER]:
+        opening = "No finished runs yet" + (f" ({_plural(n_runs, 'unfinished run record')})." if n_runs else ".")
+        return "# Lambda-ResNets on small data: results", f"**{opening}**\n"
+    smoke = [s for s in setups if s["smoke_test"]]
+    title = ("# Lambda-ResNets on small data: a smoke test of the pipeline, not results" if len(smoke) == len(setups)
+             else "# Lambda-ResNets on small data: results")
+    if len(setups) == 1:
+        return title, _banner(setups[0])
+    which = ("all are smoke tests" if len(smoke) == len(setups) else
+             f"{len(smoke)} of them {'is a smoke test' if len(smoke) == 1 else 'are smoke tests'}")
+    lines = [f"**This report holds {len(setups)} set-ups"
+             + (f"; {which} of the pipeline, not results" if smoke else "") + ":**\n"]
+    lines += [f"- {'**' + s['scale'] + '**' if s['smoke_test'] else s['scale']}" for s in setups]
+    return title, "\n".join(lines) + "\n"
 
 
 def build(results_dir: Path | str | None = None, runs=None, out: Path | str | None = None, *,
           quiet: bool = False) -> Path:
     """Rebuild the report from run records and return the path of the rendered README.md.
 
-    results_dir: the folder holding runs/ (default: the project's results/).
+    results_dir: the folder holding runs/ (default: the project's results/). Without a runs/ folder
+        there: FileNotFoundError, and nothing is created (an empty runs/ gives the "No runs yet" report).
     runs: run folders to use instead of scanning results_dir/runs/*/ (folders without summary.json are
         skipped either way).
     out: where README.md, tables/ and figures/ go (default: results_dir).
@@ -551,80 +881,100 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
     Writes tables/table{1..5}_*.{md,csv} (Tables 1-5 in the report's layout plus val top-1, epoch of best
     val loss, diverged-at, params, GFLOPs, img/s, mean ± std over seeds), tables/comparison.{md,csv}
     (published vs ours), tables/runs.{md,csv} (every run record), figures/<set-up>/*.png (loss curves per
-    family, accuracy vs noise) and README.md (all of it, figures embedded, with the data, preset,
-    hardware, torch and git commit that produced it). With no runs the same files say "No runs yet.".
-    Output depends only on the run records: building twice writes identical files. Files a previous
-    build wrote that this one does not (a set-up that is gone) are removed. Prints every path written
-    unless quiet.
+    family, accuracy vs noise) and README.md (all of it, figures embedded, opening with what the runs are
+    (e.g. a smoke test), with the data, preset, hardware, torch and git commit that produced it). With no
+    runs the same files say "No runs yet.". A run record that cannot be read is skipped with a warning and
+    listed in README.md and tables/runs.md. Everything is computed before the first file is written, so a
+    failure leaves the previous report untouched. Output depends only on the run records: building twice
+    (on any machine) writes identical files. Files a previous build wrote that this one does not (a set-up
+    that is gone) are removed. Prints every path written unless quiet.
     """
     results_dir = Path(results_dir) if results_dir else paths.results_dir()
     out = Path(out) if out else results_dir
-    all_runs = collect_runs(results_dir, runs)
+    if runs is None and not (results_dir / "runs").is_dir():
+        raise FileNotFoundError(
+            f"no run records found at {results_dir / 'runs'} (no such folder); train some first "
+            "(`lambdalib train`, `lambdalib demo`) or pass the results folder that holds runs/ with --results")
+    all_runs, skipped = _load(results_dir, runs)
     finished = all_runs[all_runs["status"].isin(FINISHED)] if not all_runs.empty else all_runs
     cells = aggregate(all_runs)
-    setups = (finished[["setup", "setup_label"]].drop_duplicates().to_dict("records") if not finished.empty
-              else [PLACEHOLDER])
-    written: list[Path] = []
-
-    def write(rel: str, text: str) -> None:
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
+    setups = (finished[["setup", "setup_label", "scale", "smoke_test"]].drop_duplicates("setup").to_dict("records")
+              if not finished.empty else [PLACEHOLDER])
+    files: dict[str, bytes | str] = {}  # everything first, then written: a failure leaves the old report
 
     # tables: one CSV with every set-up (set-up columns) and one markdown with a section per set-up
     tables = {number: results_table(cells, number) for number in TABLES}
     table_md = {(n, s["setup"]): markdown_table(results_table_markdown(_of(tables[n], s))) for n in TABLES
                 for s in setups}
     for number, (title, stem, _) in TABLES.items():
-        write(f"tables/{stem}.csv", tables[number].to_csv(index=False, lineterminator="\n"))
-        write(f"tables/{stem}.md", f"## Table {number}: {title}\n\n"
-              + _sections(setups, lambda s: table_md[number, s["setup"]]))
+        files[f"tables/{stem}.csv"] = tables[number].to_csv(index=False, lineterminator="\n")
+        files[f"tables/{stem}.md"] = (f"## Table {number}: {title}\n\n"
+                                      + _sections(setups, lambda s: table_md[number, s["setup"]]))
     comparison = comparison_table(cells, load_published())
     comparison_md = {s["setup"]: comparison_markdown(_of(comparison, s)) for s in setups}
-    write("tables/comparison.csv", comparison.to_csv(index=False, lineterminator="\n"))
-    write("tables/comparison.md", "## Published vs ours\n\n" + _sections(setups, lambda s: comparison_md[s["setup"]]))
+    files["tables/comparison.csv"] = comparison.to_csv(index=False, lineterminator="\n")
+    files["tables/comparison.md"] = ("## Published vs ours\n\n"
+                                     + _sections(setups, lambda s: comparison_md[s["setup"]]))
     index = runs_index(all_runs)
-    record = all_runs.drop(columns=["family", "model_order", "environment"], errors="ignore")  # env_* kept
-    write("tables/runs.csv", record.to_csv(index=False, lineterminator="\n"))
-    write("tables/runs.md", "## Run records\n\n" + markdown_table(index))
+    skipped_md = markdown_table(pd.DataFrame(skipped, columns=["Run", "File", "Problem"]), empty="None.")
+    internal = [c for c in all_runs.columns if c.startswith("_")]
+    runs_csv = all_runs.drop(columns=["family", "model_order", "environment", *internal], errors="ignore")
+    files["tables/runs.csv"] = runs_csv.to_csv(index=False, lineterminator="\n")  # env_* kept
+    files["tables/runs.md"] = ("## Run records\n\n" + markdown_table(index)
+                               + "\n## Unreadable run records (skipped)\n\n" + skipped_md)
 
-    # the README: provenance, then per set-up its tables, the comparison and the figures
+    # the README: what it is, provenance, then per set-up its tables, the comparison and the figures
+    title, opening = _what_this_is(setups, len(all_runs))
     readme = [
-        "# Lambda-ResNets on small data: results\n",
+        f"{title}\n", opening,
         "Generated by `lambdalib report` (`lambdalib.report.build`) from the run records under "
         f"`{results_dir.name}/runs/` only; do not edit, rerun. Published numbers: `lambdalib/published.csv`, "
         "transcribed from the report (its Table 3 repeats Table 5, so the L3 rpe numbers are missing).\n",
-        "## Provenance\n", _provenance(all_runs) if not all_runs.empty else f"_{NO_RUNS}_\n",
-        "Tables: mean ± sample std over the runs (seeds) of a cell when it has several; training time is the sum "
-        "of epoch times; a run diverges when a loss is non-finite, its train loss exceeds `diverge_factor` × "
-        "ln(classes) or its val loss `diverge_factor` × its first epoch's (the reason is in its summary.json), "
-        "and its best values are those of the epochs before. Full-precision CSVs are in `tables/`.\n",
+        "## Provenance\n", _provenance(all_runs, skipped),
+        "Tables: one row per experiment (every setting that changes what is computed is equal; only seeds "
+        "are averaged, as mean ± sample std when a row has several); runs that differ in any other setting "
+        "are in different set-ups. A set-up is a smoke test of the pipeline, not a result, when it trains "
+        f"fewer than {SMOKE_EPOCHS} epochs, on a per-class subset (`train_per_class`, `val_per_class`) or on "
+        "the embedded mini subset. Training time is the sum of epoch times; a run diverges when a loss is "
+        "non-finite, its train loss exceeds `diverge_factor` × ln(classes) or its val loss `diverge_factor` × "
+        "its first epoch's (the reason is in its summary.json), and its best values are those of the epochs "
+        "before (— when it has none). Full-precision CSVs are in `tables/`.\n",
     ]
     for setup in setups:
-        readme.append("## Results\n" if setup is PLACEHOLDER else f"## Set-up: {setup['setup_label']}\n")
-        for number, (title, stem, _) in TABLES.items():
-            readme.append(f"### Table {number}: {title} ([csv](tables/{stem}.csv))\n\n"
+        readme.append("## Results\n" if setup is PLACEHOLDER
+                      else f"## Set-up: {setup['setup_label']}\n\n{_banner(setup)}")
+        for number, (name, stem, _) in TABLES.items():
+            readme.append(f"### Table {number}: {name} ([csv](tables/{stem}.csv))\n\n"
                           + table_md[number, setup["setup"]])
-        readme.append(f"### Published vs ours ([csv](tables/comparison.csv))\n\n{comparison_md[setup['setup']]}")
+        banner = _banner(setup) + "\n" if setup is not PLACEHOLDER else ""  # the scale, right above the table
+        readme.append(f"### Published vs ours ([csv](tables/comparison.csv))\n\n{banner}"
+                      + comparison_md[setup["setup"]])
         readme.append("### Figures\n")
-        folder = out / "figures" / setup["setup"]
+        folder = f"figures/{setup['setup']}"
         mine = _of(finished, setup)
-        for stem, (labels, title) in FIGURES.items():
+        heading = "" if setup is PLACEHOLDER else f"\n{setup['setup_label']}"
+        for stem, (labels, name) in FIGURES.items():
             runs_here = mine[mine["label"].isin(labels)] if not mine.empty else mine
-            written.append(plot_curves(runs_here, labels, folder / f"{stem}.png",
-                                       f"{title}: train (dashed) / val (solid) loss\n{setup['setup_label']}"))
-            readme.append(f"![{title}](figures/{setup['setup']}/{stem}.png)\n")
-        written.append(plot_accuracy_vs_noise(_of(cells, setup), folder / "accuracy_vs_noise.png",
-                                              f"Best val top-1 vs label noise\n{setup['setup_label']}"))
-        readme.append(f"![Best val top-1 vs noise](figures/{setup['setup']}/accuracy_vs_noise.png)\n")
+            files[f"{folder}/{stem}.png"] = _png(curves_figure(
+                runs_here, labels, f"{name}: train (dashed) / val (solid) loss{heading}"))
+            readme.append(f"![{name}]({folder}/{stem}.png)\n")
+        files[f"{folder}/accuracy_vs_noise.png"] = _png(accuracy_figure(
+            _of(cells, setup), f"Best val top-1 vs label noise{heading}"))
+        readme.append(f"![Best val top-1 vs noise]({folder}/accuracy_vs_noise.png)\n")
     readme.append("## Unfinished runs (not in the tables or figures)\n\n"
                   + markdown_table(index[index["In tables"] != "yes"], empty="None."))
+    readme.append("## Unreadable run records (skipped)\n\n" + skipped_md)
     readme.append("## All run records ([csv](tables/runs.csv))\n\n" + markdown_table(index))
-    write("README.md", "\n".join(readme))
+    files["README.md"] = "\n".join(readme)
+
+    written = []
+    for rel, content in files.items():  # README.md last: it links the rest
+        _write(out / rel, content)
+        written.append(out / rel)
     _remove_stale(out, written)
     if not quiet:
-        print(f"report: {len(all_runs)} run records -> {len(written)} files")
+        print(f"report: {len(all_runs)} run records"
+              + (f" ({len(skipped)} unreadable, skipped)" if skipped else "") + f" -> {len(written)} files")
         for path in written:
             print(f"  {path}")
     return out / "README.md"
@@ -641,4 +991,4 @@ def _remove_stale(out: Path, written: list[Path]) -> None:
                 stale.unlink()
                 if stale.parent != out and not any(stale.parent.iterdir()):
                     stale.parent.rmdir()
-    manifest.write_text("\n".join(now) + "\n")
+    _write(manifest, "\n".join(now) + "\n")

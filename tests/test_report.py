@@ -1,28 +1,88 @@
 """The report is built from run records only: tables equal the summaries, figures exist, published numbers
-sit next to ours, partial and empty results work, and rebuilding is deterministic."""
+sit next to ours, only seeds of one experiment are ever averaged, unreadable or crashed runs explain
+themselves, a failed build leaves the previous report, and rebuilding is deterministic."""
 import json
 import math
+import os
+import platform
 import re
-import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 
-from lambdalib import report
-from lambdalib.config import RunConfig
-from lambdalib.train import load_summary, run
+from lambdalib import cli, models, record, report
+from lambdalib.config import RunConfig, data_slug
+from lambdalib.record import load_summary
+from lambdalib.train import run
 
 from conftest import make_tiny_imagenette
 
 # (model, noise, overrides): two short real runs and one that diverges at epoch 1 (lr 1e4)
 RUNS = [("R18", 0.0, {}), ("LR18_L2(rpe)", 0.25, {}), ("R18", 0.05, {"lr": 1e4})]
 TABLE_STEMS = [stem for _, stem, _ in report.TABLES.values()]
+# the records written directly (no training): the demo's scale
+SMOKE = dict(model="R18", noise=0.0, preset="fast", epochs=3, img_size=64, batch_size=32, data="embedded",
+             train_per_class=24, val_per_class=16)
+FULL = dict(SMOKE, data="imagenette2-160", epochs=35, img_size=160, train_per_class=0, val_per_class=0)
 
 
 def _config(data: Path, results: Path, model: str, noise: float, **overrides) -> RunConfig:
     return RunConfig.from_params(model=model, noise=noise, data=str(data), results=str(results), epochs=2,
                                  img_size=32, batch_size=8, workers=0, preset="fast", **overrides)
+
+
+def write_record(results: Path, *, status: str = "complete", loss: float = 2.0, epochs_done: int | None = None,
+                 diverged_at: int | None = None, **params) -> Path:
+    """A run record as the trainer writes it (config.json, history.csv, summary.json), without training:
+    val loss `loss` at the last epoch; a diverged epoch has non-finite losses."""
+    config = RunConfig.from_params(**{**SMOKE, **params, "results": str(results)}).resolved()
+    run_dir = config.run_dir()
+    record.make_run_dir(run_dir)
+    config.save(run_dir / "config.json")
+    done = config.epochs if epochs_done is None else epochs_done
+    history = []
+    for epoch in range(1, done + 1):
+        bad = epoch == diverged_at
+        history.append(dict(
+            epoch=epoch, lr=config.lr, train_loss=math.nan if bad else loss + 0.1 + 0.2 * (done - epoch),
+            train_acc=0.3, val_loss=math.nan if bad else loss + 0.3 * (done - epoch), val_acc=0.25 - 0.2 / loss,
+            grad_norm_mean=1.0, grad_norm_max=2.0, epoch_time_s=1.5, train_images_per_s=160.0, finite=not bad,
+            precision="fp32", loss_scale=math.nan, skipped_steps=0))
+    record.write_history(run_dir, history)
+    per_class = (config.train_per_class or 946, config.val_per_class or 392)
+    summary = record.summarize(history, status, diverged_at, dict(
+        run_id=config.run_id, experiment_id=config.experiment_id, model=models.resolve_name(config.model),
+        label=models.report_label(config.model), noise=config.noise, realised_noise=config.noise,
+        preset=config.preset, params=11181642, gflops=0.2961, train_images=10 * per_class[0],
+        val_images=10 * per_class[1], amp=config.amp, precision="fp32", channels_last=False,
+        environment=dict(torch="2.x", python="3.11", device="CPU (test)", world_size=config.world_size,
+                         git_commit="abc1234", platform="Linux")))
+    summary["updated"] = "2026-01-01T00:00:00+00:00"
+    record.write_summary(run_dir, summary)
+    return run_dir
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file of a built report (not the run records), path -> bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "runs" not in p.relative_to(folder).parts}
+
+
+def _first_lines(markdown: str, heading: str) -> list[str]:
+    """The first non-empty line under each heading that starts with `heading`."""
+    lines = markdown.splitlines()
+    return [next(line for line in lines[i + 1:] if line.strip()) for i, line in enumerate(lines)
+            if line.startswith(heading)]
+
+
+def _sections(markdown: str, heading: str) -> dict[str, str]:
+    """'### label' (or '## label') sections of a markdown file, label -> body."""
+    parts = re.split(rf"^{heading} (.+)$", markdown, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +94,7 @@ def built(tmp_path_factory):
     run_dirs = [run(_config(data, results, m, n, **o), progress=False) for m, n, o in RUNS]
     (results / "runs" / "not_a_run").mkdir()  # no summary.json: skipped
     readme = report.build(results, quiet=True)
-    return results, run_dirs, readme
+    return results, run_dirs, readme, data
 
 
 def _summaries(run_ids: str, results: Path) -> list[dict]:
@@ -42,13 +102,13 @@ def _summaries(run_ids: str, results: Path) -> list[dict]:
 
 
 def test_runs_are_what_the_tests_assume(built):
-    _, run_dirs, _ = built
+    _, run_dirs, _, _ = built
     statuses = [load_summary(d)["status"] for d in run_dirs]
     assert statuses == ["complete", "complete", "diverged"]
 
 
 def test_tables_equal_the_run_records(built):
-    results, run_dirs, readme = built
+    results, run_dirs, readme, _ = built
     seen = set()
     for stem in TABLE_STEMS:
         table = pd.read_csv(results / "tables" / f"{stem}.csv")
@@ -63,6 +123,7 @@ def test_tables_equal_the_run_records(built):
             first = summaries[0]
             assert (row["label"], row["noise"], row["params"], row["gflops"]) == \
                    (first["label"], first["noise"], first["params"], first["gflops"])
+            assert row["experiment_id"] == first["experiment_id"]
             if first["best_val_loss_epoch"] is None:  # diverged in its first epoch: no good epoch
                 assert pd.isna(row["best_val_loss_epoch"])
             else:
@@ -85,10 +146,10 @@ def test_tables_equal_the_run_records(built):
 
 
 def test_readme_states_provenance_and_embeds_existing_figures(built):
-    results, run_dirs, readme = built
+    results, run_dirs, readme, data = built
     text = readme.read_text()
     env = load_summary(run_dirs[0])["environment"]
-    for value in (env["device"], env["torch"], "report_data", "fast"):
+    for value in (env["device"], env["torch"], data_slug(str(data)), "fast"):
         assert value in text
     assert re.search(r"git commit: .*" + re.escape(env["git_commit"].split("-")[0]), text)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
@@ -99,8 +160,20 @@ def test_readme_states_provenance_and_embeds_existing_figures(built):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_written_files_hold_no_absolute_paths(built, tmp_path_factory):
+    """Tracked report files never name the machine's folders: rebuilding elsewhere changes no byte."""
+    results, run_dirs, _, data = built
+    machine = {str(results), str(results.resolve()), str(data), str(tmp_path_factory.getbasetemp()),
+               str(Path.cwd()), str(Path.home())}
+    for rel, content in _snapshot(results).items():
+        for path in machine:
+            assert path.encode() not in content, (rel, path)
+    table = pd.read_csv(results / "tables" / "runs.csv")
+    assert sorted(table["run_dir"]) == sorted(f"runs/{d.name}" for d in run_dirs)
+
+
 def test_comparison_puts_published_next_to_ours(built):
-    results, run_dirs, _ = built
+    results, run_dirs, _, _ = built
     table = pd.read_csv(results / "tables" / "comparison.csv")
     setup = table[~table["recipe"].fillna("").str.contains("lr=")]
     row = setup.set_index("architecture").loc["ResNet18(0%)"]
@@ -131,7 +204,7 @@ def test_published_csv_is_consistent():
 
 
 def test_rebuild_is_identical(built, tmp_path):
-    results, _, _ = built
+    results, _, _, _ = built
     first = {p.relative_to(results): p.read_bytes()
              for p in [results / "README.md", *results.glob("tables/*"), *results.rglob("figures/**/*.png")]}
     report.build(results, out=tmp_path, quiet=True)
@@ -139,24 +212,56 @@ def test_rebuild_is_identical(built, tmp_path):
         assert (tmp_path / rel).read_bytes() == data, rel
 
 
-def test_seeds_unfinished_runs_and_stale_files(built, tmp_path):
+# ------------------------------------------------------------------ one experiment, one identity
+def test_report_never_merges_runs_of_different_experiments(tmp_path):
+    """Only seeds are aggregated: runs differing in lr (1e6 vs 1e-6), subset size, batch size or any other
+    identity field get their own cell and their own set-up."""
+    base = [write_record(tmp_path, seed=0, loss=2.0), write_record(tmp_path, seed=1, loss=2.4)]
+    variants = dict(lr_high=dict(lr=1e6), lr_low=dict(lr=1e-6), subset=dict(train_per_class=48),
+                    batch=dict(batch_size=16), decay=dict(weight_decay=1e-4), world=dict(world_size=2),
+                    precision=dict(amp="bf16"), clip=dict(grad_clip=1.0), full=FULL)
+    others = {name: write_record(tmp_path, **params) for name, params in variants.items()}
+    report.build(tmp_path, quiet=True)
+
+    table = pd.read_csv(tmp_path / "tables" / "table1_baselines.csv")
+    assert len(table) == 1 + len(variants) and table["setup"].nunique() == 1 + len(variants)
+    assert table["experiment_id"].nunique() == len(table)
+    seeds = table.set_index("run_ids").loc[";".join(d.name for d in base)]
+    assert seeds["n_runs"] == 2 and seeds["seeds"] == "0;1"
+    assert seeds["best_val_loss"] == pytest.approx(2.2)
+    assert seeds["best_val_loss_std"] == pytest.approx(0.4 / math.sqrt(2))
+    assert seeds["experiment_id"] == RunConfig.from_params(**SMOKE).resolved().experiment_id
+    for run_dir in others.values():
+        row = table.set_index("run_ids").loc[run_dir.name]
+        assert row["n_runs"] == 1 and row["best_val_loss"] == load_summary(run_dir)["best_val_loss"]
+
+    markdown = (tmp_path / "tables" / "table1_baselines.md").read_text()
+    labels = list(_sections(markdown, "###"))
+    assert len(labels) == 1 + len(variants)
+    assert "| ResNet18(0%) | 2.000 ± 0.283 |" not in markdown  # train loss 2.1 ± 0.283, val 2.200 ± 0.283
+    assert re.search(r"\| ResNet18\(0%\) \| 2\.300 ± 0\.283 \| 2\.200 ± 0\.283 \|.*\| 2 \(0, 1\) \|", markdown)
+    for expected in ("lr=1e+06", "lr=1e-06", "48/16 images per class", "batch_size=16", "weight_decay=0.0001",
+                     "world_size=2", "amp=bf16", "grad_clip=1", "imagenette2-160"):
+        assert sum(expected in label for label in labels) == 1, expected
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.count("## Set-up: ") == 1 + len(variants)
+    assert len({p.parent for p in (tmp_path / "figures").rglob("*.png")}) == 1 + len(variants)
+
+
+def test_sections_put_the_report_preset_first(tmp_path):
+    write_record(tmp_path, preset="fast")
+    write_record(tmp_path, preset="report")
+    report.build(tmp_path, quiet=True)
+    labels = list(_sections((tmp_path / "tables" / "table1_baselines.md").read_text(), "###"))
+    assert "preset report" in labels[0] and "preset fast" in labels[1]
+
+
+def test_seeds_unfinished_runs_and_stale_files(tmp_path):
     """A second seed gives mean ± std; an interrupted run is listed but kept out of the tables; files of
     a set-up that disappeared are removed on rebuild."""
-    results, run_dirs, _ = built
-    for src in run_dirs[:2]:
-        shutil.copytree(src, tmp_path / "runs" / src.name, ignore=shutil.ignore_patterns("*.pt"))
-    base = tmp_path / "runs" / run_dirs[0].name
-    seed1 = tmp_path / "runs" / (run_dirs[0].name.replace("_s0_", "_s1_"))
-    shutil.copytree(base, seed1)
-    config = json.loads((seed1 / "config.json").read_text())
-    summary = json.loads((seed1 / "summary.json").read_text())
-    config["seed"], summary["run_id"] = 1, seed1.name
-    summary["best_val_loss"] += 0.5
-    (seed1 / "config.json").write_text(json.dumps(config))
-    (seed1 / "summary.json").write_text(json.dumps(summary))
-    unfinished = tmp_path / "runs" / run_dirs[1].name
-    summary = json.loads((unfinished / "summary.json").read_text())
-    (unfinished / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    base = write_record(tmp_path, seed=0, loss=2.0)
+    seed1 = write_record(tmp_path, seed=1, loss=2.5)
+    unfinished = write_record(tmp_path, model="LR18_L2(rpe)", noise=0.25, status="interrupted", epochs_done=1)
     (tmp_path / "figures" / "gone_setup").mkdir(parents=True)
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / ".report-files").write_text("figures/gone_setup/curves_baselines.png\n")
@@ -173,18 +278,174 @@ def test_seeds_unfinished_runs_and_stale_files(built, tmp_path):
     assert row["best_val_loss_std"] == pytest.approx(abs(losses[1] - losses[0]) / math.sqrt(2))
     assert " ± " in (tmp_path / "tables" / "table1_baselines.md").read_text()
     text = readme.read_text()
-    unfinished_section = text.split("## Unfinished runs")[1].split("## All run records")[0]
+    unfinished_section = text.split("## Unfinished runs")[1].split("## Unreadable run records")[0]
     assert unfinished.name in unfinished_section and "interrupted" in unfinished_section
     assert not (tmp_path / "figures" / "gone_setup").exists()
 
 
+# ------------------------------------------------------------------ failures that explain themselves
+@pytest.mark.parametrize("name,garbage", [("summary.json", "{not json"), ("config.json", '{"epochs": '),
+                                          ("history.csv", "epoch,lr,train_loss\nthree,x,y\n")])
+def test_an_unreadable_record_is_skipped_and_named(tmp_path, name, garbage):
+    good = [write_record(tmp_path, noise=0.0), write_record(tmp_path, noise=0.05)]
+    broken = write_record(tmp_path, model="R34")
+    (broken / name).write_text(garbage)
+    with pytest.warns(UserWarning, match=re.escape(str(broken / name))):
+        readme = report.build(tmp_path, quiet=True)
+    table = pd.read_csv(tmp_path / "tables" / "table1_baselines.csv")
+    assert sorted(table["run_ids"]) == sorted(d.name for d in good)  # everything else is built
+    text = readme.read_text()
+    skipped = text.split("## Unreadable run records (skipped)")[1].split("## All run records")[0]
+    assert broken.name in skipped and f"runs/{broken.name}/{name}" in skipped
+    assert str(tmp_path) not in text
+    assert broken.name in (tmp_path / "tables" / "runs.md").read_text()
+    assert len(list((tmp_path / "figures").rglob("*.png"))) == len(report.FIGURES) + 1
+
+
+def test_a_failed_build_leaves_the_previous_report(tmp_path, monkeypatch):
+    write_record(tmp_path, seed=0)
+    report.build(tmp_path, quiet=True)
+    before = _snapshot(tmp_path)
+    write_record(tmp_path, seed=1, loss=3.0)  # would change the tables, the README and the figures
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(report, "accuracy_figure", broken)  # the last thing computed
+    with pytest.raises(RuntimeError, match="figure failed"):
+        report.build(tmp_path, quiet=True)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_missing_runs_folder_is_an_error_and_creates_nothing(tmp_path, capsys):
+    typo = tmp_path / "resluts"
+    with pytest.raises(FileNotFoundError, match=r"no run records found at .*resluts.runs") as err:
+        report.build(typo, quiet=True)
+    assert "\n" not in str(err.value) and "--results" in str(err.value)
+    assert cli.main(["report", "--results", str(typo)]) == 2
+    assert "no run records found" in capsys.readouterr().err
+    assert not typo.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_empty_results_say_no_runs(tmp_path):
+    (tmp_path / "results" / "runs").mkdir(parents=True)
     readme = report.build(tmp_path / "results", quiet=True)
     text = readme.read_text()
-    assert "No runs yet" in text
+    assert "No runs yet" in text or "No finished runs yet" in text
     for stem in TABLE_STEMS:
         assert "No runs yet" in (tmp_path / "results" / "tables" / f"{stem}.md").read_text()
         assert pd.read_csv(tmp_path / "results" / "tables" / f"{stem}.csv").empty
     comparison = pd.read_csv(tmp_path / "results" / "tables" / "comparison.csv")
     assert len(comparison) == 40 and comparison["ours_best_val_loss"].isna().all()
     assert len(list((tmp_path / "results" / "figures").rglob("*.png"))) == len(report.FIGURES) + 1
+
+
+def test_a_crashed_run_reads_crashed(tmp_path):
+    crashed = write_record(tmp_path, status="running", epochs_done=1)  # no process holds its lock
+    alive = write_record(tmp_path, model="R34", status="running", epochs_done=2)
+    (alive / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": platform.node()}))
+    report.build(tmp_path, quiet=True)
+    index = (tmp_path / "tables" / "runs.md").read_text()
+    line = next(l for l in index.splitlines() if crashed.name in l)
+    assert "| crashed (" in line and "re-run the same command to resume" in line and "no (crashed)" in line
+    line = next(l for l in index.splitlines() if alive.name in l)
+    assert "| running (" in line and "no (running)" in line
+    runs = pd.read_csv(tmp_path / "tables" / "runs.csv").set_index("run_id")
+    assert runs.loc[crashed.name, "status"] == "crashed" and runs.loc[alive.name, "status"] == "running"
+    assert pd.read_csv(tmp_path / "tables" / "table1_baselines.csv").empty
+
+
+def test_a_run_without_a_good_epoch_reads_dash(tmp_path, built):
+    write_record(tmp_path, status="diverged", epochs_done=1, diverged_at=1, lr=1e4)
+    readme = report.build(tmp_path, quiet=True)
+    row = next(l for l in (tmp_path / "tables" / "table1_baselines.md").read_text().splitlines() if "ResNet18" in l)
+    assert row.startswith("| ResNet18(0%) | — | — |") and "epoch 1" in row
+    results = built[0]
+    for path in [readme, *(tmp_path / "tables").glob("*.md"), results / "README.md", *results.glob("tables/*.md")]:
+        assert not re.search(r"\b(None|nan|NaN)\b", path.read_text()), path
+
+
+def test_the_readme_says_what_it_is_first(tmp_path):
+    for noise in (0.0, 0.25):
+        write_record(tmp_path, noise=noise)
+    readme = report.build(tmp_path, quiet=True).read_text()
+    smoke = ("Smoke test of the pipeline: 3 epochs on 24 training images per class (240 in all; 160 validation "
+             "images) of the embedded mini subset at 64 px")
+    head = readme.splitlines()[:3]
+    assert "smoke test" in head[0] and "not results" in head[0]
+    assert smoke in head[2] and head[2].endswith("not results.**")
+    above = _first_lines(readme, "### Published vs ours") + _first_lines(
+        (tmp_path / "tables" / "comparison.md").read_text(), "### Smoke test ·")
+    assert len(above) == 2 and all(smoke in line and "not results" in line for line in above)  # above the table
+    assert all(smoke in (tmp_path / "tables" / f"{stem}.md").read_text() for stem in TABLE_STEMS)
+
+    write_record(tmp_path, **FULL)
+    readme = report.build(tmp_path, quiet=True).read_text()
+    head = "\n".join(readme.splitlines()[:6])
+    assert "results" in readme.splitlines()[0] and "2 set-ups; 1 of them is a smoke test" in head
+    assert "Full-scale runs: 35 epochs on all 9460 training images (3920 validation images) of imagenette2-160 at " \
+           "160 px" in head
+    full = next(body for label, body in _sections(readme, "##").items() if label.startswith("Set-up: Full scale"))
+    assert _first_lines(full, "### Published vs ours")[0].startswith("> Full-scale runs")
+    assert "Smoke test" not in full
+
+
+# ------------------------------------------------------------------------------------ figures
+def _drawn(fig):
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_plot_run_is_readable_after_one_epoch(tmp_path):
+    run_dir = write_record(tmp_path, noise=0.25, epochs=1)
+    path = report.plot_run(run_dir)
+    assert path == run_dir / "curves.png" and path.read_bytes()[:4] == b"\x89PNG"
+    fig = report.run_figure(report.collect_runs(tmp_path).iloc[0])
+    ax = fig.axes[0]
+    renderer = _drawn(fig)
+    assert ax.get_xlabel() == "epoch" and "loss" in ax.get_ylabel()
+    assert [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]] == [1]
+    assert all(len(line.get_xdata()) == 0 or line.get_marker() not in ("", "None") for line in ax.get_lines())
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["train loss", "val loss"]
+    title = fig._suptitle.get_text()
+    assert "ResNet18(25%)" in title and "complete" in title and "1/1 epochs" in title and "Smoke test" in title
+    box = legend.get_window_extent(renderer)
+    assert not box.overlaps(fig._suptitle.get_window_extent(renderer)) and not box.overlaps(ax.bbox)
+
+
+def test_plot_run_marks_divergence_and_unfinished_schedules(tmp_path):
+    diverged = write_record(tmp_path, status="diverged", epochs=5, epochs_done=3, diverged_at=3, lr=1e4)
+    running = write_record(tmp_path, model="R34", status="interrupted", epochs=35, epochs_done=2)
+    runs = report.collect_runs(tmp_path).set_index("run_id", drop=False)
+    fig = report.run_figure(runs.loc[diverged.name])
+    assert any("diverged" in t.get_text() for t in fig.legends[0].get_texts())
+    assert "diverged at epoch 3" in fig._suptitle.get_text()
+    fig = report.run_figure(runs.loc[running.name])
+    assert fig.axes[0].get_xlim()[1] == pytest.approx(35.5)  # the planned schedule: how far it got
+    assert "interrupted, 2/35 epochs" in fig._suptitle.get_text()
+    for run_dir in (diverged, running):
+        assert report.plot_run(run_dir).stat().st_size > 5000
+
+
+def test_accuracy_vs_noise_has_true_spacing_chance_and_honest_error_bars(tmp_path):
+    for noise in (0.0, 0.05, 0.25, 0.5):
+        write_record(tmp_path, noise=noise)
+    for seed, loss in ((0, 2.0), (1, 2.5)):
+        write_record(tmp_path, model="R34", seed=seed, loss=loss)
+    cells = report.aggregate(report.collect_runs(tmp_path))
+    fig = report.accuracy_figure(cells, "test")
+    ax = fig.axes[0]
+    _drawn(fig)
+    assert list(ax.get_xticks()) == [0, 5, 25, 50]
+    r18 = next(line for line in ax.get_lines() if line.get_label() == "R18")
+    assert np.allclose(r18.get_xdata(), [0, 5, 25, 50], atol=1)  # true positions, a small dodge
+    chance = [line for line in ax.get_lines() if np.allclose(line.get_ydata(), 100 / report.CLASSES)]
+    assert chance and "chance (1/10)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert sum(len(c.get_segments()) for c in bars) == 1  # only the two-seed cell (R34, 0 %) has a bar
+    assert "n = 1–2" in ax.get_xlabel() and "one seed have none" in ax.get_xlabel()
+    single = report.accuracy_figure(cells[cells["n_runs"] == 1], "test")
+    assert not [c for c in single.axes[0].collections if isinstance(c, LineCollection)]
+    assert "no error bars" in single.axes[0].get_xlabel()
