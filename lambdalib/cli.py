@@ -86,6 +86,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise ValueError(f"--samples {args.samples}: the sample grid needs at least 1 image")
+    data.noise_column(args.noise, synthetic_hint=False)  # a bad --noise fails before anything is printed
     info = data.overview(args.data)
     print(f"data: {info['root']}\n")
     print(info["classes"].to_string(), "\n")
@@ -96,10 +97,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_FOLDER = "demo"  # results/demo/: `lambdalib demo` trains here, so the committed results/ stay as they are
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .sweep import QUICK, REPORT_NOISE, Grid, reproduce
 
     params = dict(QUICK) if args.quick else {}
+    if args.command == "demo" and not args.results:  # the newcomer's run: its own, git-ignored folder
+        from .paths import results_dir
+
+        params["results"] = str(results_dir() / DEMO_FOLDER)
     for name in ("epochs", "img_size", "preset", "data", "results", "workers"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
@@ -112,6 +120,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to go on")
         return 130
+    results = Path(params.get("results") or grid.configs()[0].results_dir())
+    print(f"report: {results / 'README.md'}")
     print(f"{counts['total']} runs: {counts['skipped']} already finished, {counts['ran']} run now "
           f"({counts['diverged']} diverged), {counts['failed']} failed")
     for line in counts["failures"]:
@@ -173,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, quick_default in (("reproduce", False), ("demo", True)):
         p = sub.add_parser(
             name, help="the report's grid: 10 models x noise 0/5/25/50 %%, then the report"
-            if name == "reproduce" else "the main job on the embedded data: `reproduce --quick`",
+            if name == "reproduce" else "the main job on the embedded data: `reproduce --quick` into results/demo/",
             description="Runs every (model, noise, seed) of the grid that has no finished record (through the "
                         "numbered notebooks with papermill, or in-process with --inline / --quick), then "
                         "rebuilds the report. --quick: all ten models, every noise level, 3 epochs at 64 px on "
@@ -188,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--img-size", type=int)
         p.add_argument("--preset")
         p.add_argument("--data")
-        p.add_argument("--results")
+        p.add_argument("--results", help="results folder (default: results/" + ("demo/, git-ignored)" if name == "demo"
+                                                                                  else ")"))
         p.add_argument("--workers", type=int)
         p.set_defaults(func=_cmd_reproduce)
 

@@ -208,3 +208,24 @@ def test_train_help_describes_every_flag(capsys):
     out = capsys.readouterr().out
     assert "{fail,skip}" in out and "{auto,off,bf16,fp16}" in out and "official columns" in out
     assert "(default 'LR18_L2(rpe)')" in out and "the preset's" in out
+
+
+def test_an_unreadable_image_stops_the_run_with_its_name_or_is_skipped_and_counted(tiny_imagenette, tmp_path,
+                                                                                   capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_imagenette, data)
+    bad = sorted((data / "train").glob("*/*.JPEG"))[5]
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated mid-download
+    args = ["train", "--model", "R18", "--data", str(data), "--results", str(tmp_path / "results"), "--epochs", "1",
+            "--img-size", "32", "--batch-size", "8", "--workers", "0", "--preset", "fast", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and bad.name in err and "on_error='skip'" in err
+    assert not list((tmp_path / "results").glob("runs/*"))  # a failed start leaves nothing
+    assert main(args + ["--on-error", "skip"]) == 0
+    assert "left out 1 unreadable image" in capsys.readouterr().out
+    summary = record.load_summary(next((tmp_path / "results" / "runs").iterdir()))
+    assert summary["status"] == "complete" and summary["skipped_images"] == 1
+    assert summary["skipped_files"] == [str(bad.relative_to(data))] and summary["train_images"] == 39
