@@ -39,3 +39,39 @@ def test_attention_command_offline_says_what_is_missing(tmp_path, capsys, monkey
     assert main(["attention", "resnet18", "--out", str(tmp_path / "a.png")]) == 1
     assert "Nothing to show" in capsys.readouterr().out
     assert not (tmp_path / "a.png").exists()
+
+
+def test_report_of_a_mistyped_results_folder_says_so_and_creates_nothing(tmp_path, capsys):
+    assert main(["report", "--results", str(tmp_path / "reslts")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "reslts" in err and "no run records" in err.lower()
+    assert not (tmp_path / "reslts").exists()
+
+
+def test_data_command_rejects_bad_values_before_printing(capsys):
+    assert main(["data", "--samples", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "--samples 0" in captured.err and captured.out == ""
+    assert main(["data", "--noise", "0.3"]) == 2
+    captured = capsys.readouterr()
+    assert "noise=0.3" in captured.err and "synthetic" not in captured.err and captured.out == ""
+
+
+def test_demo_trains_into_its_own_ignored_folder(monkeypatch, tmp_path, capsys):
+    """The newcomer's main command never finds the committed records 'already finished' nor rewrites them."""
+    import lambdalib.sweep as sweep
+    from lambdalib.paths import results_dir
+
+    seen = {}
+
+    def fake_reproduce(grid, **kwargs):
+        seen["results"] = {c.results for c in grid.configs()}
+        return dict(total=1, skipped=0, ran=1, diverged=0, failed=0, failures=[])
+
+    monkeypatch.setattr(sweep, "reproduce", fake_reproduce)
+    assert main(["demo", "--models", "R18", "--noise", "0"]) == 0
+    assert seen["results"] == {str(results_dir() / "demo")}
+    assert f"report: {results_dir() / 'demo' / 'README.md'}" in capsys.readouterr().out
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(results_dir() / "demo" / "README.md")],
+                             cwd=results_dir().parent)
+    assert ignored.returncode == 0
