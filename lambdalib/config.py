@@ -230,7 +230,7 @@ def _auto_precision(device: str) -> str:
 
 
 def help_text(name: str) -> str:
-    """One line for `--help`, a notebook's parameters cell and the README: the field's help and choices."""
+    """The field's one-line help (what `--help` and the notebooks' parameters cells show)."""
     f = {f.name: f for f in fields(RunConfig)}[name]
     return f.metadata["help"]
 

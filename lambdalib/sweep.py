@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from . import train
 from .config import RunConfig
 from .models import SPECS, resolve_name
+from .notebook import notebook_fields
 from .paths import project_root
 from .train import FINISHED, load_summary
 
@@ -44,22 +45,14 @@ class Grid:
                 for m in self.models for n in self.noise for s in self.seeds]
 
 
-# RunConfig fields that the family notebooks take as papermill parameters (besides depth and stage)
-NOTEBOOK_FIELDS = ("noise", "synthetic_noise", "epochs", "img_size", "batch_size", "preset", "lr", "seed",
-                   "data", "train_per_class", "val_per_class", "results", "workers", "device", "amp", "grad_clip",
-                   "checkpoints")
+NOTEBOOK_FIELDS = notebook_fields()  # every RunConfig field but the model, generated into the notebooks
 
 
 def notebook_parameters(config: RunConfig) -> dict[str, Any]:
     """The papermill parameters that make a family notebook train exactly `config`.
 
-    Paths become absolute (the notebook runs in notebooks/); a field the notebooks do not take must be
-    at its default, or the notebook would silently train something else (use inline=True for those).
+    Paths become absolute (the notebook runs in notebooks/).
     """
-    untaken = {f: v for f, v in config.to_dict().items() if f not in NOTEBOOK_FIELDS and f not in ("model", "run_name")
-               and v != getattr(RunConfig, f)}
-    if untaken:
-        raise ValueError(f"the notebooks do not take {sorted(untaken)}; run this grid inline (--inline)")
     spec = SPECS[resolve_name(config.model)]
     params = {name: getattr(config, name) for name in NOTEBOOK_FIELDS}
     params["results"] = str(config.results_dir().resolve())

@@ -1,60 +1,72 @@
-"""Write notebooks/01-06: thin cells over lambdalib, committed without outputs.
+"""Write notebooks/01-06: thin cells over lambdalib (lambdalib/notebook.py), committed without outputs.
 
-The set-up cell and the parameter names are shared, so they are generated here in one place:
-    python scripts/make_notebooks.py
+Generated, never edited by hand: the set-up cell is shared, and the training notebooks' parameters cell
+is RunConfig's fields with their defaults and help, so a changed field reaches every notebook on
+    python scripts/make_notebooks.py            # rewrites notebooks/
+    python scripts/make_notebooks.py --out DIR  # writes elsewhere
+(tests/test_notebooks.py fails when the committed notebooks differ from this script's output).
 """
+import argparse
+import sys
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # lambdalib from this checkout, installed or not
+from lambdalib.notebook import Param, parameters_source, training_parameters_source  # noqa: E402
 
-SETUP = '''\
-# Colab / Kaggle: install lambdalib when it is missing (the platform's own torch is kept).
-import importlib.util, os, subprocess, sys
-REPO_URL = "https://github.com/lambdalib/lambdalib.git"  # or your fork
+NOTEBOOKS = ROOT / "notebooks"
+
+SETUP = """\
+# Colab / Kaggle: install lambdalib when it is missing, keeping the platform's own packages (torch, ipykernel, ...).
+import importlib, importlib.metadata, importlib.util, os, re, subprocess, sys
+REPO_URL = os.environ.get("LAMBDALIB_REPO_URL", "https://github.com/lambdalib/lambdalib.git")  # or your fork
 if importlib.util.find_spec("lambdalib") is None:
     target = os.path.abspath("..")  # a clone, opened from notebooks/
     if not os.path.exists(os.path.join(target, "pyproject.toml")):
         target = os.path.abspath("lambdalib")
-        if not os.path.isdir(target) and subprocess.run(["git", "clone", "-q", REPO_URL, target],
-                                                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}).returncode:
-            raise RuntimeError(f"could not clone {REPO_URL}: set REPO_URL above to your lambdalib repository")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", target], check=True)
+        if not os.path.isdir(target):
+            try:
+                clone = subprocess.run(["git", "clone", "-q", REPO_URL, target], capture_output=True, text=True,
+                                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+                why = (clone.stderr.strip().splitlines() or [f"exit status {clone.returncode}"])[-1]
+            except FileNotFoundError:
+                clone, why = None, "git is not installed"
+            if clone is None or clone.returncode:
+                raise RuntimeError(f"could not clone {REPO_URL} ({why}). No internet (Kaggle: Settings > Internet "
+                                   "on)? Set LAMBDALIB_REPO_URL to your fork, or open this notebook from the "
+                                   "notebooks/ folder of a copy of the repository") from None
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["--no-deps", "-e", target], check=True)  # upgrades nothing the platform pinned
+    importlib.invalidate_caches()
+    missing = []  # install only the requirements that are not there at all
+    for requirement in importlib.metadata.requires("lambdalib") or []:
+        if "extra ==" not in requirement:
+            try:
+                importlib.metadata.version(re.match(r"[A-Za-z0-9._-]+", requirement)[0])
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(requirement)
+    if missing:
+        subprocess.run(pip + missing, check=True)
     sys.path.insert(0, target)  # this kernel started before the install
-    os.environ.setdefault("LAMBDALIB_HOME", target)  # results/ and data/ of that clone'''
+    os.environ.setdefault("LAMBDALIB_HOME", target)  # results/ and data/ of that clone
+_names_before_parameters = set(globals())  # lets the cell after the parameters catch a misspelt parameter"""
 
-TRAIN_PARAMETERS = '''\
-noise = 0.0            # fraction of flipped training labels: 0, 0.01, 0.05, 0.25 or 0.5 (official labels)
-synthetic_noise = False  # True allows other rates as seeded synthetic symmetric noise
-epochs = 35            # three cosine restart cycles: 5 + 10 + 20
-img_size = 160
-batch_size = 64
-preset = "report"      # "report": Adam lr 1e-5 as in the report; "fast": lr 1e-3
-lr = None              # None: the learning rate of the preset
-seed = 0
-data = "embedded"      # "embedded": the tracked subset; "imagenette2-160", a folder or an archive
-train_per_class = 0    # only the first N training images per class, 0: all
-val_per_class = 0      # the same for validation
-results = ""           # empty: results/ of this repository
-workers = -1           # data loader workers, -1: automatic
-device = "auto"
-amp = "auto"
-grad_clip = 0.0
-checkpoints = "best"   # "best", "best+last" or "none"'''
+CHECK_CELL = """\
+from lambdalib.notebook import check_parameters{extra_import}
+
+# a papermill parameter this notebook does not declare (misspelt: -p noize 0.5) stops here
+check_parameters(globals(), {declared})"""
 
 CONFIG_CELL = """\
 from lambdalib import report, train
 from lambdalib.config import RunConfig
 from lambdalib.models import family_label
+from lambdalib.notebook import notebook_fields
 
-config = RunConfig.from_params(
-    model={label}, noise=noise, synthetic_noise=synthetic_noise,
-    epochs=epochs, img_size=img_size, batch_size=batch_size, preset=preset, lr=lr, seed=seed,
-    data=data, train_per_class=train_per_class, val_per_class=val_per_class,
-    results=results, workers=workers, device=device, amp=amp, grad_clip=grad_clip,
-    checkpoints=checkpoints)
+config = RunConfig.from_params(model={label}, **{{name: globals()[name] for name in notebook_fields()}})
 print(config.run_id)
 config"""
 
@@ -69,6 +81,7 @@ FAMILIES = {
 }
 
 
+
 def notebook(cells) -> nbformat.NotebookNode:
     nb = new_notebook(cells=cells)
     for index, cell in enumerate(nb.cells):  # stable ids: regenerating gives the same files
@@ -78,20 +91,32 @@ def notebook(cells) -> nbformat.NotebookNode:
     return nb
 
 
-def parameters_cell(source: str):
-    return new_code_cell(source, metadata={"tags": ["parameters"]})
+def parameters_cells(source: str, declared: str, extra_import: str = ""):
+    """The parameters cell (papermill injects its cell after it) and the cell that checks what was injected."""
+    return [new_code_cell(source, metadata={"tags": ["parameters"]}),
+            new_code_cell(CHECK_CELL.format(declared=declared, extra_import=extra_import))]
+
+
+def simple_parameters_cells(params):
+    return parameters_cells(parameters_source(params), repr([p.name for p in params]))
 
 
 def family_notebook(position, title, blurb):
     family = "baseline" if position is None else position
-    params = "depth = 18             # 18 or 34\n" + ("" if position is None else "stage = 2              # 2 or 3\n")
+    model = [Param("depth", "int", 18, "ResNet depth: 18 or 34")]
+    if position is not None:
+        model.append(Param("stage", "int", 2, "the stage whose last block gets the lambda layer: 2 or 3"))
+    names = ", ".join(repr(p.name) for p in model)
     label = f"family_label({position!r}, depth{', stage' if position else ''})"
     return notebook([
         new_markdown_cell(f"# {title}\n\n{blurb}\n\nRun with papermill, e.g. "
                           f"`papermill {next(k for k, v in FAMILIES.items() if v[0] == position)} out.ipynb "
-                          f"-p noise 0.5`. Re-running the same parameters resumes an interrupted run."),
+                          f"-p noise 0.5`. Re-running the same parameters resumes an interrupted run.\n\n"
+                          "The parameters are RunConfig's fields (`lambdalib/config.py`), generated by "
+                          "`scripts/make_notebooks.py`: change a default there, not here."),
         new_code_cell(SETUP),
-        parameters_cell(params + TRAIN_PARAMETERS),
+        *parameters_cells(training_parameters_source(model), f"[{names}, *notebook_fields()]",
+                          ", notebook_fields"),
         new_markdown_cell("## The run's configuration\nBad parameters stop here with a message naming them."),
         new_code_cell(CONFIG_CELL.format(label=label)),
         new_markdown_cell(f"## Train ({family})\nThe run record goes to `results/runs/<run id>/`; a finished "
@@ -107,12 +132,14 @@ def data_notebook():
         new_markdown_cell("# Imagenette with the official noisy labels\n\nClass counts, the realised flip rate "
                           "of each official noise level, and samples with their clean and noisy labels."),
         new_code_cell(SETUP),
-        parameters_cell('data = "embedded"  # "embedded", "imagenette2-160", a folder or an archive\n'
-                        "noise = 0.25\nsamples = 16"),
-        new_code_cell("from lambdalib import data as data_lib\n\n"
+        *simple_parameters_cells([
+            Param("data", "str", "embedded", "'embedded', 'imagenette2-160', a folder or an archive"),
+            Param("noise", "float", 0.25, "the noise level whose labels the samples show"),
+            Param("samples", "int", 16, "how many training images to show")]),
+        new_code_cell("from lambdalib import data as data_lib\nfrom lambdalib.notebook import figure_image\n\n"
                       "root = data_lib.resolve_root(data)\ninfo = data_lib.overview(root)\ninfo['classes']"),
         new_code_cell("info['noise']"),
-        new_code_cell("data_lib.plot_samples(root, noise, n=samples);"),
+        new_code_cell("figure_image(data_lib.plot_samples(root, noise, n=samples))"),
     ])
 
 
@@ -129,14 +156,15 @@ def fullgrad_notebook():
             "pretrained models are left out with a warning; the figure then shows our run records "
             "(`results/runs/*/best.pt`) if there are any."),
         new_code_cell(SETUP),
-        parameters_cell(
-            'models = ["resnet18", "resnet50", "lambda_resnet26t", "lambda_resnet50ts"]  # timm names, pretrained\n'
-            "checkpoints = []      # our run folders results/runs/ID or their best.pt\n"
-            "image = None          # None: data/images/both.png, shipped with the repository\n"
-            'method = "fullgrad"   # or "gradcam", "gradcam++", "scorecam", "fullgradstock"\n'
-            "target = None         # None: the top-1 class of each model; else a class index or name\n"
-            "allow_random = False  # True: show models without weights, titled as random init\n"
-            "out = None            # None: results/figures/attention_METHOD.png"),
+        *simple_parameters_cells([
+            Param("models", "list", ["resnet18", "resnet50", "lambda_resnet26t", "lambda_resnet50ts"],
+                  "timm names, pretrained"),
+            Param("checkpoints", "list", [], "our run folders results/runs/ID or their best.pt"),
+            Param("image", "str", None, "None: data/images/both.png, shipped with the repository"),
+            Param("method", "str", "fullgrad", "or 'gradcam', 'gradcam++', 'scorecam', 'fullgradstock'"),
+            Param("target", None, None, "None: the top-1 class of each model; else a class index or name"),
+            Param("allow_random", "bool", False, "True: show models without weights, titled as random init"),
+            Param("out", "str", None, "None: results/figures/attention_METHOD.png")]),
         new_code_cell(
             "from IPython.display import Image, display\nfrom lambdalib import attention\n\n"
             "result = attention.attention_figure(models + checkpoints, image=image, method=method, out=out,\n"
@@ -153,24 +181,33 @@ def report_notebook():
                           "rebuilt from `results/runs/*` (never typed). The same files are written to "
                           "`results/` and shown in `results/README.md`."),
         new_code_cell(SETUP),
-        parameters_cell('results = ""  # empty: results/ of this repository'),
-        new_code_cell("from IPython.display import Image, Markdown, display\nfrom lambdalib import report\n\n"
+        *simple_parameters_cells([Param("results", "str", "", "empty: results/ of this repository")]),
+        new_code_cell("from lambdalib import report\nfrom lambdalib.notebook import show_report\n\n"
                       "readme = report.build(results or None)\nreadme"),
-        new_code_cell("display(Markdown(readme.read_text()))\n"
-                      "for png in sorted((readme.parent / 'figures').glob('*.png')):\n"
-                      "    display(Image(filename=str(png)))"),
+        new_markdown_cell("The README with its figures, then any table or figure of the report folder it leaves "
+                          "out."),
+        new_code_cell("show_report(readme);"),
     ])
 
 
-def main() -> None:
-    NOTEBOOKS.mkdir(exist_ok=True)
+def build() -> dict[str, nbformat.NotebookNode]:
+    """Every notebook, by file name, validated."""
     written = {"01_data.ipynb": data_notebook(), "05_fullgrad.ipynb": fullgrad_notebook(),
                "06_report.ipynb": report_notebook()}
     written.update({name: family_notebook(*spec) for name, spec in FAMILIES.items()})
-    for name, nb in sorted(written.items()):
+    for nb in written.values():
         nbformat.validate(nb)
-        nbformat.write(nb, NOTEBOOKS / name)
-        print("wrote", NOTEBOOKS / name)
+    return dict(sorted(written.items()))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=NOTEBOOKS, help="folder to write to (default: notebooks/)")
+    out = parser.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, nb in build().items():
+        nbformat.write(nb, out / name)
+        print("wrote", out / name)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""What the notebooks call, so that their cells stay thin (and the logic is unit tested here).
+
+* The training notebooks' parameters are RunConfig's fields: `notebook_fields()` names them (every field
+  but `model`, which the notebook derives from `depth`/`stage`), `run_config_parameters()` gives each its
+  default and one-line help, and `training_parameters_source()` writes papermill's parameters cell from
+  them (for `scripts/make_notebooks.py`). Preset-controlled fields (e.g. lr) default to None, "the preset's value",
+  so that `-p preset fast` is not silently overridden by the report preset's lr.
+* `check_parameters()`: a misspelt papermill parameter (`-p noize 0.5`) stops the notebook in its first
+  cells with one line naming it, instead of papermill's warning and a full run with the default.
+* `figure_image()` and `show_report()`: figures and the report's tables displayed in the notebook's output.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import re
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple, Sequence
+
+from .config import PRESETS, RunConfig, help_text
+
+# The set-up cell ends with `_names_before_parameters = set(globals())`; check_parameters compares with it.
+SNAPSHOT = "_names_before_parameters"
+PRESET_HELP = "None: the preset's value"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
+_LITERALS = (bool, int, float, complex, str, bytes, list, tuple, dict, set, type(None))
+
+
+# ------------------------------------------------------------------------------------- parameters
+class Param(NamedTuple):
+    """One line of a parameters cell: `name: type = value  # help`."""
+
+    name: str
+    type: str | None  # None: no annotation (a parameter of several types)
+    value: Any
+    help: str
+
+
+def notebook_fields() -> tuple[str, ...]:
+    """The RunConfig fields the training notebooks (02-04) take as papermill parameters: all but `model`
+    (which they derive from `depth` and `stage`). The sweep passes exactly these."""
+    return tuple(f.name for f in fields(RunConfig) if f.name != "model")
+
+
+def preset_fields() -> frozenset[str]:
+    """Fields some preset sets (e.g. lr): their notebook default is None, i.e. the preset's value."""
+    return frozenset(name for values in PRESETS.values() for name in values)
+
+
+def notebook_defaults() -> dict[str, Any]:
+    """Each notebook field's value in the parameters cell: the dataclass default, None for preset fields."""
+    defaults = {}
+    for f in fields(RunConfig):
+        if f.name in notebook_fields():
+            assert f.default is not MISSING, f.name  # every RunConfig field has a plain default
+            defaults[f.name] = None if f.name in preset_fields() else f.default
+    return defaults
+
+
+def run_config_parameters() -> list[Param]:
+    """The training notebooks' RunConfig parameters, in the dataclass's order, with their help."""
+    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(RunConfig)}
+    params = []
+    for name, value in notebook_defaults().items():
+        hint = help_text(name)
+        params.append(Param(name, types[name], value, f"{PRESET_HELP}; {hint}" if value is None else hint))
+    return params
+
+
+def _one_line_help(text: str) -> str:
+    """papermill skips a parameter whose line has a second '=' (its help would be lost): reword them."""
+    text = " ".join(text.split())
+    for old, new in ((">=", "≥"), ("<=", "≤"), ("!=", "≠"), ("==", "is")):
+        text = text.replace(old, new)
+    return re.sub(r"\s*=\s*", ": ", text)
+
+
+def parameter_line(param: Param, width: int = 0) -> str:
+    """`name: type = value  # help`, the value as a Python literal, the comment starting at `width`."""
+    value = repr(param.value)
+    if "=" in value or "#" in value or "\n" in value:
+        raise ValueError(f"{param.name}={value}: papermill cannot parse a default with '=', '#' or a newline")
+    code = f"{param.name}{'' if param.type is None else ': ' + param.type} = {value}"
+    return f"{code.ljust(width)}  # {_one_line_help(param.help)}" if param.help else code
+
+
+def parameters_source(params: Sequence[Param], groups: dict[str, str] | None = None) -> str:
+    """A papermill parameters cell: one aligned line per parameter. `groups` puts a comment line
+    ("# -- ...") before the parameter it names."""
+    width = min(max((len(parameter_line(p)) for p in params), default=0), 36)
+    lines = []
+    for param in params:
+        if groups and param.name in groups:
+            lines.append(f"# -- {groups[param.name]}")
+        lines.append(parameter_line(param, width))
+    return "\n".join(lines)
+
+
+def training_parameters_source(family: Sequence[Param]) -> str:
+    """The training notebooks' parameters cell: the model's `family` parameters (depth, stage), then every
+    RunConfig field but model, grouped as in the dataclass (the experiment, then how and where it runs)."""
+    params = [*family, *run_config_parameters()]
+    first_run_field = next(f.name for f in fields(RunConfig) if not f.metadata.get("identity", True))
+    groups = {params[0].name: "the model", run_config_parameters()[0].name: "the experiment (RunConfig's fields)",
+              first_run_field: "how and where it runs (a run may resume with other values)"}
+    return parameters_source(params, groups)
+
+
+def check_parameters(namespace: dict[str, Any], declared: Iterable[str]) -> None:
+    """Stop on a papermill parameter this notebook does not declare (a misspelt `-p noize 0.5`).
+
+    Called, with `globals()`, in the cell after the parameters cell. The set-up cell recorded the names
+    defined before the parameters (SNAPSHOT); a name defined since then that is not `declared` came from
+    papermill's injected cell. Only literal values count (papermill injects nothing else; the calling
+    cell's imports are not parameters), and no _names (IPython's). Raises one ValueError naming it, its
+    closest known name and the notebook's parameters. Without the record (cells re-run by hand, out of
+    order) nothing is checked.
+    """
+    before = namespace.pop(SNAPSHOT, None)
+    if before is None:
+        return
+    declared = list(declared)
+    new = {name for name, value in namespace.items()  # papermill injects literals (not this cell's imports)
+           if name not in before and not name.startswith("_") and isinstance(value, _LITERALS)}
+    unknown = sorted(new - set(declared))
+    if unknown:
+        def named(name: str) -> str:
+            close = difflib.get_close_matches(name, declared, n=1)
+            return repr(name) + (f" (did you mean {close[0]!r}?)" if close else "")
+
+        raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(named, unknown))}: "
+                         f"this notebook's parameters are {', '.join(declared)}")
+
+
+# ---------------------------------------------------------------------------------- display
+def figure_image(fig, dpi: int = 100):
+    """A matplotlib Figure as an IPython PNG Image: displayed as image/png whatever the backend (a bare
+    Figure built without pyplot shows as text in a kernel)."""
+    from IPython.display import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return Image(data=buffer.getvalue(), format="png")
+
+
+_IMAGE = re.compile(r'!\[(?P<alt>[^\]]*)\]\((?P<target><[^>]+>|[^)\s]+)(?:\s+"[^"]*")?\)'
+                    r'|<img\s[^>]*?src="(?P<src>[^"]+)"[^>]*>', re.IGNORECASE)
+_LINK = re.compile(r'(?<!!)\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)\)')
+
+
+def _local(target: str) -> bool:
+    return not re.match(r"[a-z][a-z0-9+.-]*:|#|/", target, re.IGNORECASE)
+
+
+def _content_lines(text: str) -> list[str]:
+    """A table file's lines that must appear in the README for it to count as shown (headings differ)."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def report_parts(readme: Path | str, cwd: Path | str | None = None) -> list[tuple[str, Any]]:
+    """The report as what to display, in the README's order: ("markdown", text), ("image", path) and
+    ("table", path) parts, so that every table and figure of the report folder is shown.
+
+    The README's local image links become ("image", path) parts (embedded when displayed: a relative link
+    breaks when rendered from notebooks/), its other local links are made relative to `cwd` (default: the
+    working directory, the notebook's folder). Then, under "Not in the README", each table in tables/
+    (*.md, or a *.csv without one) whose lines the README lacks, and each image under figures/ (searched
+    recursively) the README does not link.
+    """
+    readme = Path(readme).resolve()
+    root = readme.parent
+    cwd = Path(cwd or os.getcwd()).resolve()
+    text = readme.read_text()
+
+    def relink(markdown: str) -> str:
+        def one(match: re.Match) -> str:
+            target = match["target"]
+            if not _local(target):
+                return match[0]
+            path, _, anchor = target.partition("#")
+            try:
+                rel = Path(os.path.relpath(root / path, cwd)).as_posix()
+            except ValueError:  # another drive
+                rel = (root / path).as_uri()
+            return f"[{match['text']}]({rel}{'#' + anchor if anchor else ''})"
+
+        return _LINK.sub(one, markdown)
+
+    parts: list[tuple[str, Any]] = []
+    shown: set[Path] = set()
+    position = 0
+    for match in _IMAGE.finditer(text):
+        target = (match["target"] or match["src"]).strip("<>")
+        path = (root / target.partition("#")[0]).resolve()
+        if not _local(target) or not path.is_file():
+            continue  # a remote image renders by itself; a missing one stays a (broken) link
+        parts.append(("markdown", relink(text[position:match.start()])))
+        parts.append(("image", path))
+        shown.add(path)
+        position = match.end()
+    parts.append(("markdown", relink(text[position:])))
+    parts = [(kind, value) for kind, value in parts if kind != "markdown" or value.strip()]
+
+    extra: list[tuple[str, Any]] = []
+    readme_lines = {line.strip() for line in text.splitlines()}
+    tables = sorted((root / "tables").glob("*.md")) if (root / "tables").is_dir() else []
+    csvs = sorted((root / "tables").glob("*.csv")) if (root / "tables").is_dir() else []
+    for table in sorted(tables + [c for c in csvs if not c.with_suffix(".md").exists()]):
+        if table.suffix == ".csv" or not set(_content_lines(table.read_text())) <= readme_lines:
+            extra.append(("table", table.resolve()))
+    figures = root / "figures"
+    images = sorted(p.resolve() for p in figures.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if figures.is_dir() else []
+    extra += [("image", path) for path in images if path not in shown]
+    if extra:
+        parts.append(("markdown", "## Not in the README\n\nFiles of the report folder the README does not show."))
+        parts += extra
+    return parts
+
+
+def show_report(readme: Path | str) -> list[tuple[str, Any]]:
+    """Display the report in a notebook: the README with its figures embedded, then any table or figure of
+    its folder the README leaves out (see report_parts). Each displayed file carries its path relative to
+    the report folder in the output's metadata ("report_file"). Returns the parts shown."""
+    from IPython.display import SVG, Image, Markdown, display
+
+    readme = Path(readme).resolve()
+    parts = report_parts(readme)
+    for kind, value in parts:
+        if kind == "markdown":
+            display(Markdown(value))
+            continue
+        meta = {"report_file": value.relative_to(readme.parent).as_posix()}
+        if kind == "image":
+            display(SVG(filename=str(value)) if value.suffix.lower() == ".svg" else Image(filename=str(value)),
+                    metadata=meta)
+        elif value.suffix == ".md":
+            display(Markdown(f"`{meta['report_file']}`\n\n" + value.read_text()), metadata=meta)
+        else:
+            import pandas as pd
+
+            display(Markdown(f"`{meta['report_file']}`"))
+            display(pd.read_csv(value), metadata=meta)
+    return parts
