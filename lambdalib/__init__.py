@@ -2,7 +2,13 @@
 
 Importing the package registers the report's ten models with timm.
 """
+import warnings
+
 __version__ = "0.1.0"
+
+# timm imports huggingface_hub, which imports tqdm.auto: in a notebook without ipywidgets that warns
+# "IProgress not found" into every executed notebook, though lambdalib draws no widget bars
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 from . import models  # noqa: E402,F401  (registers the models with timm)
 from .layers import LambdaLayer  # noqa: E402,F401

@@ -137,6 +137,10 @@ def test_users_command_from_notebooks_folder(tiny_imagenette, tmp_path):
     assert len(runs) == 1 and runs[0].name.startswith("LR18-L2-rpe_noise50_")
     assert load_summary(runs[0])["status"] == "complete"
     assert "image/png" in outputs(tmp_path / "out.ipynb")[-1].get("data", {})  # ends with the run's curves
+    streams = [o for o in outputs(tmp_path / "out.ipynb") if o.get("output_type") == "stream"]
+    text = "".join("".join(o["text"]) for o in streams)
+    assert not any(o["name"] == "stderr" for o in streams), text  # no warnings, no progress-bar debris
+    assert text.count("\n") <= 4 and "epoch 1/1" in text  # the run id, then one line per epoch
 
 
 @pytest.mark.slow
