@@ -88,6 +88,11 @@ class RunConfig:
                                         "(slower); off = cudnn.benchmark", identity=False)
     checkpoints: str = _field("best", "'best': best.pt (+ last.pt until complete); 'best+last'; 'none': last.pt "
                                       "until complete", ("best", "best+last", "none"), identity=False)
+    compile: bool = _field(False, "run the model through torch.compile (Inductor; CUDA needs compute capability "
+                                  "7.0+: T4 yes, P100 no)", identity=False)
+    logger: str = _field("none", "also log every epoch to 'tensorboard' (event files in the run folder) or 'wandb' "
+                                 "(needs the wandb extra; WANDB_MODE=offline works without network)",
+                         ("none", "tensorboard", "wandb"), identity=False)
     on_error: str = _field("fail", "an unreadable image: 'fail' (stop, naming the file) or 'skip' (counted in the "
                                    "record)", ("fail", "skip"), identity=False)
 

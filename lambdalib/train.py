@@ -34,7 +34,7 @@ import time
 import warnings
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data as data_lib
-from . import models, record
+from . import loggers, models, record
 from .config import RunConfig
 from .record import (  # noqa: F401  (re-exported: the trainer writes the record through these)
     FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, RunBusyError, acquire_run_lock, atomic_torch_save, atomic_write_text,
@@ -181,6 +181,18 @@ def _set_determinism(config: RunConfig, device: torch.device) -> dict:
     return dict(deterministic=config.deterministic, cudnn_benchmark=torch.backends.cudnn.benchmark)
 
 
+def _compiles(config: RunConfig, device: torch.device) -> bool:
+    """compile=True runs the model through torch.compile (Inductor). Inductor's GPU kernels (Triton) need
+    compute capability 7.0+: a T4 compiles, a P100 cannot, so there the run stays eager and says so."""
+    if not config.compile:
+        return False
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 7:
+        warnings.warn(f"compile=True: {torch.cuda.get_device_name(device)} (compute capability < 7.0) is not "
+                      f"supported by torch.compile's Inductor; training without compiling", stacklevel=3)
+        return False
+    return True
+
+
 def _adam(model: nn.Module, config: RunConfig) -> torch.optim.Adam:
     """Fused Adam where this torch/device has it (one kernel for all tensors, 5x faster than the
     per-tensor loop on CPU; the same update rule), else the plain one (e.g. CPU before torch 2.4)."""
@@ -211,6 +223,12 @@ class Context:
     channels_last: bool
     run_dir: Path
     progress: bool = True
+    compiled: bool = False  # the model runs through torch.compile
+    determinism: dict = field(default_factory=dict)  # what _set_determinism chose, for the record
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     def say(self, *args, **kwargs) -> None:
         if self.dist.is_main:
@@ -369,7 +387,8 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
                          f"leave world_size at 0 to take torchrun's")
     device = _pick_device(config, dist)
     ctx = Context(config, dist, device, _amp_dtype(config, device), _channels_last(config, device),
-                  config.run_dir(), progress)
+                  config.run_dir(), progress, compiled=_compiles(config, device),
+                  determinism=_set_determinism(config, device))
 
     summary = existing_record(config)  # another experiment in that folder: refused, never overwritten
     if summary and summary["status"] in FINISHED:
@@ -425,10 +444,20 @@ def _loader_workers(ctx: Context) -> int:
     return max(0, data_lib.default_workers() // max(local, 1) - (1 if local > 1 else 0))
 
 
-def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
-    """The body of `run`, once the run folder is ours."""
-    config, dist, device, run_dir = ctx.config, ctx.dist, ctx.device, ctx.run_dir
-    # data: official noisy labels for training, clean labels for validation
+@dataclass
+class Data:
+    """The run's data: the training subset (official noisy labels) and a validation loader (clean labels)."""
+    train: torch.utils.data.Dataset
+    val_loader: Any
+    classes: list[str]
+    realised_noise: float
+    val_images: int
+    skipped: list[str]  # unreadable images left out (on_error="skip"), relative to the data root
+    workers: int
+
+
+def _prepare_data(ctx: Context) -> Data:
+    config, dist = ctx.config, ctx.dist
     if dist.enabled and not dist.is_main:
         torch_dist.barrier()  # rank 0 downloads/extracts first; the others then find the verified copy
     root = data_lib.resolve_root(config.data)
@@ -452,12 +481,35 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     val_part = torch.utils.data.Subset(val_set, val_subset[dist.rank::dist.world_size])
     val_loader = data_lib.make_loader(val_part, batch_size=config.batch_size, shuffle=False, seed=config.seed,
                                       workers=workers)
+    return Data(train=torch.utils.data.Subset(train_set, train_subset), val_loader=val_loader,
+                classes=list(train_set.classes), realised_noise=float(train_set.flipped[train_subset].mean()),
+                val_images=len(val_subset), skipped=skipped, workers=workers)
 
-    # model, optimizer, schedule
-    determinism = _set_determinism(config, device)
+
+@dataclass
+class Trainee:
+    """The model and everything that moves with it from epoch to epoch (all of it in last.pt)."""
+    model: nn.Module  # the bare model: state dicts, BN buffers, evaluation
+    net: nn.Module  # what the training step calls: the model, wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    history: list[dict]  # the epochs that last.pt holds: the record never claims more
+    params: int
+    gflops: float
+
+    def state(self, config: RunConfig, history: list[dict]) -> dict:
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), history=history,
+                    config=config.to_dict())
+
+
+def _build(ctx: Context, num_classes: int) -> Trainee:
+    """Model, optimizer, schedule and grad scaler, restored from last.pt when there is one."""
+    config, device = ctx.config, ctx.device
     seed_everything(config.seed)
     size = {"img_size": config.img_size} if models.resolve_name(config.model) in models.SPECS else {}
-    model = models.create(config.model, num_classes=len(train_set.classes), **size)
+    model = models.create(config.model, num_classes=num_classes, **size)
     params = sum(p.numel() for p in model.parameters())
     gflops = models.count_flops(model, config.img_size) / 1e9
     model.to(device)
@@ -467,11 +519,8 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=config.t0, T_mult=config.t_mult, eta_min=config.eta_min)
     scaler = torch.amp.GradScaler(device.type, enabled=ctx.amp_dtype == torch.float16)
-    history: list[dict] = []  # the epochs that last.pt holds: the record never claims more
-    train_data = torch.utils.data.Subset(train_set, train_subset)
-
-    last = run_dir / "last.pt"
-    state = _load_checkpoint(ctx, last)
+    history: list[dict] = []
+    state = _load_checkpoint(ctx, ctx.run_dir / "last.pt")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -479,23 +528,67 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
         if state.get("scaler") and scaler.is_enabled():  # a disabled scaler saved {}: nothing to restore
             scaler.load_state_dict(state["scaler"])
         history = state["history"]
-        ctx.say(f"resuming {run_dir.name} after epoch {len(history)}")
+        ctx.say(f"resuming {ctx.run_dir.name} after epoch {len(history)}")
     net = model
-    if dist.enabled:
+    if ctx.dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if ctx.compiled:
+        # shapes stay static but for the last, smaller batch (one more graph); train and eval modes each
+        # get their graphs once: a handful of compilations per run, all in the first epoch
+        net = torch.compile(net)
+    return Trainee(model, net, optimizer, scheduler, scaler, history, params, gflops)
 
-    precision = config.amp if config.amp != "off" else "fp32"
+
+def _run_epoch(ctx: Context, data: Data, trainee: Trainee, epoch: int, bar) -> dict:
+    """Train one epoch, evaluate, and return its history row."""
+    config, dist = ctx.config, ctx.dist
+    seed_everything(epoch_seed(config.seed, epoch, dist.rank))
+    sampler = None
+    if dist.enabled:
+        sampler = torch.utils.data.DistributedSampler(data.train, dist.world_size, dist.rank, shuffle=True,
+                                                      seed=config.seed)
+        sampler.set_epoch(epoch)
+    # the loader's seed drives the order (single process) and the augmentations: one stream per rank
+    loader = data_lib.make_loader(data.train, batch_size=config.batch_size, shuffle=sampler is None,
+                                  seed=epoch_seed(config.seed, epoch, dist.rank), workers=data.workers,
+                                  sampler=sampler)
+    lr = trainee.optimizer.param_groups[0]["lr"]
+    start = time.perf_counter()
+    stats = _train_one_epoch(ctx, trainee.net, loader, trainee.optimizer, trainee.scaler, bar)
+    train_time = time.perf_counter() - start
+    if dist.enabled:  # evaluate and save with rank 0's BN statistics on every rank
+        for buffer in trainee.model.buffers():
+            torch_dist.broadcast(buffer, 0)
+    evaluated = trainee.net if ctx.compiled and not dist.enabled else trainee.model
+    val_loss, val_acc = (evaluate(evaluated, data.val_loader, ctx.device, ctx.amp_dtype, dist, ctx.channels_last)
+                         if stats["finite"] else (math.nan, math.nan))
+    return dict(epoch=epoch, lr=lr, train_loss=stats["train_loss"], train_acc=stats["train_acc"],
+                val_loss=val_loss, val_acc=val_acc, grad_norm_mean=stats["grad_norm_mean"],
+                grad_norm_max=stats["grad_norm_max"], epoch_time_s=time.perf_counter() - start,
+                train_images_per_s=stats["images"] / train_time if train_time > 0 else math.nan,
+                finite=stats["finite"] and math.isfinite(val_loss), precision=ctx.precision,
+                loss_scale=stats["loss_scale"], skipped_steps=stats["skipped_steps"])
+
+
+def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
+    """The body of `run`, once the run folder is ours: data, model, then epochs until done, diverged or
+    interrupted, the record written after each (through lambdalib.record) and mirrored to the logger."""
+    config, dist, run_dir = ctx.config, ctx.dist, ctx.run_dir
+    data = _prepare_data(ctx)
+    trainee = _build(ctx, len(data.classes))
+    history = trainee.history
+    label = models.report_label(config.model)
     extra = dict(
         run_id=config.run_id, experiment_id=config.experiment_id, model=models.resolve_name(config.model),
-        label=models.report_label(config.model), noise=config.noise,
-        realised_noise=float(train_set.flipped[train_subset].mean()), preset=config.preset,
-        params=params, gflops=round(gflops, 4), train_images=len(train_subset), val_images=len(val_subset),
-        amp=config.amp, precision=precision, channels_last=ctx.channels_last, **determinism,
-        loader_workers=workers, skipped_images=len(skipped), skipped_files=skipped,
-        environment=environment(device, dist.world_size),
+        label=label, noise=config.noise, realised_noise=data.realised_noise, preset=config.preset,
+        params=trainee.params, gflops=round(trainee.gflops, 4), train_images=len(data.train),
+        val_images=data.val_images, amp=config.amp, precision=ctx.precision, channels_last=ctx.channels_last,
+        compiled=ctx.compiled, **ctx.determinism, loader_workers=data.workers, skipped_images=len(data.skipped),
+        skipped_files=data.skipped, environment=environment(ctx.device, dist.world_size),
     )
     if dist.is_main:
         config.save(run_dir / "config.json")
+    logger = loggers.open_logger(config, run_dir) if dist.is_main else loggers.NullLogger()
 
     def write_record(status: str, diverged_at: int | None, shown: list[dict]) -> None:
         if not dist.is_main:
@@ -506,73 +599,44 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
         record.write_summary(run_dir, summary)
 
     write_record("running", None, history)
-    status, diverged_at = "running", None
-    label = models.report_label(config.model)
     bar = None
     if ctx.progress and dist.is_main and sys.stderr.isatty():  # a terminal: a live bar; elsewhere one line an epoch
-        bar = tqdm(total=config.epochs * len(train_subset), initial=len(history) * len(train_subset), unit="img",
+        bar = tqdm(total=config.epochs * len(data.train), initial=len(history) * len(data.train), unit="img",
                    desc=label, dynamic_ncols=True)
     log = bar.write if bar is not None else ctx.say
+    last = run_dir / "last.pt"
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
-            seed_everything(epoch_seed(config.seed, epoch, dist.rank))
-            sampler = None
-            if dist.enabled:
-                sampler = torch.utils.data.DistributedSampler(train_data, dist.world_size, dist.rank,
-                                                              shuffle=True, seed=config.seed)
-                sampler.set_epoch(epoch)
-            # the loader's seed drives the order (single process) and the augmentations: one stream per rank
-            loader = data_lib.make_loader(train_data, batch_size=config.batch_size, shuffle=sampler is None,
-                                          seed=epoch_seed(config.seed, epoch, dist.rank), workers=workers,
-                                          sampler=sampler)
-            lr = optimizer.param_groups[0]["lr"]
-            start = time.perf_counter()
-            stats = _train_one_epoch(ctx, net, loader, optimizer, scaler, bar)
-            train_time = time.perf_counter() - start
-            if dist.enabled:  # evaluate and save with rank 0's BN statistics on every rank
-                for buffer in model.buffers():
-                    torch_dist.broadcast(buffer, 0)
-            val_loss, val_acc = (evaluate(model, val_loader, device, ctx.amp_dtype, dist, ctx.channels_last)
-                                 if stats["finite"] else (math.nan, math.nan))
-            row = dict(epoch=epoch, lr=lr, train_loss=stats["train_loss"], train_acc=stats["train_acc"],
-                       val_loss=val_loss, val_acc=val_acc, grad_norm_mean=stats["grad_norm_mean"],
-                       grad_norm_max=stats["grad_norm_max"], epoch_time_s=time.perf_counter() - start,
-                       train_images_per_s=stats["images"] / train_time if train_time > 0 else math.nan,
-                       finite=stats["finite"] and math.isfinite(val_loss), precision=precision,
-                       loss_scale=stats["loss_scale"], skipped_steps=stats["skipped_steps"])
-            reason = divergence(row, history, config.diverge_factor, len(train_set.classes))
+            row = _run_epoch(ctx, data, trainee, epoch, bar)
+            logger.log_epoch(row)
+            reason = divergence(row, history, config.diverge_factor, len(data.classes))
             if reason:
-                status, diverged_at = "diverged", epoch
                 extra["diverged_reason"] = reason
-                write_record(status, diverged_at, history + [row])  # shown, but last.pt stays at epoch-1
+                write_record("diverged", epoch, history + [row])  # shown, but last.pt stays at epoch-1
                 kept = (f"last good epoch: {epoch - 1}" + ("" if config.checkpoints == "none"
                                                            else " (its best weights are in best.pt)")
                         if history else "no epoch finished before it, so there is no checkpoint")
                 log(f"{label}: diverged at epoch {epoch}: {reason}; {kept}")
                 break
             done = history + [row]
-            scheduler.step()  # (a failed save below ends the run, so the live scheduler may run ahead)
+            trainee.scheduler.step()  # (a failed save below ends the run, so the live scheduler may run ahead)
             if dist.is_main:
-                state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), history=done,
-                             config=config.to_dict())
                 # best.pt before last.pt: a crash in between repeats this epoch on resume and rewrites both
-                if config.checkpoints != "none" and val_loss <= min(r["val_loss"] for r in done):
-                    atomic_torch_save(dict(model=model.state_dict(), epoch=epoch, config=config.to_dict(),
-                                           classes=list(train_set.classes)), run_dir / "best.pt")
-                atomic_torch_save(state, last)
+                if config.checkpoints != "none" and row["val_loss"] <= min(r["val_loss"] for r in done):
+                    atomic_torch_save(dict(model=trainee.model.state_dict(), epoch=epoch, config=config.to_dict(),
+                                           classes=data.classes), run_dir / "best.pt")
+                atomic_torch_save(trainee.state(config, done), last)
             history = done  # committed: last.pt holds it
             write_record("running", None, history)
             log(f"{label} epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss "
-                f"{val_loss:.4f}, val acc {val_acc:.1%} ({row['epoch_time_s']:.1f}s)"
+                f"{row['val_loss']:.4f}, val acc {row['val_acc']:.1%} ({row['epoch_time_s']:.1f}s)"
                 + (f", {row['skipped_steps']} fp16 steps skipped" if row["skipped_steps"] else ""))
             if dist.enabled:
                 torch_dist.barrier()
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
                 raise KeyboardInterrupt
         else:
-            status = "complete"
-            write_record(status, None, history)
+            write_record("complete", None, history)
             if dist.is_main and config.checkpoints != "best+last":
                 last.unlink(missing_ok=True)  # only needed to resume, and a finished run never resumes
     except KeyboardInterrupt:
@@ -587,7 +651,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
         raise record.RecordError(f"{err}; the record keeps epochs 1-{len(history)}, which the same command "
                                  f"resumes from") from None
     finally:
+        logger.close()
         if bar is not None:
             bar.close()
     return run_dir
-
