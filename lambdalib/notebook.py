@@ -244,3 +244,23 @@ def show_report(readme: Path | str) -> list[tuple[str, Any]]:
             display(Markdown(f"`{meta['report_file']}`"))
             display(pd.read_csv(value), metadata=meta)
     return parts
+
+
+# ------------------------------------------------------------------------------------------ colab
+def say_where_results_go(results: str = "") -> Path:
+    """Print where run records and checkpoints go; on Colab without Drive, how to keep them.
+
+    Colab recycles the VM (and /content) on a disconnect, so there results belong on Google Drive:
+    lambdalib.paths uses MyDrive/lambdalib/results whenever Drive is mounted. A resume then costs the
+    epoch in progress plus reloading last.pt from Drive (tens of MB: seconds); data stay on local disk.
+    """
+    from . import paths
+
+    where = Path(results).expanduser() if results else paths.results_dir()
+    if paths.on_colab() and paths.colab_drive_results() is None and not results:
+        print(f"results: {where} — on Colab this is lost when the session disconnects. To keep run records and "
+              "checkpoints (and resume after a disconnect), mount Google Drive before running: "
+              "from google.colab import drive; drive.mount('/content/drive')")
+    else:
+        print(f"results: {where}")
+    return where

@@ -55,10 +55,11 @@ if importlib.util.find_spec("lambdalib") is None:
 _names_before_parameters = set(globals())  # lets the cell after the parameters catch a misspelt parameter"""
 
 CHECK_CELL = """\
-from lambdalib.notebook import check_parameters{extra_import}
+from lambdalib.notebook import check_parameters, say_where_results_go{extra_import}
 
 # a papermill parameter this notebook does not declare (misspelt: -p noize 0.5) stops here
-check_parameters(globals(), {declared})"""
+check_parameters(globals(), {declared})
+say_where_results_go()  # on Colab: Google Drive when mounted, so a disconnect loses nothing"""
 
 CONFIG_CELL = """\
 from lambdalib import report, train

@@ -101,3 +101,21 @@ def test_bad_choices_name_the_field_and_the_allowed_values():
         RunConfig.from_params(on_error="maybe")
     with pytest.raises(ValueError, match=r"amp='fp8'"):
         RunConfig.from_params(amp="fp8")
+
+
+def test_results_live_on_drive_when_colab_has_it_mounted(tmp_path, monkeypatch):
+    from lambdalib import paths
+
+    monkeypatch.delenv("LAMBDALIB_RESULTS", raising=False)
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    monkeypatch.delenv("COLAB_GPU", raising=False)
+    monkeypatch.setattr(paths, "COLAB_DRIVE", tmp_path / "drive" / "MyDrive")
+    local = paths.project_root() / "results"
+    assert paths.results_dir() == local  # not on Colab
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-2026")
+    assert paths.results_dir() == local  # on Colab, Drive not mounted: /content (a warning is the notebook's)
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    assert paths.results_dir() == tmp_path / "drive" / "MyDrive" / "lambdalib" / "results"
+    assert RunConfig.from_params().run_dir().parent.parent == paths.results_dir()
+    monkeypatch.setenv("LAMBDALIB_RESULTS", str(tmp_path / "mine"))
+    assert paths.results_dir() == tmp_path / "mine"

@@ -208,3 +208,17 @@ def test_setup_cell_installs_without_upgrading_the_platforms_packages(monkeypatc
     grad_cam = [r for r in importlib.metadata.requires("lambdalib") if r.startswith("grad-cam")]
     assert calls[2][-2:] == ["-q", *grad_cam] and len(calls) == 3  # only what is missing
     assert sys.path[0] == target and SNAPSHOT in ns
+
+
+def test_colab_without_drive_says_how_to_keep_results(tmp_path, monkeypatch, capsys):
+    from lambdalib import paths
+    from lambdalib.notebook import say_where_results_go
+
+    monkeypatch.delenv("LAMBDALIB_RESULTS", raising=False)
+    monkeypatch.setattr(paths, "COLAB_DRIVE", tmp_path / "MyDrive")
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "x")
+    say_where_results_go()
+    assert "lost when the session disconnects" in capsys.readouterr().out
+    (tmp_path / "MyDrive").mkdir()
+    assert say_where_results_go() == tmp_path / "MyDrive" / "lambdalib" / "results"
+    assert "disconnects" not in capsys.readouterr().out
