@@ -101,7 +101,7 @@ DEMO_FOLDER = "demo"  # results/demo/: `lambdalib demo` trains here, so the comm
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .sweep import QUICK, REPORT_NOISE, Grid, reproduce
+    from .sweep import QUICK, REPORT_NOISE, Grid, default_jobs, reproduce
 
     params = dict(QUICK) if args.quick else {}
     if args.command == "demo" and not args.results:  # the newcomer's run: its own, git-ignored folder
@@ -116,7 +116,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.models:
         grid.models = [m.strip() for m in args.models.split(",")]
     try:
-        counts = reproduce(grid, inline=args.quick or args.inline)
+        counts = reproduce(grid, inline=args.quick or args.inline, jobs=args.jobs or default_jobs())
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to go on")
         return 130
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--models", help="comma-separated labels (default: all ten)")
         p.add_argument("--noise", help="comma-separated fractions (default 0,0.05,0.25,0.5)")
         p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
+        p.add_argument("--jobs", type=int, help="runs at once, each in its own process on its own GPU "
+                                                "(default: one per GPU; 1 without GPUs)")
         p.add_argument("--epochs", type=int)
         p.add_argument("--img-size", type=int)
         p.add_argument("--preset")

@@ -9,19 +9,24 @@ skipped, an interrupted one resumes (train.run picks up its last.pt). The report
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import train
+from . import record, train
 from .config import RunConfig
 from .models import SPECS, resolve_name
 from .notebook import notebook_fields
 from .paths import project_root
-from .train import FINISHED, load_summary
+from .record import FINISHED
 
 REPORT_NOISE = (0.0, 0.05, 0.25, 0.5)
 FAMILY_NOTEBOOK = {None: "02_baselines.ipynb", "rpe": "03_lambda_rpe.ipynb", "lc": "04_lambda_lc.ipynb"}
@@ -83,42 +88,95 @@ def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any]) -> No
                                progress_bar=False, kernel_name="python3")
 
 
-def reproduce(grid: Grid, *, inline: bool = False, report: bool = True, progress: bool = True) -> dict[str, int]:
+def _run_one(config: RunConfig, params: dict | None, inline: bool) -> None:
+    """Train one config of the grid, in this process: inline, or through its notebook."""
+    if inline:
+        train.run(config, progress=False)
+    else:
+        run_notebook(notebook_for(config), config.results_dir() / "notebooks" / f"{config.run_id}.ipynb", params)
+
+
+def _run_in_subprocess(config: RunConfig, inline: bool, slot: int, jobs: int) -> None:
+    """One run in its own process, pinned to GPU `slot` (or to its share of the CPU cores)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    if torch_cuda_count() > 0:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % torch_cuda_count())
+    done = subprocess.run([sys.executable, "-m", "lambdalib.sweep", json.dumps(config.to_dict()),
+                           "inline" if inline else "notebook"], env=env, capture_output=True, text=True)
+    if done.returncode:
+        lines = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()
+        raise RuntimeError(lines[-1])
+
+
+def torch_cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_jobs() -> int:
+    """One run per GPU on a multi-GPU machine; one at a time otherwise."""
+    return max(1, torch_cuda_count())
+
+
+def reproduce(grid: Grid, *, inline: bool = False, report: bool = True, progress: bool = True,
+              jobs: int = 1) -> dict[str, int]:
     """Run every config of the grid that is not finished, then build the report.
 
     inline: train in this process instead of through the notebooks (no kernel start-up per run; the
-    --quick profile uses it). Returns counts of skipped / run / diverged runs.
+    --quick profile uses it). jobs > 1: that many runs at once, each in its own process on its own GPU
+    (CUDA_VISIBLE_DEVICES) or share of the cores; every run folder is locked by its trainer, so no two
+    processes ever train one folder. One failed or busy run does not stop the grid: it is reported at
+    the end. Returns counts of total / skipped / ran / diverged / failed runs and the failures.
     """
     configs = grid.configs()
     # every notebook's parameters before anything runs: a config the notebooks cannot take fails now
     parameters = [None if inline else notebook_parameters(config) for config in configs]
-    counts = dict(total=len(configs), skipped=0, ran=0, diverged=0, failed=0)
+    counts: dict[str, Any] = dict(total=len(configs), skipped=0, ran=0, diverged=0, failed=0)
     failures: list[str] = []
-    bar = tqdm(configs, desc="reproduce", unit="run", disable=not progress)
-    for config, params in zip(bar, parameters):
-        bar.set_postfix_str(config.run_id, refresh=True)
+    todo = []
+    for config, params in zip(configs, parameters):
+        try:
+            finished = is_finished(config)
+        except Exception as err:  # noqa: BLE001  (a folder of another experiment, an unreadable record)
+            failures.append(f"{config.run_id}: {err}")
+            continue
+        if finished:
+            counts["skipped"] += 1
+        else:
+            todo.append((config, params))
+    bar = tqdm(total=len(todo), desc="reproduce", unit="run", disable=not progress)
+
+    def one(slot: int, config: RunConfig, params) -> None:
         start = time.perf_counter()
-        try:  # one failed or busy run does not stop the grid: it is reported at the end
-            if is_finished(config):
-                counts["skipped"] += 1
-                continue
-            if inline:
-                train.run(config, progress=False)
+        try:
+            if jobs > 1:
+                _run_in_subprocess(config, inline, slot, jobs)
             else:
-                out = config.results_dir() / "notebooks" / f"{config.run_id}.ipynb"
-                run_notebook(notebook_for(config), out, params)
+                _run_one(config, params, inline)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001  (papermill, data and record errors alike)
-            counts["failed"] += 1
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             failures.append(f"{config.run_id}: {reason}")
             bar.write(f"{config.run_id}: FAILED: {reason}")
-            continue
-        counts["ran"] += 1
-        summary = load_summary(config.run_dir()) or {}
-        counts["diverged"] += summary.get("status") == "diverged"
-        bar.write(f"{config.run_id}: {summary.get('status')} in {time.perf_counter() - start:.0f}s")
+        else:
+            summary = record.load_summary(config.run_dir()) or {}
+            counts["ran"] += 1
+            counts["diverged"] += summary.get("status") == "diverged"
+            bar.write(f"{config.run_id}: {summary.get('status')} in {time.perf_counter() - start:.0f}s")
+        bar.update(1)
+
+    if jobs > 1:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on their subprocess
+            for future in [pool.submit(one, index % jobs, c, p) for index, (c, p) in enumerate(todo)]:
+                future.result()
+    else:
+        for config, params in todo:
+            bar.set_postfix_str(config.run_id, refresh=True)
+            one(0, config, params)
+    bar.close()
+    counts["failed"] = len(failures)
     counts["failures"] = failures
     if report:
         results = configs[0].results_dir() if configs else None
@@ -131,3 +189,13 @@ def reproduce(grid: Grid, *, inline: bool = False, report: bool = True, progress
             run_notebook(nb, (results or Path("results")) / "notebooks" / REPORT_NOTEBOOK,
                          dict(results=str(results.resolve()) if results else ""))  # it runs in notebooks/
     return counts
+
+
+if __name__ == "__main__":  # one run of a --jobs grid: python -m lambdalib.sweep '<config json>' inline|notebook
+    _config = RunConfig.from_params(**json.loads(sys.argv[1]))
+    _inline = sys.argv[2] == "inline"
+    try:
+        _run_one(_config, None if _inline else notebook_parameters(_config), _inline)
+    except (ValueError, OSError) as _err:
+        print(f"error: {_err}", file=sys.stderr)
+        sys.exit(2)

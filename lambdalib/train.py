@@ -90,7 +90,7 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
 
     return dict(torch=torch.__version__, torchvision=version("torchvision"), timm=version("timm"),
                 grad_cam=version("grad-cam"), python=platform.python_version(), device=name, **gpu,
-                world_size=world_size, git_commit=git_commit(), platform=platform.platform())
+                world_size=world_size, git_commit=git_commit(), platform=platform.platform(), pid=os.getpid())
 
 
 @dataclass

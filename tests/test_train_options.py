@@ -1,4 +1,6 @@
 """Training options beyond the defaults: experiment trackers and torch.compile."""
+import os
+
 import pytest
 import torch
 
@@ -72,3 +74,16 @@ def test_compile_is_refused_politely_below_compute_capability_7(monkeypatch):
     with pytest.warns(UserWarning, match="P100.*training without compiling"):
         assert train._compiles(config, torch.device("cuda", 0)) is False
     assert train._compiles(config, torch.device("cpu")) is True
+
+
+def test_reproduce_runs_jobs_concurrently_in_their_own_processes(tiny_imagenette, tmp_path):
+    from lambdalib.sweep import Grid, reproduce
+
+    params = dict(data=str(tiny_imagenette), results=str(tmp_path), epochs=1, img_size=32, batch_size=8,
+                  workers=0, preset="fast")
+    grid = Grid(models=["R18", "LR18_L3(lc)"], noise=[0.0], params=params)
+    counts = reproduce(grid, inline=True, jobs=2, progress=False, report=False)
+    assert (counts["ran"], counts["failed"]) == (2, 0), counts["failures"]
+    pids = {record.load_summary(c.run_dir())["environment"]["pid"] for c in grid.configs()}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert reproduce(grid, inline=True, jobs=2, progress=False, report=False)["skipped"] == 2
