@@ -586,7 +586,7 @@ def figure(entries: list, image: str | Path | None = None, method: str = "fullgr
     return AttentionFigure(path, caption, caption_path, [(info, result) for info, result, *_ in panels])
 
 
-def attention_figure(models: list[str], image: str | Path | None = None, method: str = "fullgrad",
+def attention_figure(models: list[str], image: str | Path | None = None, *, method: str = "fullgrad",
                      out: str | Path | None = None, allow_random: bool = False, target: int | str | None = None,
                      fallback_runs: int = 4) -> AttentionFigure | None:
     """The CLI/notebook entry point: load what can be loaded, warn about the rest, save the figure.

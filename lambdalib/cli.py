@@ -81,7 +81,7 @@ def _run_line(summary: dict) -> str:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from . import data
+    from . import data, figures
     from .paths import results_dir
 
     if args.samples < 1:
@@ -92,7 +92,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     print(info["classes"].to_string(), "\n")
     print(info["noise"].to_string())
     out = Path(args.out) if args.out else results_dir() / "figures" / f"samples_noise{args.noise * 100:g}.png"
-    data.plot_samples(info["root"], args.noise, n=args.samples, path=out)
+    figures.plot_samples(info["root"], args.noise, n=args.samples, path=out)
     print(f"\nsample grid (clean vs noisy labels): {out}")
     return 0
 

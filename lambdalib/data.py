@@ -15,7 +15,6 @@ Typical use:
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import struct
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
-from .config import OFFICIAL_NOISE_LEVELS, data_slug, official_noise_level
+from .config import OFFICIAL_NOISE_LEVELS, official_noise_level
 # Re-exported: these moved to download.py; `from lambdalib.data import resolve_root` etc. keep working.
 from .download import (  # noqa: F401
     ARCHIVES, CSV_NAME, EMBEDDED_NAME, SPLITS, DataUnavailableError, IntegrityError, calculate_md5, check_root,
@@ -457,7 +456,7 @@ def make_loader(
     )
 
 
-# --------------------------------------------------------------------------- overview and sample grid
+# --------------------------------------------------------------------------- overview
 
 
 def overview(root: str | Path | None = None, noise_levels: Iterable[float] = NOISE_LEVELS) -> dict:
@@ -478,48 +477,11 @@ def overview(root: str | Path | None = None, noise_levels: Iterable[float] = NOI
     return {"root": folder, "classes": class_table(labels), "noise": noise_table(labels, levels)}
 
 
-def plot_samples(
-    root: str | Path | None = None,
-    noise: float = 0.25,
-    n: int = 16,
-    path: str | Path | None = None,
-    *,
-    split: str = "train",
-    seed: int = 0,
-    synthetic: bool = False,
-):
-    """A grid of `n` random train images (seeded) titled with their labels at `noise`; returns the Figure.
+def __getattr__(name: str):
+    """`plot_samples` lives in lambdalib.figures (how things look); imported on first use, as figures
+    imports this module. `from lambdalib.data import plot_samples` keeps working."""
+    if name == "plot_samples":
+        from .figures import plot_samples
 
-    Images whose label is flipped are titled "clean → noisy" in red; the others show the clean class in
-    black. The figure title gives the realised flip rate. When `path` is given the figure is saved there
-    (PNG/PDF/SVG by suffix, folders created). Built on matplotlib's Figure, so no GUI backend is needed.
-    `n` < 1 raises ValueError.
-    """
-    from matplotlib.figure import Figure
-
-    if n < 1:
-        raise ValueError(f"n={n}: samples must be >= 1.")
-    data = NoisyImagenette(root, split, noise, synthetic=synthetic, seed=seed, transform=None)
-    rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(len(data), size=min(n, len(data)), replace=False))
-    cols = math.ceil(math.sqrt(len(picks)))
-    rows = math.ceil(len(picks) / cols)
-    fig = Figure(figsize=(2.0 * cols, 2.3 * rows), layout="constrained")
-    for k, i in enumerate(picks):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        image, noisy = data[i]
-        clean = CLASS_NAMES[data.clean_targets[i]]
-        flipped = bool(data.flipped[i])
-        ax.imshow(image)
-        ax.set_title(f"{clean} →\n{CLASS_NAMES[noisy]}" if flipped else clean, fontsize=8,
-                     color="red" if flipped else "black")
-        ax.axis("off")
-    kind = "synthetic" if synthetic else "official"
-    source = data_slug(str(data.root))
-    fig.suptitle(f"{source} {split}, {kind} noise {noise:g}: realised flip rate {data.flip_rate:.2%} "
-                 "(red: clean → noisy label)", fontsize=9)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+        return plot_samples
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

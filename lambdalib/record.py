@@ -80,6 +80,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 

@@ -26,7 +26,10 @@ comparison with the published numbers, directly above that table.
 
 Figures: loss curves per family (diverged epochs as an 'x'), best val top-1 vs noise at the noise levels'
 true spacing with a chance line and error bars only where a cell has >= 2 seeds (n in the caption), and
-`plot_run` for one run (the training notebooks' closing figure).
+`plot_run` for one run (the training notebooks' closing figure). This module decides which figures the
+report has and what goes in each (FIGURES, `build`, `plot_run`); how they are drawn (colours, axes,
+markers, PNG bytes) is lambdalib/figures.py, whose plot_curves, plot_accuracy_vs_noise, curves_figure,
+run_figure and accuracy_figure are re-exported here.
 
 Writing: every table and figure is computed before the first file is written, and each file is written
 atomically, so a failure mid-build leaves the previous report as it was. A results folder without runs/
@@ -40,26 +43,22 @@ Table 3 repeats Table 5, so the L3 rpe numbers are missing there and shown as mi
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
 import re
-import textwrap
 import warnings
 from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from matplotlib import ticker
-from matplotlib.figure import Figure  # not pyplot: renders PNGs with Agg, leaves a notebook's backend alone
-from matplotlib.lines import Line2D
 
-from . import models, paths, record
+from . import figures, models, paths, record
 from .config import PRESETS, RunConfig
-from .data import WNIDS
+# how the figures look is figures.py; these stay importable (and patchable) here: build and plot_run call
+# them by these names, and notebooks and tests call report.plot_curves etc.
+from .figures import accuracy_figure, curves_figure, plot_accuracy_vs_noise, plot_curves, run_figure  # noqa: F401
 from .record import FINISHED
 
 # number -> (title as in the report, file stem, (position, stage) of its models; None = the baselines)
@@ -79,16 +78,10 @@ PLAIN = dict(amp="off", world_size=1)
 AMP_OF_DTYPE = {"off": "off", "bf16": "bf16", "fp16": "fp16", "bfloat16": "bf16", "float16": "fp16"}  # summary amp
 SMOKE_EPOCHS = 10  # a set-up with fewer epochs, a per-class subset or the embedded data is a smoke test
 EMBEDDED = "embedded"
-CLASSES = len(WNIDS)  # Imagenette: chance accuracy is 1/10
+CLASSES = figures.CLASSES  # Imagenette's 10: chance accuracy is 1/10
 # summary.json metrics shown as mean ± std over the runs of a cell (CSV columns keep these names)
 METRICS = ("best_train_loss", "best_val_loss", "train_time_s", "best_val_acc", "mean_train_images_per_s")
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-NOISE_COLOURS = {0.0: OKABE_ITO[0], 0.05: OKABE_ITO[1], 0.25: OKABE_ITO[2], 0.5: OKABE_ITO[3], 0.01: OKABE_ITO[4]}
-FAMILY_COLOURS = {(None, None): OKABE_ITO[7], ("rpe", 2): OKABE_ITO[0], ("rpe", 3): OKABE_ITO[5],
-                  ("lc", 2): OKABE_ITO[3], ("lc", 3): OKABE_ITO[1]}
-DPI = 150
-NO_RUNS = "No runs yet."
+NO_RUNS = figures.NO_RUNS  # "No runs yet.": the same words in empty tables and empty figures
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -499,270 +492,23 @@ def runs_index(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------- figures
-def _noise_colour(noise: float) -> str:
-    for level, colour in NOISE_COLOURS.items():
-        if math.isclose(noise, level):
-            return colour
-    return OKABE_ITO[5 + int(noise * 1000) % 3]  # synthetic rates: the remaining palette
-
-
-def _no_runs(ax, text: str = NO_RUNS) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.4")
-
-
-def _wrap(title: str, width: int) -> str:
-    """Lines of at most `width` characters; a set-up label breaks between its ' · ' parts."""
-    out = []
-    for line in title.split("\n"):
-        parts, current = line.split(" · "), ""
-        for part in parts:
-            joined = f"{current} · {part}" if current else part
-            if current and len(joined) > width:
-                out.append(current)
-                joined = part
-            current = joined
-        out.extend(textwrap.wrap(current, width) or [""])
-    return "\n".join(out)
-
-
-def _split(run) -> tuple[list[dict], dict | None]:
-    """A run's history as (the epochs before any divergence, the diverged epoch's row or None)."""
-    history = run["_history"] if "_history" in run and isinstance(run["_history"], list) \
-        else record.read_history(Path(run["_path"]))
-    diverged_at = run["diverged_at"] if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
-    good = [r for r in history if r["epoch"] != diverged_at]
-    bad = next((r for r in history if r["epoch"] == diverged_at), None)
-    return good, bad
-
-
-class _LossAxis:
-    """The y-range of loss curves: the finite losses of the epochs before any divergence (one explosion
-    cannot flatten every other curve), logarithmic when they span more than a factor 4, with a band above
-    the range for the 'x' of a diverged epoch whose loss is off-scale or non-finite."""
-
-    def __init__(self, goods: list[list[dict]], band: bool):
-        self.finite = [r[k] for good in goods for r in good for k in ("train_loss", "val_loss")
-                       if math.isfinite(r[k]) and r[k] > 0]
-        low, self.high = (min(self.finite), max(self.finite)) if self.finite else (1.0, 3.0)
-        self.log, self.band = self.high / low > 4, band
-        if self.log:
-            self.bottom, self.off_scale, self.top = low / 1.15, self.high * 1.3, self.high * (1.6 if band else 1.15)
-        else:
-            pad = 0.06 * (self.high - low or 1.0)
-            self.bottom, self.off_scale = max(0.0, low - pad), self.high + 2 * pad
-            self.top = self.high + (3.5 if band else 1) * pad
-        self.band_start = (self.high + self.off_scale) / 2 if band else math.inf
-
-    def diverged(self, bad: dict | None) -> tuple[float, float]:
-        """(the diverged epoch's worst loss, inf when non-finite; where its 'x' goes)."""
-        losses = (bad["train_loss"], bad["val_loss"]) if bad else (math.nan,)
-        worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf  # NaN: off-scale
-        return worst, worst if worst <= self.high else self.off_scale
-
-    def apply(self, ax, axes_with_band=()) -> None:
-        if self.log:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-        # no numbers in the off-scale band: an 'x' there is not at that value
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if v < self.band_start else ""))
-        ax.set_ylim(self.bottom, self.top)
-        ax.set_ylabel("cross-entropy loss" + (" (log scale)" if self.log else ""))
-        for other in axes_with_band:
-            other.axhspan(self.band_start, self.top, color="0.92", zorder=0)
-
-
-def _epoch_axis(ax, last_epoch: int) -> None:
-    ax.set_xlim(0.5, last_epoch + 0.5)
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
-
-
-def curves_figure(runs: pd.DataFrame, labels: list[str], title: str) -> Figure:
-    """Train (dashed) and val (solid) loss vs epoch, one panel per model label, one colour per noise level.
-
-    The y-range spans the finite losses of the epochs before any divergence, so one explosion cannot
-    flatten every other curve; the epoch a run diverged at is an 'x' (in a band above the range when its
-    loss is off-scale or non-finite) and is spelled out under the panel. The y-axis turns logarithmic
-    when the losses span more than a factor 4."""
-    fig = Figure(figsize=(5.2 * len(labels) + 1.6, 4.6), layout="constrained")
-    axes = fig.subplots(1, len(labels), sharey=True, squeeze=False)[0]
-    curves = [(run, *_split(run)) for _, run in runs.iterrows()]
-    band = any(run["status"] == "diverged" for run, _, _ in curves)
-    y = _LossAxis([good for _, good, _ in curves], band)
-    last_epoch = max([1] + [int(r["epoch"]) for _, good, bad in curves for r in good + ([bad] if bad else [])]
-                     + [int(run["epochs"]) for run, _, _ in curves])
-    noises, banded = set(), []
-    for ax, label in zip(axes, labels):
-        mine = [c for c in curves if c[0]["label"] == label]
-        ax.set_title(re.sub(r"^R(\d+)$", r"ResNet\1 (R\1)", label))
-        if not mine:
-            _no_runs(ax)
-        notes = []
-        for run, good, bad in mine:
-            colour = _noise_colour(run["noise"])
-            noises.add(run["noise"])
-            epochs = [r["epoch"] for r in good]
-            for key, style in (("train_loss", "--"), ("val_loss", "-")):
-                values = [r[key] if math.isfinite(r[key]) else np.nan for r in good]
-                ax.plot(epochs, values, style, color=colour, marker="o", markersize=4, linewidth=1.6, alpha=0.9)
-            if run["status"] == "diverged":
-                epoch = int(run["diverged_at"])
-                worst, at = y.diverged(bad)
-                ax.plot([epoch], [at], "x", color=colour, markersize=11, markeredgewidth=2.5)
-                seeds = len(mine) > len({c[0]["noise"] for c in mine})  # several runs per noise: name the seed
-                who = f"{run['noise'] * 100:g}%" + (f" seed {run['seed']}" if seeds else "")
-                notes.append(f"{who}: epoch {epoch} (loss {'non-finite' if math.isinf(worst) else f'{worst:.3g}'})")
-        ax.set_xlabel("epoch" + "".join(f"\n× diverged {n}" for n in notes))
-        _epoch_axis(ax, last_epoch)
-        ax.grid(alpha=0.3)
-        if any(c[0]["status"] == "diverged" for c in mine):
-            banded.append(ax)
-    y.apply(axes[0], banded)
-    if not curves:  # an empty figure: no axis numbers that suggest data
-        for ax in axes:
-            ax.set_xticks([]), ax.set_yticks([])
-    elif not y.finite:  # only divergences: the y numbers would mean nothing
-        axes[0].set_yticks([])
-    handles = [Line2D([], [], color=_noise_colour(n), linewidth=3, label=f"{n * 100:g}% noise")
-               for n in sorted(noises)]
-    if curves:
-        handles += [Line2D([], [], color="0.3", linestyle="--", label="train"),
-                    Line2D([], [], color="0.3", linestyle="-", label="val")]
-    if band:
-        handles.append(Line2D([], [], color="0.3", marker="x", linestyle="", markersize=9, markeredgewidth=2,
-                              label="diverged\n(grey band:\noff-scale)"))
-    if handles:
-        fig.legend(handles=handles, loc="outside right upper", frameon=False)
-    fig.suptitle(_wrap(title, int(44 * len(labels))))
-    return fig
-
-
-def plot_curves(runs: pd.DataFrame, labels: list[str], path: Path, title: str) -> Path:
-    """curves_figure saved as a PNG at `path`."""
-    return _save(curves_figure(runs, labels, title), Path(path))
-
-
-def run_figure(run: pd.Series) -> Figure:
-    """One run's train and val loss per epoch, readable at any epoch count: markers and the last value of
-    each curve written next to it, integer epoch ticks over the planned schedule (an unfinished run shows
-    how far it got), a diverged epoch as an 'x', the legend under the axes, the title naming the model,
-    noise, status and scale."""
-    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
-    ax = fig.subplots()
-    good, bad = _split(run)
-    diverged = run["status"] == "diverged" and pd.notna(run["diverged_at"])
-    y = _LossAxis([good], diverged)
-    epochs = [r["epoch"] for r in good]
-    for key, name, style, marker, colour in (("train_loss", "train loss", "--", "o", OKABE_ITO[0]),
-                                             ("val_loss", "val loss", "-", "s", OKABE_ITO[3])):
-        values = [r[key] if math.isfinite(r[key]) else np.nan for r in good]
-        ax.plot(epochs, values, linestyle=style, marker=marker, markersize=7, linewidth=1.8, color=colour,
-                label=name)
-        finite = [(e, v) for e, v in zip(epochs, values) if math.isfinite(v)]
-        if finite and len(epochs) <= 5:  # few points: their values, as a line would not show a trend
-            last = finite[-1][1]
-            ax.annotate(_number(last) if last < 1e3 else f"{last:.3g}", finite[-1], xytext=(7, 0),
-                        textcoords="offset points", va="center", color=colour, fontsize=9)
-    if diverged:
-        worst, at = y.diverged(bad)
-        ax.plot([int(run["diverged_at"])], [at], "x", color="black", markersize=11, markeredgewidth=2.5,
-                label=f"diverged (loss {'non-finite' if math.isinf(worst) else f'{worst:.3g}'})")
-    if not good and not diverged:
-        _no_runs(ax, "no finished epoch yet")
-    y.apply(ax, [ax] if diverged else [])
-    if not y.finite:
-        ax.set_yticks([])
-    ax.set_xlabel("epoch")
-    _epoch_axis(ax, max([int(run["epochs"])] + epochs))
-    ax.grid(alpha=0.3)
-    if good or diverged:
-        fig.legend(loc="outside lower center", ncol=3, frameon=False)
-    done = int(run["epochs_done"]) if pd.notna(run.get("epochs_done")) else len(good)
-    status = _status_text(run["status"], run.get("diverged_at"), run.get("updated", "unknown")).split(" (")[0]
-    fig.suptitle(_wrap(f"{architecture(run['label'], run['noise'])}: {status}, {done}/{run['epochs']} epochs\n"
-                       f"{run['setup_label']}", 70), fontsize=11)
-    return fig
+FIGURES = {  # stem -> (labels per panel, title); the Lambda families mirror Tables 2-5
+    "curves_baselines": (["R18", "R34"], "Baselines (Table 1)"),
+    **{f"curves_L{stage}_{pos}": ([f"LR18_L{stage}({pos})", f"LR34_L{stage}({pos})"], f"{title} (Table {n})")
+       for n, (title, _, (pos, stage)) in TABLES.items() if pos},
+}
 
 
 def plot_run(run_dir: Path | str, path: Path | str | None = None) -> Path:
-    """One run's train/val loss curves (the family notebooks' closing figure); saved as run_dir/curves.png."""
+    """One run's train/val loss curves (the family notebooks' closing figure); saved as run_dir/curves.png.
+
+    Here rather than in figures.py: the run is read as the tables read it (status, set-up label), then
+    drawn by run_figure (figures.py's)."""
     run_dir = Path(run_dir)
     runs, _ = _load(None, [run_dir], strict=True)  # an unreadable record raises, naming the file
     if runs.empty:
         raise FileNotFoundError(f"{run_dir} is not a run record (no summary.json)")
-    return _save(run_figure(runs.iloc[0]), Path(path) if path else run_dir / "curves.png")
-
-
-def _seeds_caption(n_runs: pd.Series) -> str:
-    low, high = int(n_runs.min()), int(n_runs.max())
-    if high < 2:
-        return "one seed per point: no error bars, and differences of a few points may be noise"
-    counts = f"{low}" if low == high else f"{low}–{high}"
-    return (f"error bars: ± sample std over the seeds of a point (n = {counts})"
-            + ("; points with one seed have none" if low < 2 else ""))
-
-
-def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
-    """Best val top-1 vs noise for the ten models at the noise levels' true spacing; colour = family, line
-    = depth; a dotted chance line (1/classes); error bars (± std over seeds) only on points with >= 2
-    seeds, the number of seeds in the caption. A black 'x' marks cells where at least one run diverged
-    (its best is from before the divergence)."""
-    fig = Figure(figsize=(8.8, 5.0), layout="constrained")
-    ax = fig.subplots()
-    chance = 100 / CLASSES
-    if cells.empty:
-        _no_runs(ax)
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_xlabel("label noise (% of training labels flipped)")
-    else:
-        levels = sorted(cells["noise"].unique())
-        present = [m for m in models.MODEL_NAMES if m in set(cells["model"])]
-        present += sorted(set(cells["model"]) - set(present))  # timm models outside the report's ten
-        span = 100 * (max(levels) - min(0.0, *levels)) or 10.0
-        dodge = span / 150  # points of one noise level stay apart, far less than any level spacing
-        for i, model in enumerate(present):
-            spec = models.SPECS.get(model)
-            mine = cells[cells["model"] == model].sort_values("noise")
-            x = 100 * mine["noise"] + dodge * (i - (len(present) - 1) / 2)
-            y = 100 * mine["best_val_acc"]
-            shallow = spec is None or spec.depth == 18
-            colour = FAMILY_COLOURS[(spec.position, spec.stage)] if spec else OKABE_ITO[4]
-            ax.plot(x, y, color=colour, linestyle="-" if shallow else "--", marker="o" if shallow else "s",
-                    markersize=6, linewidth=1.6, label=spec.label if spec else model)
-            seeds = mine["n_runs"] >= 2
-            if seeds.any():
-                ax.errorbar(x[seeds], y[seeds], yerr=100 * mine["best_val_acc_std"][seeds], fmt="none",
-                            ecolor=colour, capsize=3, linewidth=1.2)
-            bad = mine["n_diverged"] > 0
-            ax.plot(x[bad], y[bad], "x", color="black", markersize=12, markeredgewidth=2.2)
-        ax.axhline(chance, color="0.4", linestyle=":", linewidth=1.5)
-        ax.set_xticks([100 * n for n in levels], [f"{n * 100:g}%" for n in levels])
-        ax.set_xlim(100 * min(0.0, *levels) - span / 20, 100 * max(levels) + span / 20)  # 0 % always shown
-        best = pd.to_numeric(cells["best_val_acc"], errors="coerce").max()
-        ax.set_ylim(0, min(100.0, max(chance, 100 * best if pd.notna(best) else chance) * 1.15 + 2))
-        handles, names = ax.get_legend_handles_labels()
-        handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=1.5))
-        names.append(f"chance (1/{CLASSES})")
-        if (cells["n_diverged"] > 0).any():
-            handles.append(Line2D([], [], marker="x", color="black", linestyle="", markersize=9, markeredgewidth=2))
-            names.append("a run diverged")
-        fig.legend(handles, names, loc="outside right upper", frameon=False)
-        ax.set_xlabel("label noise (% of training labels flipped)\n" + _seeds_caption(cells["n_runs"]))
-    ax.set_ylabel("best val top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.set_title(_wrap(title, 80))
-    return fig
-
-
-def plot_accuracy_vs_noise(cells: pd.DataFrame, path: Path, title: str) -> Path:
-    """accuracy_figure saved as a PNG at `path`."""
-    return _save(accuracy_figure(cells, title), Path(path))
-
-
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp: same bytes
-    return buffer.getvalue()
+    return figures.save_png(run_figure(runs.iloc[0]), Path(path) if path else run_dir / "curves.png")
 
 
 def _write(path: Path, data: bytes | str) -> None:
@@ -776,18 +522,6 @@ def _write(path: Path, data: bytes | str) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
         raise record.RecordError(record.describe_os_error(err, path)) from err
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    _write(path, _png(fig))
-    return path
-
-
-FIGURES = {  # stem -> (labels per panel, title); the Lambda families mirror Tables 2-5
-    "curves_baselines": (["R18", "R34"], "Baselines (Table 1)"),
-    **{f"curves_L{stage}_{pos}": ([f"LR18_L{stage}({pos})", f"LR34_L{stage}({pos})"], f"{title} (Table {n})")
-       for n, (title, _, (pos, stage)) in TABLES.items() if pos},
-}
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -955,10 +689,10 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         heading = "" if setup is PLACEHOLDER else f"\n{setup['setup_label']}"
         for stem, (labels, name) in FIGURES.items():
             runs_here = mine[mine["label"].isin(labels)] if not mine.empty else mine
-            files[f"{folder}/{stem}.png"] = _png(curves_figure(
+            files[f"{folder}/{stem}.png"] = figures.png_bytes(curves_figure(
                 runs_here, labels, f"{name}: train (dashed) / val (solid) loss{heading}"))
             readme.append(f"![{name}]({folder}/{stem}.png)\n")
-        files[f"{folder}/accuracy_vs_noise.png"] = _png(accuracy_figure(
+        files[f"{folder}/accuracy_vs_noise.png"] = figures.png_bytes(accuracy_figure(
             _of(cells, setup), f"Best val top-1 vs label noise{heading}"))
         readme.append(f"![Best val top-1 vs noise]({folder}/accuracy_vs_noise.png)\n")
     readme.append("## Unfinished runs (not in the tables or figures)\n\n"

@@ -137,10 +137,10 @@ def data_notebook():
             Param("data", "str", "embedded", "'embedded', 'imagenette2-160', a folder or an archive"),
             Param("noise", "float", 0.25, "the noise level whose labels the samples show"),
             Param("samples", "int", 16, "how many training images to show")]),
-        new_code_cell("from lambdalib import data as data_lib\nfrom lambdalib.notebook import figure_image\n\n"
+        new_code_cell("from lambdalib import data as data_lib, figures\nfrom lambdalib.notebook import figure_image\n\n"
                       "root = data_lib.resolve_root(data)\ninfo = data_lib.overview(root)\ninfo['classes']"),
         new_code_cell("info['noise']"),
-        new_code_cell("figure_image(data_lib.plot_samples(root, noise, n=samples))"),
+        new_code_cell("figure_image(figures.plot_samples(root, noise, n=samples))"),
     ])
 
 
