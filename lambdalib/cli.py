@@ -137,6 +137,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = export(args.run, out=args.out, allow_unfinished=args.allow_unfinished)
+    print(f"exported: {out} (model.safetensors, config.json, README.md)")
+    print(f"share it: huggingface_hub.upload_folder(repo_id='<user>/<repo>', folder_path='{out}')")
+    return 0
+
+
 def _cmd_attention(args: argparse.Namespace) -> int:
     from . import attention
 
@@ -216,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-random", action="store_true",
                    help="show models without weights, titled 'random init (no weights available)'")
     p.set_defaults(func=_cmd_attention)
+
+    p = sub.add_parser("export", help="a run's best weights as model.safetensors + timm config + model card",
+                       description="Write best.pt's weights as model.safetensors, timm's config.json and a README.md "
+                                   "model card (every number from the run record) into <run folder>/export/: the "
+                                   "folder timm.create_model(..., pretrained=True) and the Hugging Face hub expect.")
+    p.add_argument("run", help="run folder (results/runs/<run id>) or its best.pt")
+    p.add_argument("--out", help="output folder (default: <run folder>/export/)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="export a running or interrupted run's best weights so far")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("report", help="rebuild results/ tables, figures and README from the run records")
     p.add_argument("--results", help="results folder holding runs/ (default: the repository's results/)")
