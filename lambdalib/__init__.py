@@ -3,8 +3,12 @@
 Importing the package registers the report's ten models with timm.
 """
 import warnings
+from importlib import metadata
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("lambdalib")  # one place: pyproject.toml
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 # timm imports huggingface_hub, which imports tqdm.auto: in a notebook without ipywidgets that warns
 # "IProgress not found" into every executed notebook, though lambdalib draws no widget bars
