@@ -30,11 +30,11 @@ import csv
 import os
 import time
 
+import common
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import common
 from lambdalib.layers import LambdaLayer
 from lambdalib.paths import results_dir
 
@@ -133,7 +133,7 @@ def main() -> None:
         steps = {k: (lambda m=m: m(x).backward(dy)) for k, m in mods.items()}
         if side == sides[0]:
             print(f"sdpa kernels: {sdpa_kernel(mods['sdpa'], x)}")
-        for name, m in mods.items():  # first call: warm-up and a cost probe
+        for name in mods:  # first call: warm-up and a cost probe
             if name in too_slow:
                 continue
             common.sync(device)

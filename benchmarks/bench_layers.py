@@ -29,10 +29,10 @@ from __future__ import annotations
 import time
 import warnings
 
+import common
 import torch
 from torch import nn
 
-import common
 from lambdalib.layers import LambdaLayer
 
 warnings.filterwarnings("ignore", message=".*meshgrid.*")  # lucidrains' calc_rel_pos
@@ -143,7 +143,8 @@ def main() -> None:
         del mods, x, dy, steps, timed
 
     print("\n== summary: rpe:lucid = lucid rpe's ms / ours rpe's ms (>1: ours faster; median, and (min) from"
-          " the fastest rounds); mem = the larger of our two peaks / the leanest lambda anchor's peak (or the conv's) ==")
+          " the fastest rounds); mem = the larger of our two peaks / the leanest lambda anchor's peak"
+          " (or the conv's) ==")
     common.print_table(summary)
     common.done(t_start)
 

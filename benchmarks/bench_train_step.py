@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import time
 
+import common
 import torch
 import torch.nn.functional as F
 
-import common
 from lambdalib.models import count_flops, create
 
 MODELS = ["R18", "LR18_L2(rpe)", "LR18_L3(rpe)", "LR18_L2(lc)", "LR18_L3(lc)"]

@@ -30,8 +30,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_grad_cam import (
-    AblationCAM, EigenCAM, EigenGradCAM, FullGrad, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM,
-    LayerCAM, ScoreCAM, XGradCAM,
+    AblationCAM,
+    EigenCAM,
+    EigenGradCAM,
+    FullGrad,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
 )
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM

@@ -16,6 +16,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print("-" * len(header))
     for r in rows:
         print(f"{r['label']:<14} {r['name']:<24} {r['params']:>11,} {r['gflops']:>7.3f}  {r['lambda_site']}")
+    print("\nR18/R34 are torchvision's ResNets exactly (the report's baselines); lowercase 'resnet18'/'resnet34' "
+          "are timm's networks (other init and data config), not these.")
     return 0
 
 
@@ -196,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
             description="Runs every (model, noise, seed) of the grid that has no finished record (through the "
                         "numbered notebooks with papermill, or in-process with --inline / --quick), then "
                         "rebuilds the report. --quick: all ten models, every noise level, 3 epochs at 64 px on "
-                        "24/16 images per class of the embedded data (minutes on a laptop CPU; a smoke test, not results).",
+                        "24/16 images per class of the embedded data (minutes on a laptop CPU; a smoke test, "
+                        "not results).",
         )
         p.add_argument("--quick", action="store_true", default=quick_default)
         p.add_argument("--inline", action="store_true", help="train in this process, not through the notebooks")

@@ -13,11 +13,11 @@ Presets set several fields at once; fields given explicitly win over the preset:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
-import hashlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any

@@ -27,16 +27,29 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Sampler
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 from .config import OFFICIAL_NOISE_LEVELS, official_noise_level
+
 # Re-exported: these moved to download.py; `from lambdalib.data import resolve_root` etc. keep working.
-from .download import (  # noqa: F401
-    ARCHIVES, CSV_NAME, EMBEDDED_NAME, SPLITS, DataUnavailableError, IntegrityError, calculate_md5, check_root,
-    embedded_root, missing_files, prepare_archive, resolve_root)
-from .download import _extract, _fetch  # noqa: F401  (older tests patch them on this module)
+from .download import (  # noqa: F401  # noqa: F401  (older tests patch them on this module)
+    ARCHIVES,
+    CSV_NAME,
+    EMBEDDED_NAME,
+    SPLITS,
+    DataUnavailableError,
+    IntegrityError,
+    _extract,
+    _fetch,
+    calculate_md5,
+    check_root,
+    embedded_root,
+    missing_files,
+    prepare_archive,
+    resolve_root,
+)
 
 # Class index = position in this sorted tuple (what ImageFolder would give, too).
 WNIDS: tuple[str, ...] = (

@@ -23,7 +23,6 @@ following BatchNorm hides in the forward pass but not in the gradients).
 """
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch

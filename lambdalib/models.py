@@ -1,31 +1,52 @@
-"""ResNet18/34 and the eight Lambda-ResNets of the report, registered with timm.
+"""ResNet18/34 and the eight Lambda-ResNets of the report, timm-native and registered with timm.
 
     import lambdalib  # registers the models
     timm.create_model("lambda_resnet18_l2_rpe", num_classes=10, img_size=160)
     lambdalib.models.create("LR18_L2(rpe)", num_classes=10)      # the report's labels work too
 
-Architecture: torchvision's ResNet exactly (basic blocks), with one 3x3 convolution replaced by a
+Architecture: torchvision's ResNet18/34 exactly (basic blocks), with one 3x3 convolution replaced by a
 LambdaLayer. The report says "stage 2 or 3" but not which block; we replace ``conv2`` of the *last*
 basic block of the stage (block index 1 in ResNet18's stage, 3 or 5 in ResNet34's), where the stride is
 1 and the map size is the stage's. ``lambda_block`` / ``lambda_conv`` choose another site.
+
+Built as timm's own ``ResNet`` / ``BasicBlock`` through ``build_model_with_cfg`` with ``default_cfgs``, so the
+ten behave like any timm model: ``drop_rate`` (dropout before ``fc``), ``drop_path_rate`` (stochastic depth
+in the blocks), ``features_only=True, out_indices=...`` (``feature_info``: act1 /2, layer1 /4 ... layer4 /32),
+``num_features``, ``forward_features``, ``forward_head(x, pre_logits=True)``, ``forward_intermediates``,
+``reset_classifier``, ``get_classifier`` and a ``pretrained_cfg`` that ``timm.data.resolve_data_config`` reads
+(input_size = the img_size the model was built for; ImageNet mean/std; bilinear; crop_pct =
+``data.EVAL_CROP_FRACTION``). Module names are torchvision's (conv1, bn1, layer1-4, fc; only the parameter-free
+``relu`` is called ``act1``), so state_dicts of torchvision-built checkpoints load unchanged.
+
+Initialisation is torchvision's, bit for bit at the same seed: timm's ``ResNet`` creates the modules in
+torchvision's order and re-initialises convs with the same Kaiming-normal (fan_out) in the same order; we pass
+``zero_init_last=False`` (torchvision's ``zero_init_residual=False``; timm's own ``resnet18`` zeroes the last BN
+of every block). The lambda layer replaces its conv after that, as before, so the lambda models draw the same
+random numbers as well.
+
+Name trap: lowercase ``resnet18`` / ``resnet34`` are *timm's* models (timm's init, timm's 224 px bicubic
+data config, ``timm/resnet18.a1_in1k`` weights): the report's baselines are ``R18`` / ``ResNet18`` /
+``lambdalib_resnet18``. ``lookalike_note`` and ``describe`` say so; ``create`` warns (``LookalikeWarning``).
 """
 from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from dataclasses import dataclass
 
 import timm
 import torch
-import torchvision
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from .data import EVAL_CROP_FRACTION
 from .layers import LambdaLayer
 
 DEFAULT_IMG_SIZE = 160
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # basic blocks per stage, as torchvision's resnet18/34
 
 
 @dataclass(frozen=True)
@@ -48,11 +69,21 @@ for _depth in (18, 34):
 MODEL_NAMES = list(SPECS)  # the report's ten, baselines first
 _BY_LABEL = {spec.label.lower(): name for name, spec in SPECS.items()}
 
+# timm names that read like a report baseline but are timm's networks: timm name -> the report's model
+LOOKALIKES = {"resnet18": "lambdalib_resnet18", "resnet34": "lambdalib_resnet34"}
 
+
+class LookalikeWarning(UserWarning):
+    """A timm model whose name reads like one of the report's (timm's resnet18 is not the report's R18)."""
+
+
+# ------------------------------------------------------------------------------------------ names
 def resolve_name(name: str) -> str:
     """Report label ("LR18_L2(rpe)", "R34", "ResNet18") or registry name -> timm registry name.
 
-    timm's own models (e.g. "resnet50", "lambda_resnet26t") pass through unchanged.
+    timm's own models (e.g. "resnet50", "lambda_resnet26t") pass through unchanged; so does lowercase
+    "resnet18", which is *timm's* resnet18 (see ``lookalike_note``), while "ResNet18", as the report writes it,
+    is the report's R18. Any other spelling of those two ("Resnet18", "RESNET34") is refused as ambiguous.
     """
     key = name.strip()
     low = key.lower()
@@ -61,8 +92,15 @@ def resolve_name(name: str) -> str:
     if low in _BY_LABEL:
         return _BY_LABEL[low]
     match = re.fullmatch(r"resnet(18|34)", low)
-    if match and key != low:  # "ResNet18" as the report writes it; lowercase "resnet18" is timm's
-        return f"lambdalib_resnet{match.group(1)}"
+    if match and key != low:
+        depth = match.group(1)
+        if key == f"ResNet{depth}":  # the report's spelling
+            return f"lambdalib_resnet{depth}"
+        raise ValueError(
+            f"Ambiguous model name {name!r}: 'ResNet{depth}' (= 'R{depth}', lambdalib_resnet{depth}) is the report's "
+            f"torchvision ResNet{depth}; lowercase 'resnet{depth}' is timm's resnet{depth} (timm's init and data "
+            f"config). Write 'R{depth}' or 'resnet{depth}'."
+        )
     if timm.is_model(key):
         return key
     close = difflib.get_close_matches(key, [s.label for s in SPECS.values()] + MODEL_NAMES, n=3, cutoff=0.5)
@@ -92,90 +130,191 @@ def report_label(name: str) -> str:
     return SPECS[name].label if name in SPECS else name
 
 
-def create(name: str, **kwargs) -> nn.Module:
-    """timm.create_model for a report label or registry name."""
-    return timm.create_model(resolve_name(name), **kwargs)
+def lookalike_note(name: str) -> str | None:
+    """For a timm model that reads like a report baseline (timm's "resnet18"): what it is and is not; else None."""
+    name = resolve_name(name)
+    ours = LOOKALIKES.get(name.split(".")[0])  # "resnet18.a1_in1k" too
+    if ours is None:
+        return None
+    depth = SPECS[ours].depth
+    cfg = timm.models.get_pretrained_cfg(name)
+    data = ""
+    if cfg is not None:
+        data = (f", timm's data config ({cfg.input_size[-1]} px, {cfg.interpolation}, crop {cfg.crop_pct:g})"
+                + (f" and, with pretrained=True, weights {cfg.hf_hub_id}" if cfg.hf_hub_id else ""))
+    return (
+        f"'{name}' is timm's resnet{depth}, NOT the report's R{depth}: same layers, but timm's initialisation "
+        f"(last BatchNorm of every residual block zero-initialised){data}. The report's baseline is "
+        f"'R{depth}' ('ResNet{depth}', {ours}): torchvision's ResNet{depth} exactly."
+    )
 
 
-def feature_size(img_size: int, stage: int) -> int:
-    """Map side at a torchvision ResNet stage (each stride-2 step with padding rounds up)."""
-    side = img_size
-    for _ in range(stage + 1):  # stem conv, max-pool, then one stride-2 per stage after the first
-        side = (side + 1) // 2
+def describe(name: str) -> str:
+    """One line naming what ``name`` builds, e.g. for a training log or a run record."""
+    name = resolve_name(name)
+    spec = SPECS.get(name)
+    if spec is None:
+        return lookalike_note(name) or f"{name}: timm's {name} (timm's architecture and init, not one of the report's)"
+    if spec.stage is None:
+        return f"{spec.label} ({name}): torchvision's ResNet{spec.depth} exactly (layout, parameters, initialisation)"
+    return (f"{spec.label} ({name}): torchvision's ResNet{spec.depth} with conv2 of the last block of stage "
+            f"{spec.stage} a LambdaLayer ({spec.position})")
+
+
+# ------------------------------------------------------------------------------------------ model
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def feature_size(img_size: int, stage: int, output_stride: int = 32) -> int:
+    """Map side after ResNet stage ``stage`` (0 = stem conv, 1-4 = layer1-4) for an ``img_size`` input.
+
+    Each stride-2 step with padding rounds up; stages past ``output_stride`` are dilated instead (as timm).
+    """
+    side = (img_size + 1) // 2  # stem conv
+    if stage >= 1:
+        side = (side + 1) // 2  # max-pool
+    net_stride = 4
+    for _ in range(2, stage + 1):
+        if net_stride < output_stride:
+            side = (side + 1) // 2
+            net_stride *= 2
     return side
 
 
-def build_resnet(
-    depth: int,
-    *,
-    num_classes: int = 1000,
-    img_size: int = DEFAULT_IMG_SIZE,
-    in_chans: int = 3,
-    lambda_stage: int | None = None,
-    position: str = "rpe",
-    lambda_block: int = -1,
-    lambda_conv: str = "conv2",
-    scope: int = 23,
-    dim_k: int = 16,
-    heads: int = 4,
-    dim_u: int = 1,
-    **layer_kwargs,
-) -> nn.Module:
-    """torchvision ResNet18/34, optionally with one 3x3 conv of stage ``lambda_stage`` a LambdaLayer."""
-    if depth not in (18, 34):
-        raise ValueError(f"depth={depth}; the report's ResNets are 18 or 34")
-    net = getattr(torchvision.models, f"resnet{depth}")(num_classes=num_classes)
-    if in_chans != 3:
-        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    net.lambda_site = None
-    if lambda_stage is not None:
-        if lambda_stage not in (1, 2, 3, 4):
+class ReportResNet(ResNet):
+    """The report's ResNet18/34: timm's ``ResNet`` of ``BasicBlock``s laid out and initialised as torchvision's
+    resnet18/34, optionally with one 3x3 conv of stage ``lambda_stage`` replaced by a ``LambdaLayer``.
+
+    Lambda arguments: ``lambda_stage`` (1-4, None for none), ``position`` ("rpe"/"lc"), ``lambda_block``,
+    ``lambda_conv`` (the site), ``scope``, ``dim_k``, ``heads``, ``dim_u``, ``impl`` (see LambdaLayer); the
+    layer is sized for ``img_size`` (int or (H, W)). Everything else goes to timm's ``ResNet`` (``num_classes``,
+    ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``drop_block_rate``, ``global_pool``, ``output_stride``, ...).
+    ``zero_init_last`` defaults to False, torchvision's init; True gives timm's.
+    """
+
+    def __init__(
+        self,
+        depth: int = 18,
+        *,
+        img_size: int | tuple[int, int] = DEFAULT_IMG_SIZE,
+        lambda_stage: int | None = None,
+        position: str = "rpe",
+        lambda_block: int = -1,
+        lambda_conv: str = "conv2",
+        scope: int = 23,
+        dim_k: int = 16,
+        heads: int = 4,
+        dim_u: int = 1,
+        impl: str = "auto",
+        zero_init_last: bool = False,
+        **kwargs,
+    ):
+        if depth not in STAGE_BLOCKS:
+            raise ValueError(f"depth={depth}; the report's ResNets are 18 or 34")
+        if lambda_stage is not None and lambda_stage not in (1, 2, 3, 4):
             raise ValueError(f"lambda_stage={lambda_stage}; a ResNet has stages 1-4")
-        stage = getattr(net, f"layer{lambda_stage}")
-        block_index = lambda_block % len(stage)
-        conv = getattr(stage[block_index], lambda_conv, None)
+        super().__init__(BasicBlock, STAGE_BLOCKS[depth], zero_init_last=zero_init_last, **kwargs)
+        self.depth = depth
+        self.img_size = _pair(img_size)
+        self.lambda_site: str | None = None
+        if lambda_stage is not None:  # after the ResNet's init: the same random draws as torchvision + layer
+            output_stride = kwargs.get("output_stride", 32)
+            side = tuple(feature_size(s, lambda_stage, output_stride) for s in self.img_size)
+            self._insert_lambda(lambda_stage, lambda_block, lambda_conv, side, dict(
+                position=position, scope=scope, dim_k=dim_k, heads=heads, dim_u=dim_u, impl=impl))
+
+    def _insert_lambda(self, stage_index: int, block: int, conv_name: str, side: tuple[int, int], layer_args: dict):
+        stage = getattr(self, f"layer{stage_index}")
+        block_index = block % len(stage)
+        conv = getattr(stage[block_index], conv_name, None)
         if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3):
-            raise ValueError(f"layer{lambda_stage}[{block_index}].{lambda_conv} is not a 3x3 convolution")
+            raise ValueError(f"layer{stage_index}[{block_index}].{conv_name} is not a 3x3 convolution")
         if conv.stride != (1, 1):
             raise ValueError(
-                f"layer{lambda_stage}[{block_index}].{lambda_conv} has stride {conv.stride}; the lambda layer "
+                f"layer{stage_index}[{block_index}].{conv_name} has stride {conv.stride}; the lambda layer "
                 f"replaces a stride-1 conv (use lambda_block=-1 or lambda_conv='conv2')"
             )
-        side = feature_size(img_size, lambda_stage)
-        layer = LambdaLayer(
-            conv.in_channels, conv.out_channels, position=position, feat_size=side, scope=scope,
-            dim_k=dim_k, heads=heads, dim_u=dim_u, **layer_kwargs,
-        )
-        setattr(stage[block_index], lambda_conv, layer)
-        net.lambda_site = f"layer{lambda_stage}.{block_index}.{lambda_conv} ({position}, {side}x{side} map)"
-    # what timm.data.resolve_data_config and timm tooling read
-    net.pretrained_cfg = net.default_cfg = dict(
-        num_classes=num_classes, input_size=(in_chans, img_size, img_size), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-        interpolation="bilinear", crop_pct=EVAL_CROP_FRACTION, first_conv="conv1", classifier="fc",
+        feat = side[0] if side[0] == side[1] else side
+        layer = LambdaLayer(conv.in_channels, conv.out_channels, feat_size=feat, **layer_args)
+        setattr(stage[block_index], conv_name, layer)
+        shape = f"{side[0]}x{side[1]}"
+        self.lambda_site = f"layer{stage_index}.{block_index}.{conv_name} ({layer_args['position']}, {shape} map)"
+
+
+def _cfg(spec: ModelSpec, **kwargs) -> dict:
+    return dict(
+        url="", num_classes=1000, input_size=(3, DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
+        pool_size=(feature_size(DEFAULT_IMG_SIZE, 4),) * 2, fixed_input_size=spec.position == "rpe",
+        crop_pct=EVAL_CROP_FRACTION, interpolation="bilinear", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv="conv1", classifier="fc", description=describe(spec.name),
+        notes=("no pretrained weights; input_size follows the model's img_size",), **kwargs,
     )
-    return net
+
+
+default_cfgs = generate_default_cfgs({name: _cfg(spec) for name, spec in SPECS.items()})  # read by register_model
+
+_WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
+
+
+def _has_weights(pretrained_cfg, overlay: dict) -> bool:
+    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else {}
+    return any(overlay.get(k) or cfg.get(k) for k in _WEIGHT_SOURCES)
+
+
+def _build(variant: str, depth: int, pretrained: bool = False, **kwargs) -> nn.Module:
+    """build_model_with_cfg(ReportResNet, ...) with a pretrained_cfg describing the model as built."""
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if pretrained and not _has_weights(pretrained_cfg, overlay):
+        label = SPECS[variant].label if variant in SPECS else variant
+        raise ValueError(
+            f"{variant}: no pretrained weights exist for the report's models; train one with "
+            f"`lambdalib train --model '{label}'` and load its checkpoint (checkpoint_path=..., or "
+            f"pretrained=True with pretrained_cfg_overlay=dict(file=...))"
+        )
+    img = _pair(kwargs.setdefault("img_size", DEFAULT_IMG_SIZE))
+    output_stride = kwargs.get("output_stride", 32)
+    current = dict(  # what timm.data.resolve_data_config and the builder read: this model, not a default
+        input_size=(kwargs.get("in_chans", 3), *img),
+        pool_size=tuple(feature_size(s, 4, output_stride) for s in img),
+        num_classes=kwargs.get("num_classes", 1000),
+        fixed_input_size=kwargs.get("lambda_stage") is not None and kwargs.get("position", "rpe") == "rpe",
+    )
+    return build_model_with_cfg(
+        ReportResNet, variant, pretrained, pretrained_cfg=pretrained_cfg,
+        pretrained_cfg_overlay={**current, **overlay}, depth=depth, **kwargs,
+    )
+
+
+def build_resnet(depth: int, **kwargs) -> nn.Module:
+    """The report's ResNet``depth`` (18 or 34), optionally with a lambda layer: see ``ReportResNet``.
+
+    Same as the registered entry points (timm-native, with a pretrained_cfg), for any lambda site.
+    """
+    if depth not in STAGE_BLOCKS:
+        raise ValueError(f"depth={depth}; the report's ResNets are 18 or 34")
+    stage, position = kwargs.get("lambda_stage"), kwargs.get("position", "rpe")
+    variant = f"lambda_resnet{depth}_l{stage}_{position}" if stage is not None else f"lambdalib_resnet{depth}"
+    if variant not in SPECS:  # a site outside the report's ten: built on the baseline's cfg, described as it is
+        overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+        overlay.setdefault("description", f"ResNet{depth} with a {position} lambda layer in stage {stage} (not one "
+                                          f"of the report's ten)")
+        kwargs["pretrained_cfg_overlay"], variant = overlay, f"lambdalib_resnet{depth}"
+    return _build(variant, depth, **kwargs)
 
 
 def _entrypoint(spec: ModelSpec):
     def create_fn(pretrained: bool = False, **kwargs) -> nn.Module:
-        if pretrained:
-            raise ValueError(
-                f"{spec.name}: no pretrained weights exist for the report's models; train one with "
-                f"`lambdalib train --model '{spec.label}'` and load its checkpoint (checkpoint_path=...)"
-            )
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-            kwargs.pop(key, None)
+        kwargs.pop("cache_dir", None)  # no hub weights to cache
         if spec.stage is not None:
             kwargs.setdefault("lambda_stage", spec.stage)
             kwargs.setdefault("position", spec.position)
-        return build_resnet(spec.depth, **kwargs)
+        return _build(spec.name, spec.depth, pretrained, **kwargs)
 
     create_fn.__name__ = spec.name
     create_fn.__qualname__ = spec.name
-    create_fn.__doc__ = f"{spec.label} of the report" + (
-        f": ResNet{spec.depth}, last block of stage {spec.stage} with a {spec.position} lambda layer"
-        if spec.stage else f": torchvision ResNet{spec.depth}"
-    )
+    create_fn.__doc__ = f"{spec.label} of the report: {describe(spec.name)}"
     create_fn.__module__ = __name__
     return create_fn
 
@@ -184,6 +323,16 @@ for _spec in SPECS.values():
     globals()[_spec.name] = register_model(_entrypoint(_spec))
 
 
+def create(name: str, **kwargs) -> nn.Module:
+    """timm.create_model for a report label or registry name; warns when the name is a lookalike (timm's resnet18)."""
+    resolved = resolve_name(name)
+    note = lookalike_note(resolved)
+    if note:
+        warnings.warn(note, LookalikeWarning, stacklevel=2)
+    return timm.create_model(resolved, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- tables
 def count_flops(model: nn.Module, img_size: int) -> int:
     """Forward FLOPs (2 x multiply-adds) of one image, from torch's own flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -191,7 +340,7 @@ def count_flops(model: nn.Module, img_size: int) -> int:
     model.eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(torch.zeros(1, 3, img_size, img_size))
+        model(torch.zeros(1, getattr(model, "in_chans", 3), img_size, img_size))
     return counter.get_total_flops()
 
 

@@ -56,6 +56,7 @@ import pandas as pd
 
 from . import figures, models, paths, record
 from .config import PRESETS, RunConfig
+
 # how the figures look is figures.py; these stay importable (and patchable) here: build and plot_run call
 # them by these names, and notebooks and tests call report.plot_curves etc.
 from .figures import accuracy_figure, curves_figure, plot_accuracy_vs_noise, plot_curves, run_figure  # noqa: F401
@@ -643,7 +644,7 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
     for number, (title, stem, _) in TABLES.items():
         files[f"tables/{stem}.csv"] = tables[number].to_csv(index=False, lineterminator="\n")
         files[f"tables/{stem}.md"] = (f"## Table {number}: {title}\n\n"
-                                      + _sections(setups, lambda s: table_md[number, s["setup"]]))
+                                      + _sections(setups, lambda s: table_md[number, s["setup"]]))  # noqa: B023
     comparison = comparison_table(cells, load_published())
     comparison_md = {s["setup"]: comparison_markdown(_of(comparison, s)) for s in setups}
     files["tables/comparison.csv"] = comparison.to_csv(index=False, lineterminator="\n")

@@ -20,9 +20,6 @@ why); last.pt stays at epoch N-1.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import platform
@@ -49,11 +46,19 @@ from tqdm import tqdm
 from . import data as data_lib
 from . import loggers, models, record
 from .config import RunConfig
-from .record import (  # noqa: F401  (re-exported: the trainer writes the record through these)
-    FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, RunBusyError, acquire_run_lock, atomic_torch_save, atomic_write_text,
-    load_summary, read_history, summarize)
 from .paths import project_root
-
+from .record import (  # noqa: F401  (re-exported: the trainer writes the record through these)
+    FINISHED,
+    HISTORY_COLUMNS,
+    TIMING_COLUMNS,
+    RunBusyError,
+    acquire_run_lock,
+    atomic_torch_save,
+    atomic_write_text,
+    load_summary,
+    read_history,
+    summarize,
+)
 
 
 def git_commit() -> str:
@@ -369,8 +374,8 @@ def existing_record(config: RunConfig) -> dict | None:
                     f"{changed['world_size'][0]}); "
         if "amp" in changed:
             hint += f" Resume with amp={changed['amp'][0]!r} (the precision it was trained in); "
-        raise ValueError(f"{run_dir} holds a run of another config, another experiment ({detail}).{hint or ' '}Or pass another run_name "
-                         f"(--run-name), or move that folder away.")
+        raise ValueError(f"{run_dir} holds a run of another config, another experiment ({detail})."
+                         f"{hint or ' '}Or pass another run_name (--run-name), or move that folder away.")
     return load_summary(run_dir)
 
 
@@ -509,7 +514,12 @@ def _build(ctx: Context, num_classes: int) -> Trainee:
     config, device = ctx.config, ctx.device
     seed_everything(config.seed)
     size = {"img_size": config.img_size} if models.resolve_name(config.model) in models.SPECS else {}
-    model = models.create(config.model, num_classes=num_classes, **size)
+    note = models.lookalike_note(config.model)  # timm's resnet18 is not the report's R18: say so, once
+    if note:
+        ctx.say(f"warning: {note}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", models.LookalikeWarning)
+        model = models.create(config.model, num_classes=num_classes, **size)
     params = sum(p.numel() for p in model.parameters())
     gflops = models.count_flops(model, config.img_size) / 1e9
     model.to(device)
@@ -580,7 +590,9 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     label = models.report_label(config.model)
     extra = dict(
         run_id=config.run_id, experiment_id=config.experiment_id, model=models.resolve_name(config.model),
-        label=label, noise=config.noise, realised_noise=data.realised_noise, preset=config.preset,
+        label=label, architecture=models.describe(config.model),
+        timm_lookalike=models.lookalike_note(config.model) is not None, noise=config.noise,
+        realised_noise=data.realised_noise, preset=config.preset,
         params=trainee.params, gflops=round(trainee.gflops, 4), train_images=len(data.train),
         val_images=data.val_images, amp=config.amp, precision=ctx.precision, channels_last=ctx.channels_last,
         compiled=ctx.compiled, **ctx.determinism, loader_workers=data.workers, skipped_images=len(data.skipped),

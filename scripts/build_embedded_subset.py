@@ -112,7 +112,7 @@ def select_train(rows: list[dict], per_class: int, rng: random.Random) -> list[d
         target, swaps = round(official * n), 0
 
         def excess(wnid):
-            return sum(key[col] * len(v) for (w, key), v in chosen.items() if w == wnid) - official * per_class
+            return sum(key[col] * len(v) for (w, key), v in chosen.items() if w == wnid) - official * per_class  # noqa: B023,E501
 
         while (have := sum(key[col] * len(v) for (_, key), v in chosen.items())) != target:
             want = have < target  # True: turn an unflipped row into a flipped one

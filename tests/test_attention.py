@@ -131,7 +131,7 @@ def patch_net():
     y = torch.from_numpy(labels)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     net.train()
-    for step in range(40):
+    for _ in range(40):
         batch = torch.randint(0, len(x), (64,))
         loss = nn.functional.cross_entropy(net(x[batch]), y[batch])
         optimizer.zero_grad()

@@ -156,7 +156,7 @@ def test_lc_built_for_a_map_on_other_maps(scope, size):
     for impl in ("dense", "conv", "auto"):
         layer.impl = impl
         if fits:
-            torch.testing.assert_close(layer(x), expected, msg=lambda m: f"impl={impl}: {m}")
+            torch.testing.assert_close(layer(x), expected, msg=lambda m: f"impl={impl}: {m}")  # noqa: B023
         else:
             with pytest.raises(ValueError, match=rf"built for a 8x8 feature map but got {size[0]}x{size[1]}"):
                 layer(x)

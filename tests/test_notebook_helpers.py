@@ -12,8 +12,17 @@ from papermill.translators import PythonTranslator
 
 from lambdalib import notebook
 from lambdalib.config import RunConfig
-from lambdalib.notebook import (SNAPSHOT, Param, check_parameters, figure_image, notebook_defaults, notebook_fields,
-                                parameter_line, report_parts, training_parameters_source)
+from lambdalib.notebook import (
+    SNAPSHOT,
+    Param,
+    check_parameters,
+    figure_image,
+    notebook_defaults,
+    notebook_fields,
+    parameter_line,
+    report_parts,
+    training_parameters_source,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_tiny_imagenette
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 
@@ -18,8 +19,6 @@ from lambdalib import cli, models, record, report
 from lambdalib.config import RunConfig, data_slug
 from lambdalib.record import load_summary
 from lambdalib.train import run
-
-from conftest import make_tiny_imagenette
 
 # (model, noise, overrides): two short real runs and one that diverges at epoch 1 (lr 1e4)
 RUNS = [("R18", 0.0, {}), ("LR18_L2(rpe)", 0.25, {}), ("R18", 0.05, {"lr": 1e4})]
@@ -346,9 +345,9 @@ def test_a_crashed_run_reads_crashed(tmp_path):
     (alive / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": platform.node()}))
     report.build(tmp_path, quiet=True)
     index = (tmp_path / "tables" / "runs.md").read_text()
-    line = next(l for l in index.splitlines() if crashed.name in l)
+    line = next(text for text in index.splitlines() if crashed.name in text)
     assert "| crashed (" in line and "re-run the same command to resume" in line and "no (crashed)" in line
-    line = next(l for l in index.splitlines() if alive.name in l)
+    line = next(text for text in index.splitlines() if alive.name in text)
     assert "| running (" in line and "no (running)" in line
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv").set_index("run_id")
     assert runs.loc[crashed.name, "status"] == "crashed" and runs.loc[alive.name, "status"] == "running"
@@ -358,7 +357,8 @@ def test_a_crashed_run_reads_crashed(tmp_path):
 def test_a_run_without_a_good_epoch_reads_dash(tmp_path, built):
     write_record(tmp_path, status="diverged", epochs_done=1, diverged_at=1, lr=1e4)
     readme = report.build(tmp_path, quiet=True)
-    row = next(l for l in (tmp_path / "tables" / "table1_baselines.md").read_text().splitlines() if "ResNet18" in l)
+    table = (tmp_path / "tables" / "table1_baselines.md").read_text()
+    row = next(line for line in table.splitlines() if "ResNet18" in line)
     assert row.startswith("| ResNet18(0%) | — | — |") and "epoch 1" in row
     results = built[0]
     for path in [readme, *(tmp_path / "tables").glob("*.md"), results / "README.md", *results.glob("tables/*.md")]:

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import lambdalib
-
 from lambdalib.config import RunConfig
 from lambdalib.train import FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, read_history, run
 
@@ -117,7 +116,8 @@ def test_ddp_two_processes_on_cpu(tiny_imagenette, tmp_path):
     model = lambdalib.create("R18", num_classes=10, img_size=32)
     model.load_state_dict(torch.load(runs[0] / "last.pt", weights_only=True)["model"])
     val = data.NoisyImagenette(tiny_imagenette, "val", transform=data.val_transform(32))
-    loss, acc = evaluate(model, data.make_loader(val, batch_size=8, shuffle=False, seed=0, workers=0), torch.device("cpu"))
+    loader = data.make_loader(val, batch_size=8, shuffle=False, seed=0, workers=0)
+    loss, acc = evaluate(model, loader, torch.device("cpu"))
     assert loss == pytest.approx(history[-1]["val_loss"], rel=1e-4)
     assert acc == pytest.approx(history[-1]["val_acc"])
 
