@@ -51,6 +51,8 @@ case "$cmd" in
     ;;
   test)
     setup
+    echo "[test] ruff check"
+    python -m ruff check . || exit 1
     rc=0
     python -m pytest -q "$@" || rc=$?
     if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: treating as a failure" >&2; exit 1; fi

@@ -81,6 +81,10 @@ class RunConfig:
     results: str = _field("", "results folder; '' = the repository's results/", identity=False)
     run_name: str = _field("", "run folder name; '' = derived from the experiment's identity", identity=False)
     workers: int = _field(-1, "data loader workers; -1 = a sensible default for this machine", identity=False)
+    loader: str = _field("auto", "data path: 'cached' (decode every image once into a memory-mapped cache, augment "
+                                 "in batches in the training process, no workers), 'workers' (JPEG DataLoader with "
+                                 "worker processes), 'auto' (cached when the decoded images fit in half the "
+                                 "available RAM)", ("auto", "cached", "workers"), identity=False)
     device: str = _field("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", identity=False)
     channels_last: str = _field("auto", "channels-last memory format: 'auto' (CUDA with tensor cores), 'on', 'off'",
                                 ("auto", "on", "off"), identity=False)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import cache as cache_lib
 from . import data as data_lib
 from . import loggers, models, record
 from .config import RunConfig
@@ -459,6 +460,7 @@ class Data:
     val_images: int
     skipped: list[str]  # unreadable images left out (on_error="skip"), relative to the data root
     workers: int
+    cached: cache_lib.CachedData | None = None  # the decoded-image path (config.loader), else the JPEG one
 
 
 def _prepare_data(ctx: Context) -> Data:
@@ -468,27 +470,50 @@ def _prepare_data(ctx: Context) -> Data:
     root = data_lib.resolve_root(config.data)
     if dist.enabled and dist.is_main:
         torch_dist.barrier()
-    # every image is decoded once up front (about a second per 2,000 on one core): an unreadable one
-    # stops the run before epoch 1 with its name (on_error="fail"), or is left out and counted ("skip")
-    checked = dict(on_error=config.on_error, check_images=True)
+    plain = dict(on_error=config.on_error, check_images=False)  # reads the CSV only
     train_set = data_lib.NoisyImagenette(root, "train", noise=config.noise, synthetic=config.synthetic_noise,
                                          seed=config.seed, transform=data_lib.train_transform(config.img_size),
-                                         **checked)
-    val_set = data_lib.NoisyImagenette(root, "val", transform=data_lib.val_transform(config.img_size), **checked)
-    skipped = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p)
-               for p in train_set.skipped + val_set.skipped]
+                                         **plain)
+    val_set = data_lib.NoisyImagenette(root, "val", transform=data_lib.val_transform(config.img_size), **plain)
+    if cache_lib.choose_loader(config.loader, len(train_set), len(val_set), config.img_size) == "cached":
+        # every image is decoded once into a memory-mapped cache kept beside the data (a warm cache decodes
+        # none): an unreadable one stops the run before epoch 1 with its name (on_error="fail"), or is left
+        # out and counted ("skip"); rank 0 builds it, the others open the finished one
+        if dist.enabled and not dist.is_main:
+            torch_dist.barrier()
+        cached = cache_lib.cached_loaders(
+            train_set, val_set, img_size=config.img_size, batch_size=config.batch_size,
+            train_subset=config.train_per_class, val_subset=config.val_per_class, device=ctx.device,
+            channels_last=ctx.channels_last, on_error=config.on_error, rank=dist.rank,
+            world_size=dist.world_size, progress=ctx.progress and dist.is_main)
+        if dist.enabled and dist.is_main:
+            torch_dist.barrier()
+        train_subset, val_images = cached.train_indices.tolist(), len(cached.val_indices)
+        skipped_paths, val_loader, workers = cached.skipped, cached.val_loader, 0
+    else:
+        # every image is decoded once up front (about a second per 2,000 on one core): an unreadable one
+        # stops the run before epoch 1 with its name (on_error="fail"), or is left out and counted ("skip")
+        cached = None
+        checked = dict(on_error=config.on_error, check_images=True)
+        train_set = data_lib.NoisyImagenette(root, "train", noise=config.noise, synthetic=config.synthetic_noise,
+                                             seed=config.seed, transform=data_lib.train_transform(config.img_size),
+                                             **checked)
+        val_set = data_lib.NoisyImagenette(root, "val", transform=data_lib.val_transform(config.img_size), **checked)
+        skipped_paths = train_set.skipped + val_set.skipped
+        train_subset = first_per_class(train_set.clean_targets, config.train_per_class)
+        val_subset = first_per_class(val_set.clean_targets, config.val_per_class)
+        workers = _loader_workers(ctx)
+        val_part = torch.utils.data.Subset(val_set, val_subset[dist.rank::dist.world_size])
+        val_loader = data_lib.make_loader(val_part, batch_size=config.batch_size, shuffle=False, seed=config.seed,
+                                          workers=workers)
+        val_images = len(val_subset)
+    skipped = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p) for p in skipped_paths]
     if skipped:
         ctx.say(f"warning: left out {len(skipped)} unreadable image(s) (on_error='skip'): {', '.join(skipped[:3])}"
                 + (" ..." if len(skipped) > 3 else ""))
-    train_subset = first_per_class(train_set.clean_targets, config.train_per_class)
-    val_subset = first_per_class(val_set.clean_targets, config.val_per_class)
-    workers = _loader_workers(ctx)
-    val_part = torch.utils.data.Subset(val_set, val_subset[dist.rank::dist.world_size])
-    val_loader = data_lib.make_loader(val_part, batch_size=config.batch_size, shuffle=False, seed=config.seed,
-                                      workers=workers)
     return Data(train=torch.utils.data.Subset(train_set, train_subset), val_loader=val_loader,
                 classes=list(train_set.classes), realised_noise=float(train_set.flipped[train_subset].mean()),
-                val_images=len(val_subset), skipped=skipped, workers=workers)
+                val_images=val_images, skipped=skipped, workers=workers, cached=cached)
 
 
 @dataclass
@@ -553,15 +578,21 @@ def _run_epoch(ctx: Context, data: Data, trainee: Trainee, epoch: int, bar) -> d
     """Train one epoch, evaluate, and return its history row."""
     config, dist = ctx.config, ctx.dist
     seed_everything(epoch_seed(config.seed, epoch, dist.rank))
-    sampler = None
-    if dist.enabled:
-        sampler = torch.utils.data.DistributedSampler(data.train, dist.world_size, dist.rank, shuffle=True,
-                                                      seed=config.seed)
-        sampler.set_epoch(epoch)
-    # the loader's seed drives the order (single process) and the augmentations: one stream per rank
-    loader = data_lib.make_loader(data.train, batch_size=config.batch_size, shuffle=sampler is None,
-                                  seed=epoch_seed(config.seed, epoch, dist.rank), workers=data.workers,
-                                  sampler=sampler)
+    if data.cached is not None:
+        # augmentations from (seed, epoch, rank); the order from (seed, epoch), the same on every rank
+        # (DistributedSampler's seed + epoch, so both paths visit the images in the same order)
+        loader = data.cached.train_loader(torch.Generator().manual_seed(epoch_seed(config.seed, epoch, dist.rank)),
+                                          order_seed=config.seed + epoch)
+    else:
+        sampler = None
+        if dist.enabled:
+            sampler = torch.utils.data.DistributedSampler(data.train, dist.world_size, dist.rank, shuffle=True,
+                                                          seed=config.seed)
+            sampler.set_epoch(epoch)
+        # the loader's seed drives the order (single process) and the augmentations: one stream per rank
+        loader = data_lib.make_loader(data.train, batch_size=config.batch_size, shuffle=sampler is None,
+                                      seed=epoch_seed(config.seed, epoch, dist.rank), workers=data.workers,
+                                      sampler=sampler)
     lr = trainee.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     stats = _train_one_epoch(ctx, trainee.net, loader, trainee.optimizer, trainee.scaler, bar)
@@ -595,7 +626,9 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
         realised_noise=data.realised_noise, preset=config.preset,
         params=trainee.params, gflops=round(trainee.gflops, 4), train_images=len(data.train),
         val_images=data.val_images, amp=config.amp, precision=ctx.precision, channels_last=ctx.channels_last,
-        compiled=ctx.compiled, **ctx.determinism, loader_workers=data.workers, skipped_images=len(data.skipped),
+        compiled=ctx.compiled, **ctx.determinism, loader="cached" if data.cached else "workers",
+        loader_workers=data.workers,
+        cache_store_px=data.cached.train_images.size if data.cached else None, skipped_images=len(data.skipped),
         skipped_files=data.skipped, environment=environment(ctx.device, dist.world_size),
     )
     if dist.is_main:
