@@ -15,6 +15,7 @@ subclasses too), taking each norm+act layer's gradient *before* its activation, 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import socket
 import warnings
@@ -49,6 +50,8 @@ from torch import nn
 
 from . import models
 from .paths import data_dir, results_dir
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "images/both.png"  # under data/
 REPORT_MODELS = ("resnet18", "resnet50", "lambda_resnet26t", "lambda_resnet50ts")  # figure 7's four
@@ -618,12 +621,12 @@ def attention_figure(models: list[str], image: str | Path | None = None, *, meth
     if not loaded and fallback_runs:
         runs = run_records()[:fallback_runs]
         if runs:
-            print(f"No pretrained weights for {', '.join(missing)}; showing our run records instead: "
-                  + ", ".join(run.name for run in runs))
+            log.info(f"No pretrained weights for {', '.join(missing)}; showing our run records instead: "
+                     + ", ".join(run.name for run in runs))
             loaded = [load_model(run) for run in runs]
     if not loaded:
-        print(f"Nothing to show: no pretrained weights for {', '.join(missing) or 'the requested models'} and no "
-              f"run records with best.pt under {results_dir() / 'runs'}. Run where huggingface.co is reachable, "
-              f"pass weights files, or train a model (`lambdalib train`).")
+        log.warning(f"Nothing to show: no pretrained weights for {', '.join(missing) or 'the requested models'} and "
+                    f"no run records with best.pt under {results_dir() / 'runs'}. Run where huggingface.co is "
+                    f"reachable, pass weights files, or train a model (`lambdalib train`).")
         return None
     return figure(loaded, image, key, out, target)

@@ -18,6 +18,7 @@ import csv
 import errno
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -255,7 +258,7 @@ def acquire_run_lock(run_dir: Path) -> Path:
                 raise RunBusyError(f"{run_dir} is being trained by process {pid} on this machine; wait for it "
                                    f"or stop it (a lock left by a crash is taken over automatically)") from None
             if owner.get("host") not in (None, host):
-                print(f"note: taking over {lock} left by {owner.get('host')}")
+                log.info(f"note: taking over {lock} left by {owner.get('host')}")
             lock.unlink(missing_ok=True)
             continue
         except OSError as err:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -61,6 +62,8 @@ from .config import PRESETS, RunConfig
 # them by these names, and notebooks and tests call report.plot_curves etc.
 from .figures import accuracy_figure, curves_figure, plot_accuracy_vs_noise, plot_curves, run_figure  # noqa: F401
 from .record import FINISHED
+
+log = logging.getLogger(__name__)
 
 # number -> (title as in the report, file stem, (position, stage) of its models; None = the baselines)
 TABLES = {
@@ -708,10 +711,10 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         written.append(out / rel)
     _remove_stale(out, written)
     if not quiet:
-        print(f"report: {len(all_runs)} run records"
-              + (f" ({len(skipped)} unreadable, skipped)" if skipped else "") + f" -> {len(written)} files")
+        log.info(f"report: {len(all_runs)} run records"
+                 + (f" ({len(skipped)} unreadable, skipped)" if skipped else "") + f" -> {len(written)} files")
         for path in written:
-            print(f"  {path}")
+            log.info(f"  {path}")
     return out / "README.md"
 
 

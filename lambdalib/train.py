@@ -20,6 +20,7 @@ why); last.pt stays at epoch N-1.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import platform
@@ -61,6 +62,7 @@ from .record import (  # noqa: F401  (re-exported: the trainer writes the record
     summarize,
 )
 
+log = logging.getLogger(__name__)
 
 def git_commit() -> str:
     try:
@@ -238,7 +240,7 @@ class Context:
 
     def say(self, *args, **kwargs) -> None:
         if self.dist.is_main:
-            print(*args, **kwargs, flush=True)
+            log.info(" ".join(map(str, args)))
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -648,7 +650,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     if ctx.progress and dist.is_main and sys.stderr.isatty():  # a terminal: a live bar; elsewhere one line an epoch
         bar = tqdm(total=config.epochs * len(data.train), initial=len(history) * len(data.train), unit="img",
                    desc=label, dynamic_ncols=True)
-    log = bar.write if bar is not None else ctx.say
+    tell = bar.write if bar is not None else ctx.say
     last = run_dir / "last.pt"
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
@@ -661,7 +663,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
                 kept = (f"last good epoch: {epoch - 1}" + ("" if config.checkpoints == "none"
                                                            else " (its best weights are in best.pt)")
                         if history else "no epoch finished before it, so there is no checkpoint")
-                log(f"{label}: diverged at epoch {epoch}: {reason}; {kept}")
+                tell(f"{label}: diverged at epoch {epoch}: {reason}; {kept}")
                 break
             done = history + [row]
             trainee.scheduler.step()  # (a failed save below ends the run, so the live scheduler may run ahead)
@@ -673,7 +675,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
                 atomic_torch_save(trainee.state(config, done), last)
             history = done  # committed: last.pt holds it
             write_record("running", None, history)
-            log(f"{label} epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss "
+            tell(f"{label} epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss "
                 f"{row['val_loss']:.4f}, val acc {row['val_acc']:.1%} ({row['epoch_time_s']:.1f}s)"
                 + (f", {row['skipped_steps']} fp16 steps skipped" if row["skipped_steps"] else ""))
             if dist.enabled:

@@ -32,3 +32,24 @@ def test_readers_of_the_record_never_import_the_trainer():
         if (PACKAGE / f"{reader}.py").exists():
             assert "train" not in imports_of(reader), reader
     assert "train" in imports_of("sweep") and "record" in imports_of("train")
+
+
+def test_library_code_reports_through_logging_and_can_be_silenced(tmp_path, capsys):
+    import logging
+
+    from lambdalib import report
+
+    (tmp_path / "runs").mkdir()
+    report.build(tmp_path)
+    assert "report: 0 run records" in capsys.readouterr().out  # INFO lines reach stdout by default
+    logger = logging.getLogger("lambdalib")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        report.build(tmp_path)
+        assert "report:" not in capsys.readouterr().out
+    finally:
+        logger.setLevel(level)
+    printing = [f.name for f in PACKAGE.glob("*.py")
+                if f.name not in ("cli.py", "notebook.py", "sweep.py", "export.py") and "print(" in f.read_text()]
+    assert not printing, printing  # the CLI and the notebooks' display helpers print; the library logs
