@@ -58,6 +58,7 @@ from PIL import Image
 
 from . import data as data_lib
 from .data import EVAL_CROP_FRACTION, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .record import pid_alive
 
 FORMAT_VERSION = 1
 CACHE_DIRNAME = ".lambdalib-cache"
@@ -311,16 +312,6 @@ def _open_cached(target: Path, manifest_path: Path, key: str, count: int, *, kin
     return DecodedImages(target, kind, size, paths, images, sizes, unreadable, 0, manifest.get("build_s", 0.0))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def _clean(folder: Path, stem: str, keep: Path) -> None:
     """Remove stale caches of the same split/kind/size (other keys) and temporary files of dead builds."""
     for other in folder.glob(f"{stem}_*"):
@@ -335,7 +326,7 @@ def _clean(folder: Path, stem: str, keep: Path) -> None:
             pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
         except (IndexError, ValueError):
             pid = -1
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:

@@ -35,6 +35,7 @@ from torchvision.datasets.utils import calculate_md5, check_integrity, download_
 
 from . import paths
 from .config import data_slug
+from .record import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -127,23 +128,13 @@ def _is_verified(folder: Path, md5: str) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's) or cannot tell: leave its files alone
-    return True
-
-
 def _remove_leftovers(root: Path, name: str, stem: str) -> None:
     """Delete the temporary download/extraction of `name` that a killed process left (its pid is gone)."""
     name, stem = glob.escape(name), glob.escape(stem)
     for pattern, marker in ((f"{name}.part*", ".part"), (f".{stem}.extracting*", ".extracting")):
         for path in root.glob(pattern):
             pid = path.name.rsplit(marker, 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 log.info("removing %s, left by an interrupted run", path)
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)

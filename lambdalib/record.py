@@ -40,7 +40,6 @@ _BOOL_COLUMNS = {"finite"}
 _INT_COLUMNS = {"epoch", "skipped_steps"}
 
 FINISHED = ("complete", "diverged")  # a finished run never trains again and makes the tables
-UNFINISHED = ("running", "interrupted", "crashed")  # "crashed": said running, but nobody is training it
 
 
 class RecordError(ValueError):
@@ -177,11 +176,6 @@ def status(run_dir: Path, summary: dict | None = None) -> str | None:
     return summary["status"]
 
 
-def is_finished(run_dir: Path) -> bool:
-    summary = load_summary(run_dir)
-    return bool(summary) and summary["status"] in FINISHED
-
-
 # ------------------------------------------------------------------------------------ summary
 def summarize(history: list[dict], status: str, diverged_at: int | None, extra: dict) -> dict:
     """The summary.json fields derived from a history; bests come from the epochs before any divergence."""
@@ -210,12 +204,16 @@ def summarize(history: list[dict], status: str, diverged_at: int | None, extra: 
 
 
 # --------------------------------------------------------------------------------------- lock
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine; True when that cannot be told (another user's
+    process, a pid <= 0), so that nobody's files are taken over or removed on a guess."""
+    if pid <= 0:
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, someone else's
+    except OSError:  # PermissionError: it exists, someone else's
         return True
     return True
 
@@ -231,7 +229,7 @@ def lock_owner(run_dir: Path) -> dict | None:
     if not isinstance(owner, dict):
         return None
     pid = owner.get("pid")
-    if owner.get("host") == platform.node() and not (isinstance(pid, int) and _pid_alive(pid)):
+    if owner.get("host") == platform.node() and not (isinstance(pid, int) and pid_alive(pid)):
         return None
     return owner
 
@@ -254,7 +252,7 @@ def acquire_run_lock(run_dir: Path) -> Path:
                 owner = {}
             owner = owner if isinstance(owner, dict) else {}
             pid = owner.get("pid")
-            if owner.get("host") == host and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+            if owner.get("host") == host and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
                 raise RunBusyError(f"{run_dir} is being trained by process {pid} on this machine; wait for it "
                                    f"or stop it (a lock left by a crash is taken over automatically)") from None
             if owner.get("host") not in (None, host):

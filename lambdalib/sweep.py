@@ -99,8 +99,9 @@ def _run_one(config: RunConfig, params: dict | None, inline: bool) -> None:
 def _run_in_subprocess(config: RunConfig, inline: bool, slot: int, jobs: int) -> None:
     """One run in its own process, pinned to GPU `slot` (or to its share of the CPU cores)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
-    if torch_cuda_count() > 0:
-        env["CUDA_VISIBLE_DEVICES"] = str(slot % torch_cuda_count())
+    gpus = torch_cuda_count()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
     done = subprocess.run([sys.executable, "-m", "lambdalib.sweep", json.dumps(config.to_dict()),
                            "inline" if inline else "notebook"], env=env, capture_output=True, text=True)
     if done.returncode:

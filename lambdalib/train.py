@@ -32,7 +32,7 @@ import time
 import warnings
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,7 @@ from .record import (  # noqa: F401  (re-exported: the trainer writes the record
     HISTORY_COLUMNS,
     TIMING_COLUMNS,
     RunBusyError,
-    acquire_run_lock,
     atomic_torch_save,
-    atomic_write_text,
     load_summary,
     read_history,
     summarize,
@@ -160,14 +158,9 @@ def _warn_if_cuda_unusable() -> None:
                       stacklevel=3)
 
 
+# autocast dtype of a resolved config's amp (config.resolved() turns 'auto' into what the device computes
+# in); CPU autocast honours bf16 and fp16 too, so the mixed-precision paths run anywhere
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a resolved config (config.resolved() turns 'auto' into what this device
-    computes in); CPU autocast honours bf16 and fp16 too, so the mixed-precision paths run anywhere."""
-    amp = config.amp if config.amp != "auto" else config.resolved().amp
-    return AMP_DTYPES[amp]
 
 
 def _channels_last(config: RunConfig, device: torch.device) -> bool:
@@ -232,24 +225,32 @@ class Context:
     run_dir: Path
     progress: bool = True
     compiled: bool = False  # the model runs through torch.compile
-    determinism: dict = field(default_factory=dict)  # what _set_determinism chose, for the record
 
     @property
     def precision(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return "fp32" if self.config.amp == "off" else self.config.amp
 
-    def say(self, *args, **kwargs) -> None:
+    def say(self, *args) -> None:
         if self.dist.is_main:
             log.info(" ".join(map(str, args)))
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        return _autocast(self.device, self.amp_dtype)
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels.to(self.device, non_blocking=True)
+        return _to_device(images, labels, self.device, self.channels_last)
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
 
 
 def _train_one_epoch(ctx: Context, model, loader, optimizer, scaler, bar) -> dict:
@@ -311,11 +312,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dis
     precision artefact never reads as a diverged run.
     """
     model.eval()
-    ctx = Context(RunConfig(), dist or Distributed(), device, amp_dtype, channels_last, Path("."))
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
-        images, labels = ctx.to_device(images, labels)
-        with ctx.autocast():
+        images, labels = _to_device(images, labels, device, channels_last)
+        with _autocast(device, amp_dtype):
             logits = model(images).float()
         if amp_dtype is not None and not bool(torch.isfinite(logits).all()):
             logits = model(images.float()).float()  # outside autocast: fp32
@@ -394,9 +394,8 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
         raise ValueError(f"world_size={config.world_size} but {dist.world_size} process(es) are training; "
                          f"leave world_size at 0 to take torchrun's")
     device = _pick_device(config, dist)
-    ctx = Context(config, dist, device, _amp_dtype(config, device), _channels_last(config, device),
-                  config.run_dir(), progress, compiled=_compiles(config, device),
-                  determinism=_set_determinism(config, device))
+    ctx = Context(config, dist, device, AMP_DTYPES[config.amp], _channels_last(config, device),
+                  config.run_dir(), progress, compiled=_compiles(config, device))
 
     summary = existing_record(config)  # another experiment in that folder: refused, never overwritten
     if summary and summary["status"] in FINISHED:
@@ -617,6 +616,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     """The body of `run`, once the run folder is ours: data, model, then epochs until done, diverged or
     interrupted, the record written after each (through lambdalib.record) and mirrored to the logger."""
     config, dist, run_dir = ctx.config, ctx.dist, ctx.run_dir
+    determinism = _set_determinism(config, ctx.device)
     data = _prepare_data(ctx)
     trainee = _build(ctx, len(data.classes))
     history = trainee.history
@@ -628,7 +628,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
         realised_noise=data.realised_noise, preset=config.preset,
         params=trainee.params, gflops=round(trainee.gflops, 4), train_images=len(data.train),
         val_images=data.val_images, amp=config.amp, precision=ctx.precision, channels_last=ctx.channels_last,
-        compiled=ctx.compiled, **ctx.determinism, loader="cached" if data.cached else "workers",
+        compiled=ctx.compiled, **determinism, loader="cached" if data.cached else "workers",
         loader_workers=data.workers,
         cache_store_px=data.cached.train_images.size if data.cached else None, skipped_images=len(data.skipped),
         skipped_files=data.skipped, environment=environment(ctx.device, dist.world_size),
