@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -103,8 +104,13 @@ DEMO_FOLDER = "demo"  # results/demo/: `lambdalib demo` trains here, so the comm
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .sweep import QUICK, REPORT_NOISE, Grid, default_jobs, reproduce
+    from .sweep import QUICK, REPORT_NOISE, Grid, default_jobs, study_grids
 
+    if args.study:
+        grids = study_grids()
+        for grid in grids:
+            grid.params.update({k: v for k, v in (("results", args.results), ("workers", args.workers)) if v})
+        return _reproduce(grids, inline=True, jobs=args.jobs or default_jobs())
     params = dict(QUICK) if args.quick else {}
     if args.command == "demo" and not args.results:  # the newcomer's run: its own, git-ignored folder
         from .paths import results_dir
@@ -117,15 +123,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                 noise=[float(n) for n in args.noise.split(",")] if args.noise else list(REPORT_NOISE))
     if args.models:
         grid.models = [m.strip() for m in args.models.split(",")]
+    return _reproduce(grid, inline=args.quick or args.inline, jobs=args.jobs or default_jobs())
+
+
+def _reproduce(grid, *, inline: bool, jobs: int) -> int:
+    from .sweep import reproduce
+
+    start = time.perf_counter()
     try:
-        counts = reproduce(grid, inline=args.quick or args.inline, jobs=args.jobs or default_jobs())
+        counts = reproduce(grid, inline=inline, jobs=jobs)
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to go on")
         return 130
-    results = Path(params.get("results") or grid.configs()[0].results_dir())
+    first = grid[0] if isinstance(grid, list) else grid
+    results = first.configs()[0].results_dir()
     print(f"report: {results / 'README.md'}")
     print(f"{counts['total']} runs: {counts['skipped']} already finished, {counts['ran']} run now "
-          f"({counts['diverged']} diverged), {counts['failed']} failed")
+          f"({counts['diverged']} diverged), {counts['failed']} failed, in {time.perf_counter() - start:.0f} s")
     for line in counts["failures"]:
         print(f"  failed: {line}", file=sys.stderr)
     return 1 if counts["failed"] else 0
@@ -151,6 +165,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_attention(args: argparse.Namespace) -> int:
     from . import attention
 
+    if args.trained:
+        return _attention_trained(args)
+    if args.results or args.noise:
+        raise ValueError("--results and --noise go with --trained (the figure of our own trained models)")
     target = int(args.target) if args.target and args.target.isdigit() else args.target
     result = attention.attention_figure(args.models, image=args.image, method=args.method, out=args.out,
                                         allow_random=args.allow_random, target=target)
@@ -158,6 +176,24 @@ def _cmd_attention(args: argparse.Namespace) -> int:
         return 1
     print(result.caption)
     print(f"figure: {result.path}")
+    return 0
+
+
+def _attention_trained(args: argparse.Namespace) -> int:
+    """`lambdalib attention --trained`: figure 7 from our own run records (attention.trained_figure)."""
+    from . import attention
+
+    unused = [flag for flag, value in (("--image", args.image), ("--target", args.target),
+                                       ("--allow-random", args.allow_random)) if value]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not with --trained, which explains each model's top-1 class on "
+                         "both.png and three Imagenette validation images")
+    labels = args.models or list(attention.TRAINED_LABELS)
+    noise = [float(n) for n in args.noise.split(",")] if args.noise else list(attention.TRAINED_NOISE)
+    result = attention.trained_figure(args.results, out=args.out, labels=labels, noise=noise, method=args.method)
+    print(result.caption)
+    print(f"\nfigure: {result.path}\ncaption: {result.caption_path}\ntable: {result.table_path} "
+          f"(markdown: {result.table_markdown_path})")
     return 0
 
 
@@ -202,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "not results).",
         )
         p.add_argument("--quick", action="store_true", default=quick_default)
+        p.add_argument("--study", action="store_true",
+                       help="the committed study (results/): the runs that test the report's claims, 32 px, 15 "
+                            "epochs, 3 seeds on the embedded data, in process (about 75 min on a 2-core CPU)")
         p.add_argument("--inline", action="store_true", help="train in this process, not through the notebooks")
         p.add_argument("--models", help="comma-separated labels (default: all ten)")
         p.add_argument("--noise", help="comma-separated fractions (default 0,0.05,0.25,0.5)")
@@ -219,14 +258,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("attention", help="FullGrad (or another CAM) maps of timm models and our checkpoints",
                        description="The report's figure 7: one map per model on a dog-and-cat image. Models are timm "
-                                   "names (pretrained weights needed), report labels, run folders or best.pt files.")
-    p.add_argument("models", nargs="*", help="default: resnet18 resnet50 lambda_resnet26t lambda_resnet50ts")
+                                   "names (pretrained weights needed), report labels, run folders or best.pt files. "
+                                   "With --trained: the figure from our own trained models instead (one best.pt per "
+                                   "model and noise level from the run records, on both.png and three Imagenette "
+                                   "validation images), written to figures/attention_trained.png with its table "
+                                   "tables/attention_trained.csv (concentration, mass on the dog and cat boxes).")
+    p.add_argument("models", nargs="*", help="default: resnet18 resnet50 lambda_resnet26t lambda_resnet50ts; with "
+                                             "--trained, report labels (default: R18 LR18_L2(rpe) LR18_L2(lc))")
     p.add_argument("--image", help="image path (default: data/images/both.png)")
     p.add_argument("--method", default="fullgrad", help="fullgrad, gradcam, gradcam++, scorecam, ...")
     p.add_argument("--target", help="class index or name (default: each model's top prediction)")
-    p.add_argument("--out", help="figure path (default: results/figures/attention_<method>.png)")
+    p.add_argument("--out", help="figure path (default: results/figures/attention_<method>.png); with --trained, "
+                                 "the folder for figures/ and tables/ (default: the results folder)")
     p.add_argument("--allow-random", action="store_true",
                    help="show models without weights, titled 'random init (no weights available)'")
+    p.add_argument("--trained", action="store_true",
+                   help="figure 7 from our own trained models (results/runs/*/best.pt) and its table")
+    p.add_argument("--results", help="with --trained: the results folder holding runs/ (default: results/)")
+    p.add_argument("--noise", help="with --trained: comma-separated noise levels (default 0,0.5)")
     p.set_defaults(func=_cmd_attention)
 
     p = sub.add_parser("export", help="a run's best weights as model.safetensors + timm config + model card",

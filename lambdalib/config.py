@@ -69,6 +69,9 @@ class RunConfig:
     grad_clip: float = _field(0.0, "max total gradient norm; 0 = no clipping")
     diverge_factor: float = _field(10.0, "diverged when train loss > factor x ln(classes) or val loss > factor x "
                                          "its first value")
+    lc_scope: int = _field(23, "scope r of the lc (lambda convolution) models, odd; 0 = scaled with the image: the "
+                               "largest odd r <= 23 x img_size / 224, the share of the image the report's r=23 "
+                               "covers at 224 px (not part of a non-lc model's identity)")
     seed: int = _field(0, "seed of the weights, the noise draw (synthetic) and the data order")
     data: str = _field("embedded", "'embedded', 'imagenette2-160', 'imagenette2-320', 'imagenette2', a folder in "
                                    "the imagenette2 layout, or an archive path / URL")
@@ -133,6 +136,9 @@ class RunConfig:
         for name in ("train_per_class", "val_per_class", "world_size"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0 (0 = " + ("every image)" if name != "world_size" else "from torchrun)"))
+        if self.lc_scope < 0 or (self.lc_scope and self.lc_scope % 2 == 0):
+            raise bad("lc_scope", "must be an odd number of positions (23 as in the report) or 0 (scaled with the "
+                                  "image size)")
         if self.img_size < 32:
             raise bad("img_size", "must be at least 32 px (the ResNet stem downsamples by 32)")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -157,7 +163,7 @@ class RunConfig:
         amp, world_size = self.amp, self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         if amp == "auto":
             amp = _auto_precision(self.device)
-        return replace(self, amp=amp, world_size=world_size)
+        return replace(self, amp=amp, world_size=world_size, lc_scope=self.lc_scope or scaled_scope(self.img_size))
 
     def identity(self) -> dict[str, Any]:
         """The one definition of "the same experiment": every field that changes what is computed.
@@ -173,6 +179,8 @@ class RunConfig:
         ident = {f.name: getattr(config, f.name) for f in fields(config) if f.metadata["identity"]}
         ident["model"] = resolve_name(config.model)
         ident["data"] = data_slug(config.data)
+        if config.position() != "lc":
+            ident.pop("lc_scope")  # computes nothing there: R18 or rpe runs keep their identity
         for name in ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor"):
             ident[name] = float(ident[name])
         return ident
@@ -187,6 +195,8 @@ class RunConfig:
         ident.pop("seed")
         digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
         model = re.sub(r"[^A-Za-z0-9]+", "-", report_label(self.model)).strip("-")
+        if "lc_scope" in ident:
+            model += f"-r{ident['lc_scope']}"
         noise = f"{self.noise * 100:g}".replace(".", "p") + ("syn" if self.synthetic_noise else "")
         return f"{model}_noise{noise}_{self.preset}_e{self.epochs}_{self.img_size}px_{ident['data']}_{digest}"
 
@@ -199,6 +209,25 @@ class RunConfig:
         """Identity fields that differ between two configs: {name: (mine, theirs)}."""
         mine, theirs = self.identity(), other.identity()
         return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+
+    def position(self) -> str | None:
+        """'rpe' or 'lc' for the report's Lambda-ResNets, None for ResNets and other timm models."""
+        from .models import SPECS, resolve_name
+
+        spec = SPECS.get(resolve_name(self.model))
+        return spec.position if spec else None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What `models.create` needs besides num_classes to build this run's model: the one place that
+        turns a config into a network (training, attention maps and export all go through it)."""
+        from .models import SPECS, resolve_name
+
+        if resolve_name(self.model) not in SPECS:
+            return {}  # a timm model: its own defaults
+        kwargs: dict[str, Any] = dict(img_size=self.img_size)
+        if self.position() == "lc":
+            kwargs["scope"] = self.resolved().lc_scope
+        return kwargs
 
     # ---------------------------------------------------------------------------------- storage
     def results_dir(self) -> Path:
@@ -220,7 +249,12 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
-        data = json.loads(Path(path).read_text())
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """A saved config (config.json, a checkpoint's 'config'); fields added since it was written take
+        their defaults, which are what such a run used (e.g. lc_scope 23)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -236,6 +270,13 @@ def _auto_precision(device: str) -> str:
         return "off"
     index = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", "0"))
     return "bf16" if torch.cuda.get_device_capability(index)[0] >= 8 else "fp16"
+
+
+def scaled_scope(img_size: int, report_scope: int = 23, report_size: int = 224) -> int:
+    """The largest odd scope covering no more of an img_size image than r=23 covers at 224 px (64 px -> 5,
+    96 -> 9, 160 -> 15, 224 -> 23). At small sizes r=23 spans every stage-2/3 map, and lc = global rpe."""
+    scope = int(report_scope * img_size / report_size)
+    return max(1, scope if scope % 2 else scope - 1)
 
 
 def help_text(name: str) -> str:

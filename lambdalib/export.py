@@ -50,7 +50,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinish
     best = _load_best(run_dir, summary, config)
     name = summary["model"]
     classes = list(best["classes"])
-    args = model_args(name, config.img_size)
+    args = config.model_kwargs()  # what train.py built it with (img_size; the lc scope)
     model, weights = _fitted_model(run_dir / "best.pt", name, classes, args, best["model"])
     history = record.read_history(run_dir) if (run_dir / "history.csv").exists() else []
 
@@ -110,14 +110,6 @@ def _timm_name(name: str) -> str:
         return resolve_name(name)
     except ValueError:
         return name
-
-
-def model_args(name: str, img_size: int) -> dict[str, Any]:
-    """The create_model arguments besides num_classes that rebuild a run's model (as train.py builds it):
-    the image size for the report's models (a lambda layer's position table is sized to its feature map)."""
-    from . import models
-
-    return {"img_size": img_size} if name in models.SPECS else {}
 
 
 def _fitted_model(path: Path, name: str, classes: list[str], args: dict, state: dict):

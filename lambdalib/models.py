@@ -333,6 +333,17 @@ def create(name: str, **kwargs) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------- tables
+def scope_covers_map(model: nn.Module) -> str | None:
+    """Why an lc model is global rpe in disguise ("scope 23 covers the whole 8x8 map"), or None: a window of
+    side r >= 2 x side - 1 reaches every position from every query, so lc sees what rpe sees."""
+    for module in model.modules():
+        if isinstance(module, LambdaLayer) and module.position == "lc" and module.feat_size is not None:
+            height, width = module.feat_size
+            if module.scope >= 2 * max(height, width) - 1:
+                return f"lc scope {module.scope} covers the whole {height}x{width} map (lc = global rpe here)"
+    return None
+
+
 def count_flops(model: nn.Module, img_size: int) -> int:
     """Forward FLOPs (2 x multiply-adds) of one image, from torch's own flop counter."""
     from torch.utils.flop_counter import FlopCounterMode

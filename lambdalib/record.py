@@ -33,6 +33,7 @@ HISTORY_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
     "grad_norm_mean", "grad_norm_max", "epoch_time_s", "train_images_per_s", "finite",
     "precision", "loss_scale", "skipped_steps",
+    "val_loss_batch_stats",  # val loss with BatchNorm on batch statistics: tells BN lag from explosion
 ]
 TIMING_COLUMNS = ("epoch_time_s", "train_images_per_s")  # the only columns allowed to differ between repeats
 _TEXT_COLUMNS = {"precision"}

@@ -20,7 +20,8 @@ decay, schedule, clipping, divergence threshold or synthetic noise (not Imagenet
 labels, so not comparable with the published rows) never share a section. A section's label states its
 scale (data, images, epochs, px, preset) and every identity field that differs from the preset's value
 (amp and world size: from off and 1). A set-up is a smoke test when it trains fewer than SMOKE_EPOCHS
-epochs, on a per-class subset or on the embedded mini subset; the README says so in its title and first
+epochs or on a per-class subset (a set-up on the whole embedded mini subset is a small-scale study, labelled
+as such); the README says so in its title and first
 lines, and every set-up's scale opens its sections (README and tables/*.md), its figure titles and the
 comparison with the published numbers, directly above that table.
 
@@ -55,7 +56,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, models, paths, record
+from . import claims, figures, models, paths, record
 from .config import PRESETS, RunConfig
 
 # how the figures look is figures.py; these stay importable (and patchable) here: build and plot_run call
@@ -80,7 +81,7 @@ SCALE_FIELDS = ("preset", "data", "train_per_class", "val_per_class", "epochs", 
 # what 'auto' / 0 stand for in a label: a single process in full precision (a record holds the resolved values)
 PLAIN = dict(amp="off", world_size=1)
 AMP_OF_DTYPE = {"off": "off", "bf16": "bf16", "fp16": "fp16", "bfloat16": "bf16", "float16": "fp16"}  # summary amp
-SMOKE_EPOCHS = 10  # a set-up with fewer epochs, a per-class subset or the embedded data is a smoke test
+SMOKE_EPOCHS = 10  # a set-up with fewer epochs or a per-class subset is a smoke test
 EMBEDDED = "embedded"
 CLASSES = figures.CLASSES  # Imagenette's 10: chance accuracy is 1/10
 # summary.json metrics shown as mean ± std over the runs of a cell (CSV columns keep these names)
@@ -179,6 +180,9 @@ def _setup(config: RunConfig) -> dict:
     fields that differ from the preset ('recipe') and whether it is a smoke test."""
     ident = config.identity()
     key = {k: v for k, v in ident.items() if k not in CELL_FIELDS}
+    # the lc scope a set-up asked for (R18 and rpe runs of the same grid share it): lc runs sit beside their
+    # baselines, and two scopes are two set-ups; records from before the field read as the report's 23
+    key["lc_scope"] = config.resolved().lc_scope
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     defaults = {**{f.name: f.default for f in fields(RunConfig)}, **PRESETS.get(key["preset"], {}), **PLAIN}
     recipe = ", ".join(f"{k}={_value(v)}" for k, v in key.items()
@@ -186,8 +190,7 @@ def _setup(config: RunConfig) -> dict:
     per_class = (f"{key['train_per_class'] or 'all'}+{key['val_per_class'] or 'all'}pc"
                  if key["train_per_class"] or key["val_per_class"] else "all")
     slug = f"{key['preset']}_{key['data']}_{per_class}_e{key['epochs']}_{key['img_size']}px_{digest}"
-    smoke = bool(key["train_per_class"] or key["val_per_class"] or key["epochs"] < SMOKE_EPOCHS
-                 or key["data"] == EMBEDDED)
+    smoke = bool(key["train_per_class"] or key["val_per_class"] or key["epochs"] < SMOKE_EPOCHS)
     return dict(setup=re.sub(r"[^A-Za-z0-9.+_-]+", "-", slug), smoke_test=smoke,
                 **{k: key[k] for k in SCALE_FIELDS}, recipe=recipe)
 
@@ -211,12 +214,17 @@ def _describe(setup: pd.Series, group: pd.DataFrame) -> tuple[str, str]:
     else:
         images = f"{train} train / {val} val images"
         on = f"all {train} training images ({val} validation images)"
-    label = " · ".join(["Smoke test" if setup["smoke_test"] else "Full scale", f"preset {setup['preset']}",
+    small = setup["data"] == EMBEDDED
+    kind = "Smoke test" if setup["smoke_test"] else "Small-scale study" if small else "Full scale"
+    label = " · ".join([kind, f"preset {setup['preset']}",
                         str(setup["data"]), images, epochs, f"{setup['img_size']} px"]
                        + ([setup["recipe"]] if setup["recipe"] else []))
     if setup["smoke_test"]:
         scale = (f"Smoke test of the pipeline: {epochs} on {on} of {data} at {setup['img_size']} px "
                  f"(preset {setup['preset']}{recipe}) — not results.")
+    elif small:
+        scale = (f"Small-scale study: {epochs} on {on} of {data} at {setup['img_size']} px "
+                 f"(preset {setup['preset']}{recipe}), not the report's full Imagenette.")
     else:
         scale = (f"Full-scale runs: {epochs} on {on} of {data} at {setup['img_size']} px "
                  f"(preset {setup['preset']}{recipe}).")
@@ -672,12 +680,15 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         "Tables: one row per experiment (every setting that changes what is computed is equal; only seeds "
         "are averaged, as mean ± sample std when a row has several); runs that differ in any other setting "
         "are in different set-ups. A set-up is a smoke test of the pipeline, not a result, when it trains "
-        f"fewer than {SMOKE_EPOCHS} epochs, on a per-class subset (`train_per_class`, `val_per_class`) or on "
-        "the embedded mini subset. Training time is the sum of epoch times; a run diverges when a loss is "
-        "non-finite, its train loss exceeds `diverge_factor` × ln(classes) or its val loss `diverge_factor` × "
-        "its first epoch's (the reason is in its summary.json), and its best values are those of the epochs "
-        "before (— when it has none). Full-precision CSVs are in `tables/`.\n",
+        f"fewer than {SMOKE_EPOCHS} epochs or on a per-class subset (`train_per_class`, `val_per_class`); one "
+        "on the whole embedded mini subset is a small-scale study. Training time is the sum of epoch times; a "
+        "run diverges when a loss is non-finite, its train loss exceeds `diverge_factor` × ln(classes) or its "
+        "val loss `diverge_factor` × its first epoch's (the reason is in its summary.json), and its best "
+        "values are those of the epochs before (— when it has none). Full-precision CSVs are in `tables/`.\n",
     ]
+    if not finished.empty:  # the report's claims, one by one, from these records (lambdalib.claims)
+        readme.append(claims.claims_markdown(all_runs, results_dir=results_dir))
+    readme += _trained_attention(out)
     for setup in setups:
         readme.append("## Results\n" if setup is PLACEHOLDER
                       else f"## Set-up: {setup['setup_label']}\n\n{_banner(setup)}")
@@ -716,6 +727,23 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         for path in written:
             log.info(f"  {path}")
     return out / "README.md"
+
+
+def _trained_attention(out: Path) -> list[str]:
+    """The FullGrad figure of our trained models and its table, when `lambdalib attention --trained` has
+    drawn them (it needs the checkpoints, which are not committed; the report only shows what it wrote)."""
+    figure, caption = out / "figures" / "attention_trained.png", out / "figures" / "attention_trained.md"
+    table = out / "tables" / "attention_trained.csv"
+    if not (figure.exists() and table.exists()):
+        return []
+    from .attention import attention_table_markdown  # late: torch and grad-cam only when there is a figure
+
+    text = caption.read_text().strip() + "\n\n" if caption.exists() else ""
+    return ["## FullGrad maps of our trained models (the report's figure 7)\n\n"
+            "Drawn by `lambdalib attention --trained` from the best checkpoints of the runs named below "
+            "([csv](tables/attention_trained.csv)).\n\n"
+            f"![FullGrad maps of our trained models](figures/attention_trained.png)\n\n{text}"
+            + attention_table_markdown(table)]
 
 
 def _remove_stale(out: Path, written: list[Path]) -> None:

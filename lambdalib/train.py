@@ -31,7 +31,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -302,16 +302,42 @@ def _train_one_epoch(ctx: Context, model, loader, optimizer, scaler, bar) -> dic
     )
 
 
+@contextmanager
+def batch_statistics(model: nn.Module):
+    """Every BatchNorm normalises by the batch's own mean and variance instead of its running averages,
+    which are restored afterwards: the eval loss without the running statistics. An eval-mode val loss in
+    the thousands with a normal batch-statistics loss is BatchNorm's running averages lagging the weights
+    (few steps per epoch, momentum 0.1), not exploding weights or gradients."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{name: buffer.clone() for name, buffer in m.named_buffers(recurse=False)} for m in norms]
+    for norm in norms:
+        norm.train()
+    try:
+        yield
+    finally:
+        for norm, buffers in zip(norms, saved):
+            for name, value in buffers.items():
+                getattr(norm, name).copy_(value)
+            norm.eval()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dist: Distributed | None = None,
-             channels_last: bool = False) -> tuple[float, float]:
+             channels_last: bool = False, *, batch_stats: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy over the loader (summed over ranks under DDP).
 
     Under autocast, a batch whose logits overflow the half-precision range (fp16 tops out at 65504; an
     early-epoch net with large BatchNorm statistics gets there) is evaluated again in fp32, so a
-    precision artefact never reads as a diverged run.
+    precision artefact never reads as a diverged run. batch_stats: BatchNorm on each batch's own
+    statistics (see `batch_statistics`).
     """
     model.eval()
+    with batch_statistics(model) if batch_stats else nullcontext():
+        return _evaluate(model, loader, device, amp_dtype, dist, channels_last)
+
+
+def _evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, dist: Distributed | None,
+              channels_last: bool) -> tuple[float, float]:
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
         images, labels = _to_device(images, labels, device, channels_last)
@@ -539,13 +565,15 @@ def _build(ctx: Context, num_classes: int) -> Trainee:
     """Model, optimizer, schedule and grad scaler, restored from last.pt when there is one."""
     config, device = ctx.config, ctx.device
     seed_everything(config.seed)
-    size = {"img_size": config.img_size} if models.resolve_name(config.model) in models.SPECS else {}
     note = models.lookalike_note(config.model)  # timm's resnet18 is not the report's R18: say so, once
     if note:
         ctx.say(f"warning: {note}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", models.LookalikeWarning)
-        model = models.create(config.model, num_classes=num_classes, **size)
+        model = models.create(config.model, num_classes=num_classes, **config.model_kwargs())
+    covered = models.scope_covers_map(model)
+    if covered:  # the report's r=23 at a small image size: lc is global rpe here, and says so
+        ctx.say(f"note: {covered}; lc_scope=0 scales the scope with the image size")
     params = sum(p.numel() for p in model.parameters())
     gflops = models.count_flops(model, config.img_size) / 1e9
     model.to(device)
@@ -604,8 +632,12 @@ def _run_epoch(ctx: Context, data: Data, trainee: Trainee, epoch: int, bar) -> d
     evaluated = trainee.net if ctx.compiled and not dist.enabled else trainee.model
     val_loss, val_acc = (evaluate(evaluated, data.val_loader, ctx.device, ctx.amp_dtype, dist, ctx.channels_last)
                          if stats["finite"] else (math.nan, math.nan))
+    # the same weights with BatchNorm on batch statistics (the eager model: a compiled one would recompile)
+    val_loss_batch_stats = (evaluate(trainee.model, data.val_loader, ctx.device, ctx.amp_dtype, dist,
+                                     ctx.channels_last, batch_stats=True)[0] if stats["finite"] else math.nan)
     return dict(epoch=epoch, lr=lr, train_loss=stats["train_loss"], train_acc=stats["train_acc"],
-                val_loss=val_loss, val_acc=val_acc, grad_norm_mean=stats["grad_norm_mean"],
+                val_loss=val_loss, val_acc=val_acc, val_loss_batch_stats=val_loss_batch_stats,
+                grad_norm_mean=stats["grad_norm_mean"],
                 grad_norm_max=stats["grad_norm_max"], epoch_time_s=time.perf_counter() - start,
                 train_images_per_s=stats["images"] / train_time if train_time > 0 else math.nan,
                 finite=stats["finite"] and math.isfinite(val_loss), precision=ctx.precision,

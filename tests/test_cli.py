@@ -75,3 +75,27 @@ def test_demo_trains_into_its_own_ignored_folder(monkeypatch, tmp_path, capsys):
     ignored = subprocess.run(["git", "check-ignore", "-q", str(results_dir() / "demo" / "README.md")],
                              cwd=results_dir().parent)
     assert ignored.returncode == 0
+
+
+def test_study_runs_every_cell_seed_by_seed_with_lc_unlike_rpe(monkeypatch, tmp_path, capsys):
+    """`reproduce --study`: the committed study's grid, in process, its first seed everywhere before any
+    second; every lc model's scope is smaller than its map, so lc never equals its rpe twin."""
+    import lambdalib.sweep as sweep
+    from lambdalib import models
+
+    order = []
+    monkeypatch.setattr(sweep, "_run_one", lambda config, params, inline: order.append((config, inline)))
+    monkeypatch.setattr(sweep.record, "load_summary", lambda run_dir: {"status": "complete"})
+    monkeypatch.setattr("lambdalib.report.build", lambda results: order.append(("report", results)))
+    assert main(["reproduce", "--study", "--results", str(tmp_path)]) == 0
+    assert order.pop() == ("report", tmp_path)  # the report, once, after the last run
+    configs = [c for c, _ in order]
+    assert len(configs) == 24 and all(inline for _, inline in order)
+    assert [c.seed for c in configs] == sorted(c.seed for c in configs)
+    assert {c.results for c in configs} == {str(tmp_path)} and {c.preset for c in configs} == {"fast", "report"}
+    assert {c.noise for c in configs if c.preset == "fast"} == {0.0, 0.5}
+    lc = [c for c in configs if c.position() == "lc"]
+    assert lc and all(c.identity()["lc_scope"] == 3 for c in lc)
+    for config in lc[:1]:
+        assert models.scope_covers_map(models.create(config.model, num_classes=10, **config.model_kwargs())) is None
+    assert "24 runs: 0 already finished, 24 run now" in capsys.readouterr().out

@@ -119,3 +119,43 @@ def test_results_live_on_drive_when_colab_has_it_mounted(tmp_path, monkeypatch):
     assert RunConfig.from_params().run_dir().parent.parent == paths.results_dir()
     monkeypatch.setenv("LAMBDALIB_RESULTS", str(tmp_path / "mine"))
     assert paths.results_dir() == tmp_path / "mine"
+
+
+# ------------------------------------------------------------------------------------- lc scope
+def test_scaled_scope_covers_the_share_of_the_image_r23_covers_at_224px():
+    from lambdalib.config import scaled_scope
+
+    assert [scaled_scope(s) for s in (32, 64, 96, 128, 160, 224)] == [3, 5, 9, 13, 15, 23]
+    assert all(scaled_scope(s) % 2 == 1 and scaled_scope(s) <= 23 * s / 224 for s in range(32, 400))
+
+
+def test_lc_scope_is_part_of_an_lc_experiment_only():
+    lc = RunConfig.from_params(model="LR18_L2(lc)", img_size=64)
+    assert lc.identity()["lc_scope"] == 23 and "-r23_" in lc.run_id
+    scaled = RunConfig.from_params(model="LR18_L2(lc)", img_size=64, lc_scope=0)
+    explicit = RunConfig.from_params(model="LR18_L2(lc)", img_size=64, lc_scope=5)
+    assert scaled.run_id == explicit.run_id != lc.run_id and "-r5_" in scaled.run_id
+    assert scaled.differences(lc) == {"lc_scope": (5, 23)}
+    for model in ("R18", "LR18_L2(rpe)", "resnet18"):  # no lc layer: the scope computes nothing there
+        assert RunConfig.from_params(model=model, lc_scope=5).run_id == RunConfig.from_params(model=model).run_id
+    for bad in (-1, 4, 22):
+        with pytest.raises(ValueError, match="lc_scope"):
+            RunConfig.from_params(model="LR18_L2(lc)", lc_scope=bad)
+
+
+def test_the_model_is_built_with_the_runs_scope_and_says_when_it_covers_the_map():
+    from lambdalib import models
+    from lambdalib.layers import LambdaLayer
+
+    def built(**params):
+        config = RunConfig.from_params(model="LR18_L2(lc)", img_size=64, **params)
+        return models.create(config.model, num_classes=10, **config.model_kwargs())
+
+    scoped = built(lc_scope=0)
+    assert [m.scope for m in scoped.modules() if isinstance(m, LambdaLayer)] == [5]
+    assert models.scope_covers_map(scoped) is None  # r=5 on the 8x8 stage-2 map: lc differs from rpe
+    assert "covers the whole 8x8 map" in models.scope_covers_map(built())
+    assert models.scope_covers_map(models.create("R18", num_classes=10, img_size=64)) is None
+    # a saved config from before the field rebuilds the model it trained: the report's r=23
+    old = {k: v for k, v in RunConfig.from_params(model="LR18_L2(lc)").to_dict().items() if k != "lc_scope"}
+    assert RunConfig.from_dict(old).model_kwargs() == dict(img_size=160, scope=23)

@@ -67,7 +67,10 @@ def reference_outputs(run_dir: Path, x: torch.Tensor) -> torch.Tensor:
 
 
 def size_args(summary: dict) -> dict:
-    return {"img_size": 32} if summary["model"] in models.SPECS else {}
+    """What rebuilds the run's model: the image size for ours, and an lc model's scope (the default 23)."""
+    if summary["model"] not in models.SPECS:
+        return {}
+    return {"img_size": 32, **({"scope": 23} if summary["model"].endswith("_lc") else {})}
 
 
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

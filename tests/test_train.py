@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -180,3 +181,33 @@ def test_one_trainer_per_run_folder(tiny_imagenette, tmp_path):
         other.wait()
     # the owner is gone: its lock is stale and taken over; a finished run leaves no lock behind
     assert read_history(run(config, progress=False)) and not lock.exists()
+
+
+def test_batch_statistics_loss_ignores_running_averages_and_leaves_them_as_they_were():
+    from lambdalib.train import batch_statistics, evaluate
+
+    torch.manual_seed(0)
+    model = lambdalib.create("R18", num_classes=10, img_size=32).eval()
+    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    loader = [(images[:8], labels[:8]), (images[8:], labels[8:])]
+    with torch.no_grad():  # running statistics far off what the weights produce: an eval-mode loss spike
+        model.bn1.running_var.fill_(1e-4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eval_loss = evaluate(model, loader, torch.device("cpu"))[0]
+    batch_loss = evaluate(model, loader, torch.device("cpu"), batch_stats=True)[0]
+    # what the same weights give when every batch is normalised by itself (train-mode BN on a copy)
+    reference = copy.deepcopy(model).train()
+    with torch.no_grad():
+        expected = sum(float(torch.nn.functional.cross_entropy(reference(x), y, reduction="sum"))
+                       for x, y in loader) / 16
+    assert batch_loss == pytest.approx(expected, rel=1e-5) and eval_loss > 10 * batch_loss
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and not model.training
+    with batch_statistics(model):
+        assert all(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not any(m.training for m in model.modules())
+
+
+def test_every_epoch_records_the_batch_statistics_val_loss(tiny_imagenette, tmp_path):
+    history = read_history(run(tiny_config(tiny_imagenette, tmp_path, epochs=1), progress=False))
+    assert math.isfinite(history[0]["val_loss_batch_stats"]) and history[0]["val_loss_batch_stats"] > 0
