@@ -4,6 +4,12 @@
     model, info = attention.load_model("lambda_resnet26t")          # pretrained; raises if unavailable
     result = attention.attention_map(model, "data/images/both.png")  # explains the top-1 class
     attention.attention_figure(["resnet18", "resnet50", "lambda_resnet26t", "lambda_resnet50ts"])
+    attention.trained_figure()   # figure 7 from our own run records' best.pt, with its table (no download)
+
+`trained_figure` is the figure a reader can see offline: R18, LR18_L2(rpe) and LR18_L2(lc) at noise 0 and 50 %,
+one checkpoint each picked by a fixed rule (PICK_RULE), on both.png and three Imagenette validation images,
+with per-map measures (`concentration`, `mass_in_boxes` over the hand-drawn boxes in both.boxes.json) in
+tables/attention_trained.csv (`attention_table_markdown` renders it).
 
 Why not pytorch-grad-cam's FullGrad as is: it collects the layers whose type is *exactly* nn.Conv2d or
 nn.BatchNorm2d. timm's lambda models normalise with BatchNormAct2d (a BatchNorm2d subclass that also
@@ -15,6 +21,7 @@ subclasses too), taking each norm+act layer's gradient *before* its activation, 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import socket
@@ -49,6 +56,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from . import models
+from .config import RunConfig
 from .paths import data_dir, results_dir
 
 log = logging.getLogger(__name__)
@@ -251,6 +259,9 @@ class ModelInfo:
     class_names: list[str]
     trained: bool  # False: random init, never to be presented as a trained model
     source: str = ""  # what was asked for
+    run_dir: Path | None = None  # the run folder, for a run-record checkpoint
+    epoch: int | None = None  # the checkpoint's epoch, when it records one
+    img_size: int | None = None  # the size it was trained at (run-record checkpoints)
 
 
 def imagenet_class_names(model: nn.Module) -> list[str] | None:
@@ -341,12 +352,14 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
 
         classes = CLASS_NAMES
     classes = list(classes)
-    model = models.create(config["model"], num_classes=len(classes), img_size=config["img_size"])
+    # built as train.py built it (image size, the lc scope); configs from before a field read its default
+    model = models.create(config["model"], num_classes=len(classes), **RunConfig.from_dict(config).model_kwargs())
     model.load_state_dict(state["model"])
     run = file.parent.name
     epoch = f", epoch {state['epoch']}" if "epoch" in state else ""
     info = ModelInfo(models.report_label(config["model"]), f"checkpoint {run}/{file.name}{epoch}", classes,
-                     trained=True, source=str(path))
+                     trained=True, source=str(path), run_dir=file.parent, epoch=state.get("epoch"),
+                     img_size=config.get("img_size"))
     return model, info
 
 
@@ -630,3 +643,587 @@ def attention_figure(models: list[str], image: str | Path | None = None, *, meth
                     f"reachable, pass weights files, or train a model (`lambdalib train`).")
         return None
     return figure(loaded, image, key, out, target)
+
+
+# --------------------------------------------------------------- figure 7 from the models we train
+TRAINED_LABELS = ("R18", "LR18_L2(rpe)", "LR18_L2(lc)")
+TRAINED_NOISE = (0.0, 0.5)
+# The Imagenette validation images shown beside both.png: the first file (by name) of
+# data/imagenette-mini/val/<wnid> of a dog (like the one in both.png), a large object and a small one.
+TRAINED_IMAGE_CLASSES = ("n02102040", "n03417042", "n03445777")  # English springer, garbage truck, golf ball
+EMBEDDED_VAL = "imagenette-mini/val"  # under data/
+TOP_FRACTION = 0.10  # concentration: the share of a map's mass in its top 10 % of pixels
+TRAINED_NAME = "attention_trained"  # figures/<name>.png (+ .md caption), tables/<name>.csv (+ .md)
+BOXES_SUFFIX = ".boxes.json"  # both.png -> both.boxes.json beside it
+PICK_RULE = ("per model and noise level, among the run folders with a best.pt: preset 'fast' first, then status "
+             "'complete', then official (not synthetic) noise, then the most epochs trained, then the lowest seed, "
+             "then the run id (alphabetical)")
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+_BOX_COLOURS = ("red", "lime", "cyan", "magenta", "yellow")
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels of the image; right and bottom exclusive
+
+
+class NoTrainedRunsError(FileNotFoundError):
+    """No run record with a best.pt for any of the requested models and noise levels."""
+
+
+# ---------------------------------------------------------------------------- map measurements
+def _mass(cam: np.ndarray) -> tuple[np.ndarray, float]:
+    values = np.asarray(cam, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"a map is 2-D (height x width); got shape {values.shape}")
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError("a map's values must be finite and non-negative")
+    return values, float(values.sum())
+
+
+def concentration(cam: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    """The share of the map's total mass held by its highest `fraction` of pixels (round(fraction x pixels),
+    at least one). A uniform map gives `fraction` (0.10); a map whose mass sits on a tenth of the image or
+    less gives 1. NaN for an all-zero map (no mass to share)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction}: must be in (0, 1]")
+    values, total = _mass(cam)
+    if total <= 0:
+        return float("nan")
+    flat = values.ravel()
+    k = max(1, int(round(fraction * flat.size)))
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].sum() / total)
+
+
+def normalised_entropy(cam: np.ndarray) -> float:
+    """Entropy of the map taken as a distribution over pixels, divided by log(pixels): 1 for a uniform map,
+    0 for all mass on one pixel. NaN for an all-zero map."""
+    values, total = _mass(cam)
+    if total <= 0 or values.size < 2:
+        return float("nan")
+    p = values.ravel() / total
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum() / np.log(values.size))
+
+
+def box_mask(shape: tuple[int, int], boxes) -> np.ndarray:
+    """Boolean (height, width) mask of the union of `boxes` ((left, top, right, bottom), right/bottom exclusive)."""
+    mask = np.zeros(shape, dtype=bool)
+    for left, top, right, bottom in boxes:
+        mask[max(int(top), 0):max(int(bottom), 0), max(int(left), 0):max(int(right), 0)] = True
+    return mask
+
+
+def mass_in_boxes(cam: np.ndarray, boxes) -> float:
+    """The share of the map's total mass inside the union of `boxes` (pixel coordinates of the map, which
+    `attention_map` returns at the image's size). All mass inside gives 1; a uniform map gives the boxes'
+    share of the image's area. NaN for an all-zero map or no boxes."""
+    values, total = _mass(cam)
+    boxes = list(boxes)
+    if total <= 0 or not boxes:
+        return float("nan")
+    return float(values[box_mask(values.shape, boxes)].sum() / total)
+
+
+def boxes_file(image: str | Path) -> Path:
+    """Where an image's object boxes live: `<stem>.boxes.json` beside it (both.png -> both.boxes.json)."""
+    image = Path(image)
+    return image.with_name(image.stem + BOXES_SUFFIX)
+
+
+def load_boxes(image: str | Path) -> dict[str, Box]:
+    """The named object boxes of an image from its boxes file ({} when it has none).
+
+    The file: {"size": [width, height], "boxes": {"dog": [left, top, right, bottom], ...}} in pixels of the
+    image as stored, right and bottom exclusive; a size that is not the image's, or a box outside it, raises
+    ValueError naming the file."""
+    image = Path(image)
+    path = boxes_file(image)
+    if not path.is_file():
+        return {}
+    try:
+        spec = json.loads(path.read_text())
+        boxes = {str(name): tuple(int(v) for v in box) for name, box in spec["boxes"].items()}
+        declared = tuple(int(v) for v in spec["size"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a boxes file ({type(err).__name__}: {err}); expected "
+                         '{"size": [width, height], "boxes": {"name": [left, top, right, bottom]}}') from None
+    with Image.open(image) as opened:
+        size = opened.size
+    if declared != size:
+        raise ValueError(f"{path}: its boxes are for a {declared[0]}x{declared[1]} image, {image.name} is "
+                         f"{size[0]}x{size[1]}")
+    for name, box in boxes.items():
+        if len(box) != 4 or not (0 <= box[0] < box[2] <= size[0] and 0 <= box[1] < box[3] <= size[1]):
+            raise ValueError(f"{path}: box {name!r} {list(box)} is not [left, top, right, bottom] inside the "
+                             f"{size[0]}x{size[1]} image")
+    return boxes
+
+
+def map_measures(cam: np.ndarray, boxes: dict[str, Box] | None = None) -> dict[str, float]:
+    """What the table reports for one map: concentration (top 10 % share), normalised entropy, and per box
+    `mass_<name>` plus `mass_either` (the union of all boxes); box entries only when there are boxes."""
+    measures = {"concentration_top10": concentration(cam), "normalised_entropy": normalised_entropy(cam)}
+    if boxes:
+        for name, box in boxes.items():
+            measures[f"mass_{name}"] = mass_in_boxes(cam, [box])
+        measures["mass_either"] = mass_in_boxes(cam, boxes.values())
+    return measures
+
+
+# ------------------------------------------------------------------------------- picking runs
+@dataclass(frozen=True)
+class PickedRun:
+    """The run record one column of the trained-models figure comes from (see PICK_RULE)."""
+
+    label: str
+    noise: float
+    run_dir: Path
+    status: str
+    preset: str
+    seed: int
+    epochs_done: int
+    synthetic_noise: bool
+    img_size: int
+    data: str
+    git_commit: str
+    candidates: int = 1  # run folders with a best.pt for this model and noise, the picked one included
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def short_id(self) -> str:
+        """The run id without the model and noise the panel title already gives: 'fast_e15_64px_embedded_<hash>_s0'."""
+        parts = self.run_id.split("_")
+        if len(parts) > 2 and parts[1].startswith("noise"):
+            return "_".join(parts[2:])
+        return self.run_id
+
+
+def _runs_folder(results: str | Path | None) -> Path:
+    return (Path(results).expanduser() if results else results_dir()) / "runs"
+
+
+def _same_noise(a: float, b: float) -> bool:
+    return abs(float(a) - float(b)) < 1e-9
+
+
+def _noise_text(noise: float) -> str:
+    return f"{float(noise) * 100:g} %"
+
+
+def pick_runs(results: str | Path | None = None, labels=TRAINED_LABELS,
+              noise=TRAINED_NOISE) -> dict[tuple[str, float], PickedRun]:
+    """One run record with a best.pt per (model label, noise level), chosen by PICK_RULE.
+
+    results: the folder holding runs/ (default: the project's results/, `paths.results_dir`).
+    labels: report labels or timm names; noise: fractions. Cells without any such record are absent from the
+    result, which is ordered as labels x noise. Records whose summary or config cannot be read are skipped
+    with a warning on the 'lambdalib' logger. Only summary.json and config.json are read.
+    """
+    from . import record
+
+    wanted = {models.report_label(str(label)): str(label) for label in labels}
+    found: dict[tuple[str, float], list[PickedRun]] = {}
+    runs = _runs_folder(results)
+    for run_dir in sorted(p.parent for p in runs.glob("*/best.pt")) if runs.is_dir() else []:
+        try:
+            summary = record.load_summary(run_dir)
+            config = record.load_config(run_dir)
+        except (record.RecordError, OSError) as err:
+            log.warning(f"attention: skipped {run_dir.name}: {err}")
+            continue
+        if summary is None:
+            log.warning(f"attention: skipped {run_dir.name}: no summary.json")
+            continue
+        label = summary.get("label") or models.report_label(config.model)
+        level = next((n for n in noise if _same_noise(config.noise, n)), None)
+        if label not in wanted or level is None:
+            continue
+        env = summary.get("environment") or {}
+        found.setdefault((label, float(level)), []).append(PickedRun(
+            label=label, noise=float(level), run_dir=run_dir, status=record.status(run_dir, summary) or "?",
+            preset=str(config.preset), seed=int(config.seed), epochs_done=int(summary.get("epochs_done") or 0),
+            synthetic_noise=bool(config.synthetic_noise), img_size=int(config.img_size), data=str(config.data),
+            git_commit=str(env.get("git_commit", "unknown"))))
+
+    def preference(run: PickedRun) -> tuple:
+        return (run.preset != "fast", run.status != "complete", run.synthetic_noise, -run.epochs_done, run.seed,
+                run.run_id)
+
+    picked = {}
+    for label in wanted:
+        for level in noise:
+            cell = found.get((label, float(level)))
+            if cell:
+                best = min(cell, key=preference)
+                picked[(label, float(level))] = PickedRun(**{**best.__dict__, "candidates": len(cell)})
+    return picked
+
+
+def _no_runs_message(results: str | Path | None, labels, noise) -> str:
+    runs = _runs_folder(results)
+    have = sorted(p.parent.name for p in runs.glob("*/best.pt")) if runs.is_dir() else []
+    models_text = ",".join(models.report_label(str(label)) for label in labels)
+    noise_text = ",".join(f"{float(n):g}" for n in noise)
+    seen = f"; best.pt found only in {', '.join(have[:4])}{', ...' if len(have) > 4 else ''}" if have else ""
+    return (f"no run record with a best.pt under {runs} for {models_text} at noise {noise_text}{seen}. Train them "
+            f"first: `lambdalib reproduce --study` (the committed study, best.pt kept; about 80 min on a 2-core CPU) "
+            f"or one model, e.g. `lambdalib train --model R18 --noise 0 --preset fast --img-size 64` (the default "
+            f"--checkpoints best keeps best.pt; `lambdalib demo`/--quick runs save none)")
+
+
+# ------------------------------------------------------------------------------------ the figure
+def trained_images() -> list[Path]:
+    """The trained-models figure's rows: data/images/both.png, then the first validation image (by file name)
+    of each class in TRAINED_IMAGE_CLASSES from the embedded data, data/imagenette-mini/val/<wnid>/."""
+    both = default_image()
+    _open_image(both)  # says where it should be when it is missing
+    val = both.parent.parent / EMBEDDED_VAL  # the same data/ folder as both.png
+    images = [both]
+    for wnid in TRAINED_IMAGE_CLASSES:
+        folder = val / wnid
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
+        if not files:
+            raise FileNotFoundError(f"{folder}: no images; the embedded data ships in the repository's "
+                                    f"data/imagenette-mini (set LAMBDALIB_HOME or pass images=)")
+        images.append(files[0])
+    return images
+
+
+def _image_label(path: Path) -> tuple[str, str]:
+    """(name for tables, true class or ''): 'both.png' / 'n02102040/n02102040_1011.JPEG', 'English springer'."""
+    from .data import CLASS_NAMES, WNIDS
+
+    if path.parent.name in WNIDS:
+        return f"{path.parent.name}/{path.name}", CLASS_NAMES[WNIDS.index(path.parent.name)]
+    return path.name, ""
+
+
+@dataclass
+class TrainedPanel:
+    """One map of the trained-models figure: which run, which image, the map and its measures."""
+
+    run: PickedRun
+    info: ModelInfo
+    image: Path
+    image_name: str
+    true_class: str
+    map: AttentionMap
+    val_acc: float | None  # val top-1 of the checkpoint's epoch (history.csv)
+    boxes: dict[str, Box]
+    measures: dict[str, float]
+    bias_layers: int  # bias-carrying conv/norm layers of the model (what CompleteFullGrad can count)
+    stock_layers: int  # what pytorch-grad-cam's own FullGrad would have counted
+
+
+@dataclass
+class TrainedFigure:
+    """What `trained_figure` wrote (PNG, caption .md, table .csv and .md) and everything drawn in it."""
+
+    path: Path
+    caption: str
+    caption_path: Path
+    table_path: Path
+    table_markdown_path: Path
+    rows: list[dict]  # the table's rows, numbers unrounded
+    panels: list[TrainedPanel]
+    picks: dict[tuple[str, float], PickedRun]
+    missing: list[tuple[str, float]]  # (label, noise) cells that had no run with a best.pt
+
+    @property
+    def maps(self) -> dict[tuple[str, float, str], np.ndarray]:
+        """(label, noise, image name) -> the map (H x W in [0, 1], the image's size)."""
+        return {(p.run.label, p.run.noise, p.image_name): p.map.cam for p in self.panels}
+
+
+_MEASURE_TITLES = {"concentration_top10": "top-10 % mass", "normalised_entropy": "entropy"}
+
+
+def _table_rows(panels: list[TrainedPanel]) -> tuple[list[dict], list[str]]:
+    box_columns = []
+    for panel in panels:
+        for name in panel.boxes:
+            if f"mass_{name}" not in box_columns:
+                box_columns.append(f"mass_{name}")
+    columns = ["model", "noise", "image", "true_class", "predicted_class", "predicted_wnid", "probability",
+               "concentration_top10", "normalised_entropy", *box_columns,
+               *(["mass_either"] if box_columns else []), "run_id", "epoch", "val_acc", "bias_layers", "git_commit"]
+    from .data import CLASS_NAMES, WNIDS
+
+    rows = []
+    for p in panels:
+        name = p.map.top_name
+        rows.append({
+            "model": p.run.label, "noise": p.run.noise, "image": p.image_name, "true_class": p.true_class,
+            "predicted_class": name, "predicted_wnid": WNIDS[CLASS_NAMES.index(name)] if name in CLASS_NAMES else "",
+            "probability": p.map.top_prob, **{c: p.measures.get(c, "") for c in columns if c.startswith("mass_")},
+            "concentration_top10": p.measures["concentration_top10"],
+            "normalised_entropy": p.measures["normalised_entropy"], "run_id": p.run.run_id, "epoch": p.info.epoch,
+            "val_acc": p.val_acc, "bias_layers": p.map.n_bias_layers, "git_commit": p.run.git_commit})
+    return rows, columns
+
+
+def _csv_text(rows: list[dict], columns: list[str]) -> str:
+    import csv
+    import io
+
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return "" if not np.isfinite(value) else f"{value:.6f}"
+        return str(value)
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([cell(row[c]) for c in columns])
+    return out.getvalue()
+
+
+def attention_table_markdown(csv_path: str | Path) -> str:
+    """The trained-models attention table (tables/attention_trained.csv) as markdown, with a legend."""
+    import csv
+
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = list(reader.fieldnames or []), list(reader)
+    if not rows:
+        return "No attention maps of trained models yet (`lambdalib attention --trained`)."
+    boxes = [c for c in columns if c.startswith("mass_") and c != "mass_either"]
+    extra = ["mass_either"] if "mass_either" in columns else []
+
+    def share(value: str) -> str:
+        return f"{float(value):.2f}" if value not in ("", None) else "–"
+
+    head = ["model", "noise", "image", "predicted (prob.)", "top-10 % mass", "entropy",
+            *[f"on {c[5:]}" for c in boxes], *(["on either"] if extra else []), "checkpoint (epoch, val acc)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---"] + ["---:"] * (len(head) - 5)
+                                                              + ["---"]) + "|"]
+    for row in rows:
+        image = row["image"] + (f" ({row['true_class']})" if row.get("true_class") else "")
+        prob = f" ({float(row['probability']):.0%})" if row.get("probability") else ""
+        acc = f", {float(row['val_acc']):.1%}" if row.get("val_acc") else ""
+        epoch = f"epoch {row['epoch']}" if row.get("epoch") else "epoch ?"
+        cells = [row["model"], _noise_text(float(row["noise"])), image, row["predicted_class"] + prob,
+                 share(row["concentration_top10"]), share(row["normalised_entropy"]),
+                 *[share(row[c]) for c in boxes + extra], f"`{row['run_id']}` ({epoch}{acc})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    legend = ("top-10 % mass: the share of the map's mass in its 10 % highest pixels (a uniform map gives 0.10, "
+              "all mass on a tenth of the image 1.00); entropy: the map's entropy over pixels / log(pixels) (1 = "
+              "uniform)")
+    if boxes:
+        legend += ("; on <object>: the share of the map's mass inside that object's hand-drawn box "
+                   "(data/images/<image>.boxes.json), on either: inside their union; – : the image has no boxes")
+    return "\n".join(lines) + "\n\n" + legend + ". Maps are FullGrad's, min-max scaled to [0, 1] at the image's size.\n"
+
+
+def _data_text(data: str) -> str:
+    if data == "embedded":
+        return "imagenette-mini (the embedded 10-class Imagenette subset, data/imagenette-mini)"
+    return Path(data).name or data
+
+
+def _join(items) -> str:
+    items = list(dict.fromkeys(items))
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _identical_columns(panels: list[TrainedPanel], runs: list[PickedRun]) -> list[tuple[PickedRun, PickedRun]]:
+    """Pairs of runs at the same noise whose maps are equal on every image (rpe/lc twins at small sizes)."""
+    maps = {}
+    for p in panels:
+        maps.setdefault(p.run.run_id, []).append(p.map.cam)
+    return [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+            if a.noise == b.noise and all(np.array_equal(x, y) for x, y in zip(maps[a.run_id], maps[b.run_id]))]
+
+
+def _trained_caption(panels: list[TrainedPanel], picks: dict, missing: list, images: list[Path], key: str) -> str:
+    from . import __version__
+
+    runs = list(picks.values())
+    title = _METHOD_TITLES.get(key, key)
+    labels = _join(run.label for run in runs)
+    lines = [
+        f"{title} attention maps of our own small-data models, {labels}, trained from scratch by lambdalib on "
+        f"{_join(_data_text(run.data) for run in runs)} at {_join(f'{run.img_size} px' for run in runs)} "
+        f"({_join(f'{run.epochs_done} epoch' + 's' * (run.epochs_done != 1) for run in runs)}, "
+        f"preset {_join(run.preset for run in runs)}), "
+        f"at label noise {_join(_noise_text(run.noise) for run in runs)}: not the report's ImageNet-pretrained "
+        f"resnet18, resnet50, lambda_resnet26t and lambda_resnet50ts, so these maps show what the models trained "
+        f"here attend to. Rows: {_join(_image_label(image)[0] for image in images)}; the first column is the "
+        f"image as given, with the hand-drawn object boxes where it has them "
+        f"({_join(boxes_file(image).name for image in images if load_boxes(image)) or 'none'}). Each panel explains "
+        f"the model's top-1 class, squashing the whole image to the model's input size; its title: model and "
+        f"noise, the run (its id without model and noise), the checkpoint's epoch and the val accuracy at that "
+        f"epoch (history.csv), the predicted class and its probability, and the map's measures: top10 = the "
+        f"share of the map's mass in its 10 % highest pixels (uniform: 0.10), <object> = the share inside "
+        f"that object's box."]
+    if key.startswith("fullgrad"):
+        seen = {}
+        for p in panels:
+            seen.setdefault(p.run.label, f"{p.run.label}: {p.map.n_bias_layers} of {p.bias_layers} "
+                                         f"(stock FullGrad: {p.stock_layers})")
+        lines.append(f"Bias layers summed per model: {'; '.join(seen.values())}. Counted: every Conv/BatchNorm "
+                     "module with a bias (BatchNorm's bias includes its running mean; the lambda layer's Conv3d), "
+                     "plus |input x gradient|; the classifier's Linear bias has no spatial map.")
+    lines.append(f"Checkpoints: best.pt (the epoch of lowest val loss), one run {PICK_RULE}. Runs: "
+                 + "; ".join(f"{run.label} noise {_noise_text(run.noise)}: {run.run_id} ({run.status}, "
+                             f"picked from {run.candidates} with a best.pt)" for run in runs)
+                 + f". Trained at git commit {_join(run.git_commit for run in runs)}; drawn by lambdalib "
+                   f"{__version__}.")
+    same = _identical_columns(panels, runs)
+    if same:
+        lines.append("Identical maps on every image: " + "; ".join(
+            f"{a.label} and {b.label} at noise {_noise_text(a.noise)}" for a, b in same) + " (as an lc model does when "
+            "its scope covers the whole feature map: see the README).")
+    if missing:
+        lines.append("No run with a best.pt for: " + "; ".join(f"{label} at noise {_noise_text(n)}"
+                                                              for label, n in missing) + " (left out).")
+    return "\n\n".join(lines)
+
+
+def _render_trained(panels: list[TrainedPanel], picks: dict, images: list[Path], caption: str, dpi: int,
+                    metadata: dict[str, str]) -> bytes:
+    import io
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, works under any backend
+    from matplotlib.patches import Rectangle
+    from PIL.PngImagePlugin import PngInfo
+
+    columns = list(picks.values())
+    by_cell = {(p.run.label, p.run.noise, p.image): p for p in panels}
+    side, title_h, gap, margin = 1.9, 0.62, 0.12, 0.15  # inches
+    width = margin * 2 + (len(columns) + 1) * side + len(columns) * gap
+    text_size = 7.0
+    chars = int((width - 2 * margin) * 72 / (text_size * 0.62))
+    wrapped = [textwrap.fill(part, chars) for part in caption.split("\n\n")]
+    caption_text = "\n".join(wrapped)
+    caption_h = (caption_text.count("\n") + 1) * text_size * 1.3 / 72 + 0.2
+    head_h = 0.35
+    row_h = side + title_h
+    height = head_h + len(images) * row_h + caption_h + margin
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    fig.text(0.5, 1 - 0.12 / height, metadata["Title"] + ", not the report's ImageNet-pretrained ones", ha="center",
+             va="top", fontsize=10, weight="bold")
+    for r, image in enumerate(images):
+        picture = _open_image(image)
+        rgb = np.asarray(picture)
+        boxes = load_boxes(image)
+        name, true_class = _image_label(image)
+        bottom = 1 - (head_h + (r + 1) * row_h - 0.02) / height
+        for c in range(len(columns) + 1):
+            left = (margin + c * side + max(c - 0, 0) * gap) / width
+            ax = fig.add_axes((left, bottom, side / width, side / height))
+            ax.imshow(rgb)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c == 0:
+                title = f"{true_class}\n{name}" if true_class else name
+                if boxes:
+                    title += "\nboxes: " + ", ".join(f"{n} ({_BOX_COLOURS[i % len(_BOX_COLOURS)]})"
+                                                     for i, n in enumerate(boxes))
+                ax.set_title(title, fontsize=6.5, loc="center")
+            else:
+                run = columns[c - 1]
+                panel = by_cell[(run.label, run.noise, image)]
+                ax.imshow(panel.map.cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                acc = f"{panel.val_acc:.1%}" if panel.val_acc is not None else "?"
+                measures = f"top10 {panel.measures['concentration_top10']:.2f}"
+                measures += "".join(f"  {n} {panel.measures[f'mass_{n}']:.2f}" for n in boxes)
+                ax.set_title(f"{run.label}, noise {_noise_text(run.noise)}\n{run.short_id}\n"
+                             f"epoch {panel.info.epoch}, val acc {acc}\n"
+                             f"pred: {panel.map.top_name} ({panel.map.top_prob:.0%})\n{measures}", fontsize=5.6)
+            for i, (x0, y0, x1, y1) in enumerate(boxes.values()):
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                       edgecolor=_BOX_COLOURS[i % len(_BOX_COLOURS)],
+                                       linewidth=1.2 if c == 0 else 0.6, linestyle="-" if c == 0 else "--"))
+    fig.text(margin / width, (caption_h - 0.05) / height, caption_text, ha="left", va="top", fontsize=text_size,
+             wrap=False)
+    # drawn here and saved through PIL: RGB on the white figure (no alpha channel: a tenth smaller), the
+    # caption and provenance as PNG text chunks, and nothing that varies between runs (no time stamp)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    info = PngInfo()
+    for name, value in metadata.items():
+        info.add_text(name, value)  # Latin-1 as tEXt, anything else as iTXt
+    buffer = io.BytesIO()
+    rgb.convert("RGB").save(buffer, format="png", pnginfo=info, dpi=(dpi, dpi))
+    return buffer.getvalue()
+
+
+def trained_figure(results: str | Path | None = None, out: str | Path | None = None, *, labels=TRAINED_LABELS,
+                   noise=TRAINED_NOISE, images: list[str | Path] | None = None, method: str = "fullgrad",
+                   dpi: int = 150) -> TrainedFigure:
+    """Figure 7 from the models this package trains: FullGrad maps of our own checkpoints, with a table.
+
+    results: the folder holding runs/ (default: the project's results/). One run with a best.pt is picked per
+        model label and noise level (`pick_runs`, PICK_RULE); cells without one are left out and named in the
+        caption; none at all raises NoTrainedRunsError saying how to train them.
+    out: where figures/ and tables/ go (default: `results`). Writes figures/attention_trained.png (caption in
+        the image and in its PNG text metadata with the run ids and commits), figures/attention_trained.md
+        (the caption), tables/attention_trained.csv (one row per model, noise and image: run id, epoch, val
+        acc, predicted class, concentration, mass on each object box and on either) and its markdown
+        (`attention_table_markdown`). Every file is written atomically, and only after all maps are made.
+    images: default `trained_images()`: both.png (boxes in data/images/both.boxes.json), then one Imagenette
+        validation image of each of three classes. Same records and images give a byte-identical PNG.
+    """
+    from . import __version__, record
+
+    key = _method_key(method)
+    picks = pick_runs(results, labels, noise)
+    if not picks:
+        raise NoTrainedRunsError(_no_runs_message(results, labels, noise))
+    wanted = [(models.report_label(str(label)), float(n)) for label in labels for n in noise]
+    missing = [cell for cell in wanted if cell not in picks]
+    image_paths = [Path(p) for p in images] if images else trained_images()
+    pictures = {image: _open_image(image) for image in image_paths}  # a missing image fails before any model
+    boxes = {image: load_boxes(image) for image in image_paths}
+    panels = []
+    for run in picks.values():
+        model, info = load_model(run.run_dir)
+        history = {row["epoch"]: row for row in record.read_history(run.run_dir)}
+        acc = history.get(info.epoch, {}).get("val_acc")
+        acc = float(acc) if acc is not None and np.isfinite(acc) else None
+        n_bias, n_stock = len(bias_layers(model)), len(grad_cam_default_layers(model))
+        for image in image_paths:
+            result = attention_map(model, pictures[image], key, None, info.class_names)
+            name, true_class = _image_label(image)
+            panels.append(TrainedPanel(run, info, image, name, true_class, result, acc, boxes[image],
+                                       map_measures(result.cam, boxes[image]), n_bias, n_stock))
+        log.info(f"attention: {run.label} noise {_noise_text(run.noise)}: {run.run_id} epoch {info.epoch} "
+                 f"(1 of {run.candidates} with a best.pt)")
+    caption = _trained_caption(panels, picks, missing, image_paths, key)
+    rows, columns = _table_rows(panels)
+    provenance = [dict(model=run.label, noise=run.noise, run_id=run.run_id, status=run.status,
+                       epoch=next(p.info.epoch for p in panels if p.run is run), git_commit=run.git_commit)
+                  for run in picks.values()]
+    metadata = {"Title": f"Figure 7 from our own trained models ({_METHOD_TITLES.get(key, key)})",
+                "Description": caption,
+                "Source": " ".join(run.run_id for run in picks.values()),
+                "Comment": json.dumps(dict(runs=provenance, images=[_image_label(p)[0] for p in image_paths],
+                                           method=key, pick_rule=PICK_RULE), sort_keys=True),
+                "Software": f"lambdalib {__version__}"}
+    png = _render_trained(panels, picks, image_paths, caption, dpi, metadata)
+
+    folder = Path(out).expanduser() if out else _runs_folder(results).parent
+    path = folder / "figures" / f"{TRAINED_NAME}.png"
+    table = folder / "tables" / f"{TRAINED_NAME}.csv"
+    for parent in (path.parent, table.parent):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise record.RecordError(record.describe_os_error(err, parent)) from err
+    record.atomic_write_text(table, _csv_text(rows, columns))
+    table_md = table.with_suffix(".md")
+    record.atomic_write_text(table_md, attention_table_markdown(table))
+    record.atomic_write_bytes(path, png)
+    caption_path = path.with_suffix(".md")
+    record.atomic_write_text(caption_path, f"![{path.stem}]({path.name})\n\n{caption}\n")
+    return TrainedFigure(path, caption, caption_path, table, table_md, rows, panels, picks, missing)

@@ -155,24 +155,47 @@ def fullgrad_notebook():
             "40 bias layers of `lambda_resnet26t`, 60 of 70 of `lambda_resnet50ts`). The caption says what was "
             "counted per model.\n\nWithout access to huggingface.co (and no local copy of the weights) the "
             "pretrained models are left out with a warning; the figure then shows our run records "
-            "(`results/runs/*/best.pt`) if there are any."),
+            "(`results/runs/*/best.pt`) if there are any. A second figure (`trained`) is drawn from models this "
+            "package trained itself."),
         new_code_cell(SETUP),
         *simple_parameters_cells([
             Param("models", "list", ["resnet18", "resnet50", "lambda_resnet26t", "lambda_resnet50ts"],
                   "timm names, pretrained"),
-            Param("checkpoints", "list", [], "our run folders results/runs/ID or their best.pt"),
+            Param("run_folders", "list", [], "our run folders results/runs/ID or their best.pt, added to models"),
             Param("image", "str", None, "None: data/images/both.png, shipped with the repository"),
             Param("method", "str", "fullgrad", "or 'gradcam', 'gradcam++', 'scorecam', 'fullgradstock'"),
             Param("target", None, None, "None: the top-1 class of each model; else a class index or name"),
             Param("allow_random", "bool", False, "True: show models without weights, titled as random init"),
-            Param("out", "str", None, "None: results/figures/attention_METHOD.png")]),
+            Param("out", "str", None, "None: results/figures/attention_METHOD.png"),
+            Param("trained", "bool", True, "also draw figure 7 from our own trained models and tabulate it"),
+            Param("results", "str", "", "for trained: the folder holding runs/, where figures/ and tables/ go; "
+                                        "empty: results/ of this repository")]),
         new_code_cell(
-            "from IPython.display import Image, display\nfrom lambdalib import attention\n\n"
-            "result = attention.attention_figure(models + checkpoints, image=image, method=method, out=out,\n"
+            "from IPython.display import Image, Markdown, display\nfrom lambdalib import attention\n\n"
+            "result = attention.attention_figure(models + run_folders, image=image, method=method, out=out,\n"
             "                                    allow_random=allow_random, target=target)\n"
             "if result is not None:\n"
             '    print(result.caption, f"\\n\\nsaved: {result.path}")\n'
             "    display(Image(filename=str(result.path), width=1000))"),
+        new_markdown_cell(
+            "## Figure 7 from our own trained models\n\n"
+            "The report's ImageNet-pretrained weights are not at hand offline; these maps come from our own "
+            "small-data models instead: R18, LR18_L2(rpe) and LR18_L2(lc) at noise 0 and 50 %, "
+            "one best.pt each from the run records (`lambdalib reproduce --study` trains them), "
+            "picked by a fixed rule (preset fast, complete, most epochs, lowest seed), on both.png and three "
+            "Imagenette validation images. The table measures each map: the share of its mass in its top 10 % "
+            "of pixels, and on both.png the share inside the hand-drawn dog and cat boxes "
+            "(`data/images/both.boxes.json`). Same as `lambdalib attention --trained`."),
+        new_code_cell(
+            "if trained:\n"
+            "    try:\n"
+            "        mine = attention.trained_figure(results or None, method=method)\n"
+            "    except attention.NoTrainedRunsError as err:\n"
+            "        print(err)\n"
+            "    else:\n"
+            '        print(mine.caption, f"\\n\\nsaved: {mine.path}\\ntable: {mine.table_path}")\n'
+            "        display(Image(filename=str(mine.path), width=1000))\n"
+            "        display(Markdown(attention.attention_table_markdown(mine.table_path)))"),
     ])
 
 

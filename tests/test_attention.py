@@ -1,5 +1,6 @@
 """FullGrad attention maps: every bias layer counted and read where the bias acts, maps that point at
 the evidence, run-record checkpoints, and a clear message when pretrained weights cannot be had."""
+import json
 import warnings
 
 import numpy as np
@@ -257,3 +258,192 @@ def test_offline_figure_falls_back_to_run_records(offline, run_home, monkeypatch
         assert png.info["dpi"][0] >= 199
     caption = result.caption_path.read_text()
     assert "LR18_L3(lc): 22 of 22 (stock FullGrad: 22)" in caption and run_dir.name in caption
+
+
+# ------------------------------------------------------------ figure 7 from our own trained models
+def test_measures_on_planted_maps():
+    uniform = np.ones((100, 100), np.float32)
+    assert attention.concentration(uniform) == pytest.approx(0.1, abs=1e-12)  # top 10 % of pixels: 10 % of mass
+    assert attention.normalised_entropy(uniform) == pytest.approx(1.0)
+    box = (10, 20, 30, 60)  # left, top, right, bottom: 20 x 40 px
+    assert attention.mass_in_boxes(uniform, [box]) == pytest.approx(20 * 40 / 100 ** 2)  # the box's area share
+    overlapping = [(0, 0, 50, 50), (25, 25, 75, 75)]  # union, not sum: 2 * 2500 - 625 px
+    assert attention.mass_in_boxes(uniform, overlapping) == pytest.approx((2 * 2500 - 625) / 100 ** 2)
+    inside = np.zeros((100, 100), np.float32)
+    inside[20:60, 10:30] = np.random.default_rng(0).uniform(0.1, 1, (40, 20))  # all mass in the box
+    assert attention.mass_in_boxes(inside, [box]) == pytest.approx(1.0)
+    assert attention.mass_in_boxes(inside, [(50, 50, 100, 100)]) == 0.0
+    assert attention.concentration(inside) == pytest.approx(1.0)  # 800 px <= the top 1,000
+    spike = np.zeros((100, 100))
+    spike[3, 4] = 1
+    assert attention.concentration(spike) == 1.0 and attention.normalised_entropy(spike) == 0.0
+    half = np.zeros((100, 100))
+    half[:, :50] = 1  # the top 10 % of pixels hold a fifth of the mass
+    assert attention.concentration(half) == pytest.approx(0.2) and attention.concentration(half, 0.5) == 1.0
+    zero = np.zeros((10, 10))
+    assert np.isnan(attention.concentration(zero)) and np.isnan(attention.mass_in_boxes(zero, [box]))
+    with pytest.raises(ValueError, match="non-negative"):
+        attention.concentration(-uniform)
+    measures = attention.map_measures(inside, {"a": box, "b": (50, 50, 100, 100)})
+    assert measures["mass_a"] == pytest.approx(1.0) and measures["mass_b"] == 0.0
+    assert measures["mass_either"] == pytest.approx(1.0)
+    assert set(attention.map_measures(inside)) == {"concentration_top10", "normalised_entropy"}
+
+
+def test_both_png_has_hand_drawn_dog_and_cat_boxes(tmp_path):
+    boxes = attention.load_boxes(IMAGE)
+    assert list(boxes) == ["dog", "cat"]
+    dog, cat = boxes["dog"], boxes["cat"]
+    assert dog[1] < cat[1] and dog[3] < cat[3]  # the dog sits above the cat (top and bottom edges)
+    for left, top, right, bottom in boxes.values():
+        assert 0 <= left < right <= 224 and 0 <= top < bottom <= 224 and (right - left) * (bottom - top) > 5000
+    assert "by hand" in (IMAGE.parent / "PROVENANCE.md").read_text()
+    image = tmp_path / "picture.png"
+    Image.open(IMAGE).save(image)
+    assert attention.load_boxes(image) == {}  # no boxes file: no boxes
+    attention.boxes_file(image).write_text('{"size": [100, 100], "boxes": {"dog": [0, 0, 10, 10]}}')
+    with pytest.raises(ValueError, match="picture.boxes.json.*100x100 image, picture.png is 224x224"):
+        attention.load_boxes(image)
+    attention.boxes_file(image).write_text('{"size": [224, 224], "boxes": {"dog": [0, 0, 300, 10]}}')
+    with pytest.raises(ValueError, match="box 'dog'"):
+        attention.load_boxes(image)
+
+
+def _fake_record(runs, name, *, model="R18", noise=0.0, preset="fast", seed=0, status="complete", epochs=15,
+                 best=True):
+    """A run folder with what pick_runs reads (config.json, summary.json) and an empty best.pt."""
+    config = RunConfig.from_params(model=model, noise=noise, preset=preset, seed=seed, epochs=epochs, img_size=64)
+    run_dir = runs / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    (run_dir / "summary.json").write_text(json.dumps(dict(
+        status=status, label=models.report_label(model), epochs_done=epochs, environment=dict(git_commit="abc1234"))))
+    if best:
+        (run_dir / "best.pt").write_bytes(b"")
+    return run_dir
+
+
+def test_pick_rule(tmp_path, caplog):
+    runs = tmp_path / "runs"
+    _fake_record(runs, "a_report_s0", preset="report", seed=0)
+    _fake_record(runs, "b_fast_s2", seed=2)
+    _fake_record(runs, "c_fast_s1", seed=1)  # <- preset fast, complete, 15 epochs, lowest such seed
+    _fake_record(runs, "d_fast_s0_crashed", seed=0, status="running")  # no live lock: "crashed"
+    _fake_record(runs, "e_fast_s0_short", seed=0, epochs=3)  # fewer epochs trained
+    _fake_record(runs, "f_fast_s0_nobest", seed=0, best=False)  # no best.pt: not a candidate
+    _fake_record(runs, "g_noise25", noise=0.25)  # a noise level not asked for
+    _fake_record(runs, "h_rpe_report", model="LR18_L2(rpe)", noise=0.5, preset="report", status="diverged")
+    broken = _fake_record(runs, "i_broken", noise=0.5)
+    (broken / "summary.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="lambdalib"):
+        picks = attention.pick_runs(tmp_path)
+    assert "i_broken" in caplog.text
+    assert list(picks) == [("R18", 0.0), ("LR18_L2(rpe)", 0.5)]  # labels x noise order; empty cells absent
+    r18 = picks[("R18", 0.0)]
+    assert r18.run_id == "c_fast_s1" and r18.candidates == 5 and r18.status == "complete"
+    assert picks[("LR18_L2(rpe)", 0.5)].run_id == "h_rpe_report"  # the only one: picked whatever its preset
+    # each rule in turn, removing the winner
+    (runs / "c_fast_s1" / "best.pt").unlink()
+    assert attention.pick_runs(tmp_path)[("R18", 0.0)].run_id == "b_fast_s2"  # lowest seed left at 15 epochs
+    (runs / "b_fast_s2" / "best.pt").unlink()
+    assert attention.pick_runs(tmp_path)[("R18", 0.0)].run_id == "e_fast_s0_short"  # complete beats crashed
+    (runs / "e_fast_s0_short" / "best.pt").unlink()
+    assert attention.pick_runs(tmp_path)[("R18", 0.0)].run_id == "d_fast_s0_crashed"  # fast beats report
+    assert attention.pick_runs(tmp_path, labels=["lambdalib_resnet18"], noise=[0.25])[("R18", 0.25)].run_id \
+        == "g_noise25"  # timm names work as labels
+    assert attention.PickedRun(**{**r18.__dict__, "run_dir": runs / "R18_noise0_fast_e15_64px_embedded_1a2b3c4d_s0"}
+                               ).short_id == "fast_e15_64px_embedded_1a2b3c4d_s0"
+
+
+def test_no_checkpoint_is_one_clear_error(tmp_path, capsys):
+    from lambdalib.cli import main
+
+    with pytest.raises(attention.NoTrainedRunsError, match="no run record with a best.pt.*lambdalib reproduce --study"):
+        attention.trained_figure(tmp_path)
+    _fake_record(tmp_path / "runs", "R18_noise25", noise=0.25)
+    with pytest.raises(attention.NoTrainedRunsError, match="best.pt found only in R18_noise25"):
+        attention.trained_figure(tmp_path)
+    assert main(["attention", "--trained", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lambdalib attention: error: no run record with a best.pt") and err.count("\n") == 1
+    assert "lambdalib train --model R18" in err
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "tables").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_home(tiny_imagenette, tmp_path_factory):
+    """Two tiny runs with best.pt: R18 at noise 0, LR18_L2(rpe) at noise 0.5 (32 px, 1 epoch)."""
+    results = tmp_path_factory.mktemp("trained") / "results"
+    run_dirs = {}
+    for model, noise in (("R18", 0.0), ("LR18_L2(rpe)", 0.5)):
+        config = RunConfig.from_params(model=model, noise=noise, data=str(tiny_imagenette), results=str(results),
+                                       epochs=1, img_size=32, batch_size=8, workers=0, preset="fast")
+        run_dirs[model] = run(config, progress=False)
+        assert (run_dirs[model] / "best.pt").is_file()
+    return results, run_dirs
+
+
+def test_trained_figure_table_and_png(trained_home, tmp_path, capsys):
+    import csv
+
+    from lambdalib import record
+    from lambdalib.cli import main
+    from lambdalib.data import CLASS_NAMES
+
+    results, run_dirs = trained_home
+    images = attention.trained_images()  # both.png, then an English springer, a garbage truck, a golf ball
+    assert images[0] == IMAGE and [p.parent.name for p in images[1:]] == list(attention.TRAINED_IMAGE_CLASSES)
+    fig = attention.trained_figure(results)
+    assert fig.path == results / "figures" / "attention_trained.png"
+    assert fig.table_path == results / "tables" / "attention_trained.csv"
+    assert fig.missing == [("R18", 0.5), ("LR18_L2(rpe)", 0.0), ("LR18_L2(lc)", 0.0), ("LR18_L2(lc)", 0.5)]
+    assert [run.run_dir for run in fig.picks.values()] == list(run_dirs.values())
+
+    # (1) the table's numbers are the returned maps' measures
+    with open(fig.table_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 == len(fig.maps)  # 2 runs x 4 images
+    boxes = attention.load_boxes(IMAGE)
+    for row in rows:
+        cam = fig.maps[(row["model"], float(row["noise"]), row["image"])]
+        assert cam.shape == ((224, 224) if row["image"] == "both.png" else (96, 96))
+        assert float(row["concentration_top10"]) == pytest.approx(attention.concentration(cam), abs=1e-6)
+        assert float(row["normalised_entropy"]) == pytest.approx(attention.normalised_entropy(cam), abs=1e-6)
+        if row["image"] == "both.png":
+            for name in ("dog", "cat"):
+                assert float(row[f"mass_{name}"]) == pytest.approx(attention.mass_in_boxes(cam, [boxes[name]]),
+                                                                   abs=1e-6)
+            assert float(row["mass_either"]) == pytest.approx(attention.mass_in_boxes(cam, boxes.values()), abs=1e-6)
+            assert row["true_class"] == ""
+        else:
+            assert row["mass_dog"] == row["mass_cat"] == row["mass_either"] == ""
+            assert row["true_class"] in ("English springer", "garbage truck", "golf ball")
+        run_dir = run_dirs[row["model"]]
+        history = record.read_history(run_dir)
+        assert row["run_id"] == run_dir.name and row["epoch"] == "1" and row["bias_layers"] in ("20", "22")
+        assert float(row["val_acc"]) == pytest.approx(history[0]["val_acc"], abs=1e-6)
+        assert row["predicted_class"] in CLASS_NAMES and row["predicted_wnid"].startswith("n0")
+    markdown = attention.attention_table_markdown(fig.table_path)
+    assert fig.table_markdown_path.read_text() == markdown
+    assert markdown.startswith("| model | noise | image |") and "| on dog | on cat | on either |" in markdown
+    assert markdown.count("\n| ") == 8  # one line per row
+
+    # (2) the PNG: the caption in its text metadata, naming the runs; the caption's facts
+    with Image.open(fig.path) as png:
+        text = dict(png.text)
+        assert png.size[0] > 800
+    assert all(run_dir.name in text["Source"] for run_dir in run_dirs.values())
+    assert text["Description"] == fig.caption and fig.caption in fig.caption_path.read_text()
+    provenance = json.loads(text["Comment"])
+    assert [r["run_id"] for r in provenance["runs"]] == [d.name for d in run_dirs.values()]
+    for words in ("not the report's ImageNet-pretrained", "R18: 20 of 20", "LR18_L2(rpe): 22 of 22", "at 32 px",
+                  "git commit", "No run with a best.pt for: R18 at noise 50 %", "preset 'fast' first"):
+        assert words in fig.caption, words
+
+    # the CLI draws the same figure and table, byte for byte (deterministic PNG), and says where it wrote
+    again = tmp_path / "again"
+    assert main(["attention", "--trained", "--results", str(results), "--out", str(again)]) == 0
+    out = capsys.readouterr().out
+    assert f"figure: {again / 'figures' / 'attention_trained.png'}" in out and "not the report's" in out
+    assert (again / "tables" / "attention_trained.csv").read_bytes() == fig.table_path.read_bytes()
+    assert (again / "figures" / "attention_trained.png").read_bytes() == fig.path.read_bytes()

@@ -206,7 +206,8 @@ def test_data_and_report_notebooks(tiny_imagenette, tmp_path):
     # notebook must find it although the README does not link it
     attention = tmp_path / "figures" / "extra" / "attention.png"
     papermill.execute_notebook(str(NOTEBOOKS / "05_fullgrad.ipynb"), str(tmp_path / "05.ipynb"), kernel_name="python3",
-                               parameters=dict(models=[], checkpoints=[str(run_dir)], out=str(attention)),
+                               parameters=dict(models=[], run_folders=[str(run_dir)], out=str(attention),
+                                               results=str(tmp_path)),
                                cwd=str(NOTEBOOKS), progress_bar=False)
     assert attention.stat().st_size > 10_000
     done = papermill_cli("06_report.ipynb", tmp_path / "06.ipynb", "-p", "results", tmp_path, cwd=NOTEBOOKS)
