@@ -110,6 +110,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         grids = study_grids()
         for grid in grids:
             grid.params.update({k: v for k, v in (("results", args.results), ("workers", args.workers)) if v})
+        if args.submitit:
+            return _submit([c for g in grids for c in g.configs()], args)
         return _reproduce(grids, inline=True, jobs=args.jobs or default_jobs())
     params = dict(QUICK) if args.quick else {}
     if args.command == "demo" and not args.results:  # the newcomer's run: its own, git-ignored folder
@@ -123,7 +125,24 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                 noise=[float(n) for n in args.noise.split(",")] if args.noise else list(REPORT_NOISE))
     if args.models:
         grid.models = [m.strip() for m in args.models.split(",")]
+    if args.submitit:
+        return _submit(grid.configs(), args)
     return _reproduce(grid, inline=args.quick or args.inline, jobs=args.jobs or default_jobs())
+
+
+def _submit(configs, args: argparse.Namespace) -> int:
+    """The grid as cluster jobs through submitit (lambdalib.cluster): one job per unfinished run."""
+    from . import cluster
+
+    params = {"slurm_partition": args.slurm_partition} if args.slurm_partition else {}
+    executor = cluster.make_executor(args.submitit, cluster=args.cluster, **params)
+    jobs = cluster.submit(configs, executor)
+    print(f"{len(configs)} runs: {len(configs) - len(jobs)} already finished, {len(jobs)} submitted "
+          f"({executor.cluster}; job files and logs in {args.submitit})")
+    for job in jobs:
+        print(f"  job {job.job_id}")
+    print("when they are done: lambdalib report" + (f" --results {args.results}" if args.results else ""))
+    return 0
 
 
 def _reproduce(grid, *, inline: bool, jobs: int) -> int:
@@ -254,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results", help="results folder (default: results/" + ("demo/, git-ignored)" if name == "demo"
                                                                                   else ")"))
         p.add_argument("--workers", type=int)
+        p.add_argument("--submitit", metavar="FOLDER",
+                       help="submit each unfinished run as a cluster job through submitit (pip install "
+                            "'lambdalib[cluster]'), its job files and logs in FOLDER, instead of running here")
+        p.add_argument("--cluster", choices=("slurm", "local"),
+                       help="with --submitit: 'slurm', or 'local' processes (default: SLURM where sbatch exists)")
+        p.add_argument("--slurm-partition", help="with --submitit: the SLURM partition")
         p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("attention", help="FullGrad (or another CAM) maps of timm models and our checkpoints",

@@ -99,3 +99,31 @@ def test_study_runs_every_cell_seed_by_seed_with_lc_unlike_rpe(monkeypatch, tmp_
     for config in lc[:1]:
         assert models.scope_covers_map(models.create(config.model, num_classes=10, **config.model_kwargs())) is None
     assert "24 runs: 0 already finished, 24 run now" in capsys.readouterr().out
+
+
+def test_reproduce_submits_the_grid_through_submitit(monkeypatch, tmp_path, capsys):
+    """`--submitit`: the same grid, handed to lambdalib.cluster instead of run here (cluster's own tests run
+    real jobs with submitit's local executor)."""
+    from lambdalib import cluster
+
+    seen = {}
+
+    class Job:
+        job_id = "42"
+
+    class Executor:
+        cluster = "slurm"
+
+    def fake_executor(folder, cluster=None, **params):
+        seen.update(folder=folder, cluster=cluster, params=params)
+        return Executor()
+
+    monkeypatch.setattr(cluster, "make_executor", fake_executor)
+    monkeypatch.setattr(cluster, "submit", lambda configs, executor: seen.setdefault("configs", configs) and [Job()])
+    assert main(["reproduce", "--models", "R18,LR18_L2(rpe)", "--noise", "0,0.5", "--results", str(tmp_path),
+                 "--submitit", str(tmp_path / "jobs"), "--cluster", "slurm", "--slurm-partition", "gpu"]) == 0
+    assert seen["folder"] == str(tmp_path / "jobs") and seen["cluster"] == "slurm"
+    assert seen["params"] == {"slurm_partition": "gpu"} and len(seen["configs"]) == 4
+    out = capsys.readouterr().out
+    assert "4 runs: 3 already finished, 1 submitted (slurm" in out and "job 42" in out
+    assert f"lambdalib report --results {tmp_path}" in out
