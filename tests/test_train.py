@@ -211,3 +211,15 @@ def test_batch_statistics_loss_ignores_running_averages_and_leaves_them_as_they_
 def test_every_epoch_records_the_batch_statistics_val_loss(tiny_imagenette, tmp_path):
     history = read_history(run(tiny_config(tiny_imagenette, tmp_path, epochs=1), progress=False))
     assert math.isfinite(history[0]["val_loss_batch_stats"]) and history[0]["val_loss_batch_stats"] > 0
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_called_slow(monkeypatch):
+    from lambdalib.train import slow_cpu_bf16_note
+
+    cpu, bf16 = torch.device("cpu"), RunConfig.from_params(model="R18", amp="bf16").resolved()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert "without native bf16" in slow_cpu_bf16_note(bf16, cpu)
+    assert slow_cpu_bf16_note(RunConfig.from_params(model="R18", amp="off").resolved(), cpu) is None
+    assert slow_cpu_bf16_note(bf16, torch.device("cuda")) is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert slow_cpu_bf16_note(bf16, cpu) is None
