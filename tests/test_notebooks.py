@@ -174,7 +174,7 @@ def test_from_the_root_results_land_in_the_repository(tiny_imagenette, tmp_path,
     done = subprocess.run([str(exe), *map(str, args), "-k", "python3"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "LAMBDALIB_HOME": str(home)})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [p.name.split("_")[0] for p in (home / "results" / "runs").iterdir()] == ["LR18-L3-lc"]
+    assert [p.name.split("_")[0] for p in (home / "results" / "runs").iterdir()] == ["LR18-L3-lc-r23"]
 
 
 @pytest.mark.slow

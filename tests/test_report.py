@@ -449,3 +449,20 @@ def test_accuracy_vs_noise_has_true_spacing_chance_and_honest_error_bars(tmp_pat
     single = report.accuracy_figure(cells[cells["n_runs"] == 1], "test")
     assert not [c for c in single.axes[0].collections if isinstance(c, LineCollection)]
     assert "no error bars" in single.axes[0].get_xlabel()
+
+
+def test_the_committed_report_is_what_its_records_build(tmp_path):
+    """results/ is regenerated, never typed: rebuilding it from its committed run records writes the same
+    bytes (the FullGrad figure and table come from checkpoints, which are not committed: copied as they are)."""
+    import shutil
+
+    committed = Path(__file__).resolve().parents[1] / "results"
+    for rel in ("figures/attention_trained.png", "figures/attention_trained.md", "tables/attention_trained.csv"):
+        if (committed / rel).exists():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(committed / rel, tmp_path / rel)
+    report.build(committed, out=tmp_path, quiet=True)
+    built = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert "README.md" in built and any(name.startswith("figures/") for name in built)
+    for rel in built:
+        assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), rel
