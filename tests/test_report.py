@@ -464,5 +464,7 @@ def test_the_committed_report_is_what_its_records_build(tmp_path):
     report.build(committed, out=tmp_path, quiet=True)
     built = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert "README.md" in built and any(name.startswith("figures/") for name in built)
-    for rel in built:
-        assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), rel
+    for rel in built:  # text byte for byte; PNGs exist (their bytes depend on matplotlib's and FreeType's builds)
+        assert (committed / rel).is_file(), rel
+        if not rel.endswith(".png"):
+            assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), rel
