@@ -339,7 +339,7 @@ def scope_covers_map(model: nn.Module) -> str | None:
     for module in model.modules():
         if isinstance(module, LambdaLayer) and module.position == "lc" and module.feat_size is not None:
             height, width = module.feat_size
-            if module.scope >= 2 * max(height, width) - 1:
+            if module._scope_on(module.feat_size) == (2 * height - 1, 2 * width - 1):  # the layer's own crop rule
                 return f"lc scope {module.scope} covers the whole {height}x{width} map (lc = global rpe here)"
     return None
 
