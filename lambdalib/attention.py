@@ -55,7 +55,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from . import models
+from . import files, models, registry
 from .config import RunConfig
 from .paths import data_dir, results_dir
 
@@ -301,10 +301,10 @@ def _hub_offline(offline: bool):
 
 def _create_pretrained(name: str, pretrained: bool | str | Path) -> tuple[nn.Module, str]:
     """timm model with real weights, from a weights file or the hub/its local cache; else WeightsUnavailableError."""
-    if name in models.SPECS:
+    if name in registry.SPECS:
         raise WeightsUnavailableError(
             f"{name}: the report's models have no pretrained weights; train one (`lambdalib train --model "
-            f"'{models.report_label(name)}'`) and pass its run folder or best.pt")
+            f"'{registry.report_label(name)}'`) and pass its run folder or best.pt")
     if not isinstance(pretrained, bool):  # a weights file for this timm architecture
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -348,7 +348,7 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     config = state["config"]
     classes = state.get("classes")
     if not classes:  # last.pt has no class list; our runs are Imagenette's ten
-        from .data import CLASS_NAMES
+        from .imagenette import CLASS_NAMES
 
         classes = CLASS_NAMES
     classes = list(classes)
@@ -357,7 +357,7 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     model.load_state_dict(state["model"])
     run = file.parent.name
     epoch = f", epoch {state['epoch']}" if "epoch" in state else ""
-    info = ModelInfo(models.report_label(config["model"]), f"checkpoint {run}/{file.name}{epoch}", classes,
+    info = ModelInfo(registry.report_label(config["model"]), f"checkpoint {run}/{file.name}{epoch}", classes,
                      trained=True, source=str(path), run_dir=file.parent, epoch=state.get("epoch"),
                      img_size=config.get("img_size"))
     return model, info
@@ -384,8 +384,8 @@ def load_model(name_or_checkpoint: str | Path, pretrained: bool | str | Path = T
     elif _looks_like_path(str(name_or_checkpoint)):
         raise FileNotFoundError(f"{str(name_or_checkpoint)!r}: no such run folder or checkpoint file")
     else:
-        name = models.resolve_name(str(name_or_checkpoint))
-        label = models.report_label(name)
+        name = registry.resolve_name(str(name_or_checkpoint))
+        label = registry.report_label(name)
         model, weights = None, RANDOM_TITLE
         if pretrained is not False:
             try:
@@ -822,7 +822,7 @@ def pick_runs(results: str | Path | None = None, labels=TRAINED_LABELS,
     """
     from . import record
 
-    wanted = {models.report_label(str(label)): str(label) for label in labels}
+    wanted = {registry.report_label(str(label)): str(label) for label in labels}
     found: dict[tuple[str, float], list[PickedRun]] = {}
     runs = _runs_folder(results)
     for run_dir in sorted(p.parent for p in runs.glob("*/best.pt")) if runs.is_dir() else []:
@@ -835,7 +835,7 @@ def pick_runs(results: str | Path | None = None, labels=TRAINED_LABELS,
         if summary is None:
             log.warning(f"attention: skipped {run_dir.name}: no summary.json")
             continue
-        label = summary.get("label") or models.report_label(config.model)
+        label = summary.get("label") or registry.report_label(config.model)
         level = next((n for n in noise if _same_noise(config.noise, n)), None)
         if label not in wanted or level is None:
             continue
@@ -863,7 +863,7 @@ def pick_runs(results: str | Path | None = None, labels=TRAINED_LABELS,
 def _no_runs_message(results: str | Path | None, labels, noise) -> str:
     runs = _runs_folder(results)
     have = sorted(p.parent.name for p in runs.glob("*/best.pt")) if runs.is_dir() else []
-    models_text = ",".join(models.report_label(str(label)) for label in labels)
+    models_text = ",".join(registry.report_label(str(label)) for label in labels)
     noise_text = ",".join(f"{float(n):g}" for n in noise)
     seen = f"; best.pt found only in {', '.join(have[:4])}{', ...' if len(have) > 4 else ''}" if have else ""
     return (f"no run record with a best.pt under {runs} for {models_text} at noise {noise_text}{seen}. Train them "
@@ -892,7 +892,7 @@ def trained_images() -> list[Path]:
 
 def _image_label(path: Path) -> tuple[str, str]:
     """(name for tables, true class or ''): 'both.png' / 'n02102040/n02102040_1011.JPEG', 'English springer'."""
-    from .data import CLASS_NAMES, WNIDS
+    from .imagenette import CLASS_NAMES, WNIDS
 
     if path.parent.name in WNIDS:
         return f"{path.parent.name}/{path.name}", CLASS_NAMES[WNIDS.index(path.parent.name)]
@@ -948,7 +948,7 @@ def _table_rows(panels: list[TrainedPanel]) -> tuple[list[dict], list[str]]:
     columns = ["model", "noise", "image", "true_class", "predicted_class", "predicted_wnid", "probability",
                "concentration_top10", "normalised_entropy", *box_columns,
                *(["mass_either"] if box_columns else []), "run_id", "epoch", "val_acc", "bias_layers", "git_commit"]
-    from .data import CLASS_NAMES, WNIDS
+    from .imagenette import CLASS_NAMES, WNIDS
 
     rows = []
     for p in panels:
@@ -1180,7 +1180,7 @@ def trained_figure(results: str | Path | None = None, out: str | Path | None = N
     picks = pick_runs(results, labels, noise)
     if not picks:
         raise NoTrainedRunsError(_no_runs_message(results, labels, noise))
-    wanted = [(models.report_label(str(label)), float(n)) for label in labels for n in noise]
+    wanted = [(registry.report_label(str(label)), float(n)) for label in labels for n in noise]
     missing = [cell for cell in wanted if cell not in picks]
     image_paths = [Path(p) for p in images] if images else trained_images()
     pictures = {image: _open_image(image) for image in image_paths}  # a missing image fails before any model
@@ -1219,11 +1219,11 @@ def trained_figure(results: str | Path | None = None, out: str | Path | None = N
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise record.RecordError(record.describe_os_error(err, parent)) from err
-    record.atomic_write_text(table, _csv_text(rows, columns))
+            raise record.RecordError(files.describe_os_error(err, parent)) from err
+    files.atomic_write_text(table, _csv_text(rows, columns))
     table_md = table.with_suffix(".md")
-    record.atomic_write_text(table_md, attention_table_markdown(table))
-    record.atomic_write_bytes(path, png)
+    files.atomic_write_text(table_md, attention_table_markdown(table))
+    files.atomic_write_bytes(path, png)
     caption_path = path.with_suffix(".md")
-    record.atomic_write_text(caption_path, f"![{path.stem}]({path.name})\n\n{caption}\n")
+    files.atomic_write_text(caption_path, f"![{path.stem}]({path.name})\n\n{caption}\n")
     return TrainedFigure(path, caption, caption_path, table, table_md, rows, panels, picks, missing)

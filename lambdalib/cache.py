@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import data as data_lib
-from .data import EVAL_CROP_FRACTION, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from .record import pid_alive
+from .files import pid_alive
+from .imagenette import EVAL_CROP_FRACTION, MEAN, STD
 
 FORMAT_VERSION = 1
 CACHE_DIRNAME = ".lambdalib-cache"
@@ -513,8 +513,8 @@ def _affine(mean: Sequence[float], std: Sequence[float], device) -> tuple[torch.
     return scale.to(device, torch.float32), shift.to(device, torch.float32)
 
 
-def normalise(images: torch.Tensor, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-              std: Sequence[float] = IMAGENET_DEFAULT_STD,
+def normalise(images: torch.Tensor, mean: Sequence[float] = MEAN,
+              std: Sequence[float] = STD,
               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 (or 0-255 float) NCHW -> float32 (x / 255 - mean) / std in `memory_format`: ToTensor +
     Normalize's result up to float rounding (<= 5e-7), as x * (1 / (255 std)) - mean / std in two passes
@@ -526,7 +526,7 @@ def normalise(images: torch.Tensor, mean: Sequence[float] = IMAGENET_DEFAULT_MEA
 
 
 def normalised_crops(images: torch.Tensor, boxes: torch.Tensor, size: int, flips: torch.Tensor | None = None,
-                     *, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
+                     *, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
                      memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """`normalise(resized_crop_batch(...))` with the same result, for uint8 images on the CPU, one image at
     a time: each crop is converted and normalised while it is in the cache, 10-20 % faster from 128 px on
@@ -710,11 +710,9 @@ class CachedData:
 
 
 def _select(store: DecodedImages, targets: np.ndarray, subset, on_error: str, split: str) -> np.ndarray:
-    from .train import first_per_class  # late: train.py imports this module
-
     readable = store.readable
     if subset is None or isinstance(subset, (int, np.integer)):
-        chosen = readable[first_per_class(targets[readable], int(subset or 0))]
+        chosen = readable[data_lib.first_per_class(targets[readable], int(subset or 0))]
     else:
         wanted = np.asarray(subset, dtype=np.int64)
         chosen = wanted[np.isin(wanted, readable)]

@@ -1,7 +1,7 @@
 """The report's claims, checked one by one against the run records.
 
     from lambdalib import claims, report
-    runs = report.collect_runs("results")
+    runs = runs.collect("results")
     for claim in claims.evaluate_claims(runs):
         claim.key, claim.verdict, claim.our_evidence
     text = claims.claims_markdown(runs)      # the "## Claims" section of results/README.md
@@ -52,8 +52,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import figures, models, record, report
+from . import fmt, record, registry
 from .config import RunConfig
+from .imagenette import CLASSES
 from .record import FINISHED
 
 SUPPORTED = "supported"
@@ -92,7 +93,7 @@ FUSED_ATTENTION_IMPL = "sdpa"
 # should be clearly below it. The report's best baseline (R34, 0 %: 2.233) is 3 % below chance; we ask for
 # 10 % (0.23 nats).
 CHANCE_MARGIN = 0.1
-CHANCE_LOSS = math.log(figures.CLASSES)
+CHANCE_LOSS = math.log(CLASSES)
 # the report's setting (for the scale paragraph): full Imagenette as distributed (see data.py), the epochs
 # and image size the report never states (lambdalib's defaults), and the GPU it names
 FULL_IMAGENETTE = (9469, 3925)  # train / val images
@@ -273,7 +274,7 @@ class Claim:
 
 
 def _spec_of(label: str):
-    return next((s for s in models.SPECS.values() if s.label == label), None)
+    return next((s for s in registry.SPECS.values() if s.label == label), None)
 
 
 def _baseline_of(label: str) -> str | None:
@@ -283,7 +284,7 @@ def _baseline_of(label: str) -> str | None:
 
 
 def _model_rank(label: str) -> int:
-    order = [s.label for s in models.SPECS.values()]
+    order = [s.label for s in registry.SPECS.values()]
     return order.index(label) if label in order else len(order)
 
 
@@ -429,7 +430,7 @@ def _pairwise_claim(key, claim, report_evidence, statistic, header, comparisons,
 
 # ----------------------------------------------------------------------------- the report's numbers
 def _published() -> pd.DataFrame:
-    pub = report.load_published()
+    pub = registry.published()
     pub = pub[pub["best_train_loss"].notna()].drop_duplicates(["label", "noise"]).copy()
     pub["baseline"] = pub["label"].map(_baseline_of)
     return pub
@@ -455,7 +456,7 @@ def _claim_train_loss(done: pd.DataFrame, pub: pd.DataFrame) -> Claim:
     report_evidence = (
         f"{int((gap < 0).sum())} of {len(pairs)} published Lambda rows have a lower best train loss than the "
         f"ResNet of their depth and noise (by {_num(-gap.max())} to {_num(-gap.min())}), e.g. "
-        f"{report.architecture(first['label_base'], first['noise'])} {_num(first['best_train_loss_base'])} vs "
+        f"{fmt.architecture(first['label_base'], first['noise'])} {_num(first['best_train_loss_base'])} vs "
         f"{first['label']} {_num(first['best_train_loss'])} (Tables 1-5)" if first is not None else "—")
     comparisons = _compare(_units(done, lambda r: _float(r.get("best_train_loss"))), _baseline_of, False, 0.0,
                            "below")
@@ -544,7 +545,7 @@ def _claim_explosion(done: pd.DataFrame, pub: pd.DataFrame) -> Claim:
     exploded = pub[pub["label"].str.startswith(EXPLOSION_MODEL)]
     report_evidence = (
         "\"the LR34_L3 ... has experienced gradient explosion\": " + ", ".join(
-            f"{report.architecture(r.label, r.noise)} best val loss {_num(r.best_val_loss)}"
+            f"{fmt.architecture(r.label, r.noise)} best val loss {_num(r.best_val_loss)}"
             for r in exploded.itertuples()) + " with best train losses " + ", ".join(
             _num(v) for v in exploded["best_train_loss"]) + " (Table 5)")
     statistic = (f"spike = an epoch whose val loss is > {SPIKE_FACTOR:g} × the run's lowest so far (or not finite); "
@@ -617,10 +618,10 @@ def _claim_time(done: pd.DataFrame, pub: pd.DataFrame) -> Claim:
     ratios = pairs["training_time_s"] / pairs["training_time_s_base"]
     lambdas = pub[pub["baseline"].notna()]["training_time_s"]
     bases = pub[pub["baseline"].isna()]["training_time_s"]
-    fmt = report.format_duration
+    dur = fmt.duration
     report_evidence = (
-        f"\"An extral hour is needed for training a Lambda ResNet\"; ResNets {fmt(bases.min())} to {fmt(bases.max())} "
-        f"(mean {fmt(base_mean)}), Lambda-ResNets {fmt(lambdas.min())} to {fmt(lambdas.max())}; lambda / ResNet of "
+        f"\"An extral hour is needed for training a Lambda ResNet\"; ResNets {dur(bases.min())} to {dur(bases.max())} "
+        f"(mean {dur(base_mean)}), Lambda-ResNets {dur(lambdas.min())} to {dur(lambdas.max())}; lambda / ResNet of "
         f"the same depth and noise ×{ratios.median():.2f} (median; ×{ratios.min():.2f} to ×{ratios.max():.2f}). "
         "The ResNets ran on the authors' computers, the Lambda-ResNets on P100s")
     comparisons = _compare(_units(done, seconds_per_epoch), _baseline_of, True, threshold, "above")
@@ -633,7 +634,7 @@ def _claim_time(done: pd.DataFrame, pub: pd.DataFrame) -> Claim:
     if not done.empty:
         times = done.groupby("label", sort=False)["train_time_s"].mean()
         claim.details.append("mean train_time_s per run: " + ", ".join(
-            f"{label} {fmt(t)}" for label, t in times.items()))
+            f"{label} {dur(t)}" for label, t in times.items()))
     return claim
 
 
@@ -813,7 +814,7 @@ def scale_paragraph(runs: pd.DataFrame) -> str:
                     f"{group['img_size'].iloc[0]} px, {epochs} epochs"
                     + (f" ({run_steps:,} steps of batch {batch})" if run_steps else "")
                     + f", {len(group)} runs (seeds {seeds}) on {', '.join(devices) or '?'}, "
-                    f"{report.format_duration(times.min())} to {report.format_duration(times.max())} a run")
+                    f"{fmt.duration(times.min())} to {fmt.duration(times.max())} a run")
     compare = ""
     if steps:
         low, high = report_steps / max(steps), report_steps / min(steps)

@@ -23,23 +23,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from dataclasses import fields
 
-    from .config import RunConfig
+    from .config import RunConfig, parameter_fields
 
-    given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
+    given = {f.name: getattr(args, f.name) for f in parameter_fields() if getattr(args, f.name, None) is not None}
     return RunConfig.from_params(**given)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field (--img-size for img_size, ...), with the field's help and choices;
     unset flags keep the preset's value."""
-    from dataclasses import MISSING, fields
+    from dataclasses import MISSING
 
-    from .config import PRESETS, RunConfig
+    from .config import PRESETS, parameter_fields
 
     preset_set = {name for values in PRESETS.values() for name in values}
-    for f in fields(RunConfig):
+    for f in parameter_fields():
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         shown = "the preset's" if f.name in preset_set else repr(default)

@@ -22,27 +22,29 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-OFFICIAL_NOISE_LEVELS = (0.0, 0.01, 0.05, 0.25, 0.5)  # the columns of Imagenette's noisy_imagenette.csv
-NOISE_TOLERANCE = 1e-9  # how close a rate must be to an official level to use its column
+from .files import atomic_write_text
+from .imagenette import OFFICIAL_NOISE_LEVELS, data_slug, official_noise_level
+from .registry import SPECS, report_label, resolve_name
 
+# What a run computes beyond its fields (eval crop, augmentation, the layer's maths, ...). Bump it on purpose
+# when such a thing changes: every run then gets a new identity, and the old records stop counting as
+# finished runs of the new pipeline. Version 1 is the pipeline of the first committed records.
+PIPELINE = 1
+
+# The experiment identity: every field that changes what is computed. The first group is the identity the
+# first committed records were named by, always hashed; a field added later (ADDED_IDENTITY) joins a run's
+# identity only where it differs from its default, so adding one renames no existing run.
+BASE_IDENTITY = ("model", "noise", "synthetic_noise", "preset", "epochs", "img_size", "batch_size", "lr",
+                 "weight_decay", "t0", "t_mult", "eta_min", "grad_clip", "diverge_factor", "lc_scope", "seed", "data",
+                 "train_per_class", "val_per_class", "amp", "world_size")
+ADDED_IDENTITY: tuple[str, ...] = ()
+FLOAT_FIELDS = ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor")
+
+# Profiles: named sets of fields. Presets are the recipe (a RunConfig field); the others are the sweep's scales.
 PRESETS: dict[str, dict[str, Any]] = {
     "report": dict(lr=1e-5),
     "fast": dict(lr=1e-3),
 }
-
-
-def official_noise_level(noise: float) -> float | None:
-    """The official level `noise` stands for (0.25 -> 0.25), or None when Imagenette has no such column."""
-    for level in OFFICIAL_NOISE_LEVELS:
-        if math.isclose(noise, level, rel_tol=0.0, abs_tol=NOISE_TOLERANCE):
-            return level
-    return None
-
-
-def data_slug(data: str) -> str:
-    """A data source as a short name: 'embedded', 'imagenette2-160', or a folder/archive's own name."""
-    name = Path(data).name if ("/" in data or "\\" in data) else data
-    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-") or "data"
 
 
 def _field(default: Any, help: str, choices: tuple | None = None, identity: bool = True):
@@ -102,6 +104,9 @@ class RunConfig:
                          ("none", "tensorboard", "wandb"), identity=False)
     on_error: str = _field("fail", "an unreadable image: 'fail' (stop, naming the file) or 'skip' (counted in the "
                                    "record)", ("fail", "skip"), identity=False)
+    # -- set by lambdalib, not a parameter: the pipeline version that computed this run (see PIPELINE)
+    pipeline: int = field(default=PIPELINE, metadata=dict(help="pipeline version", choices=None, identity=False,
+                                                          internal=True))
 
     @classmethod
     def from_params(cls, **params: Any) -> "RunConfig":
@@ -119,8 +124,6 @@ class RunConfig:
         return config
 
     def validate(self) -> None:
-        from .models import resolve_name  # late: keeps config importable without torch for docs
-
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{name}={getattr(self, name)!r}: {why}")
 
@@ -173,24 +176,25 @@ class RunConfig:
         workers, device, memory format, checkpoint policy, ...) may differ, e.g. when a run resumes.
         Values are normalised (model -> timm name, data -> its short name, 'auto' -> what it means here).
         """
-        from .models import resolve_name
-
         config = self.resolved()
-        ident = {f.name: getattr(config, f.name) for f in fields(config) if f.metadata["identity"]}
+        defaults = {f.name: f.default for f in fields(config)}
+        ident = {name: getattr(config, name) for name in BASE_IDENTITY}
+        ident.update({name: getattr(config, name) for name in ADDED_IDENTITY
+                      if getattr(config, name) != defaults[name]})
         ident["model"] = resolve_name(config.model)
         ident["data"] = data_slug(config.data)
         if config.position() != "lc":
             ident.pop("lc_scope")  # computes nothing there: R18 or rpe runs keep their identity
-        for name in ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor"):
+        for name in FLOAT_FIELDS:
             ident[name] = float(ident[name])
+        if config.pipeline != 1:
+            ident["pipeline"] = config.pipeline
         return ident
 
     @property
     def experiment_id(self) -> str:
         """Readable slug + a hash of the whole identity except the seed: runs that share it are seeds of
         one experiment (one table cell); runs that differ in any identity field never share it."""
-        from .models import report_label
-
         ident = self.identity()
         ident.pop("seed")
         digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
@@ -212,16 +216,12 @@ class RunConfig:
 
     def position(self) -> str | None:
         """'rpe' or 'lc' for the report's Lambda-ResNets, None for ResNets and other timm models."""
-        from .models import SPECS, resolve_name
-
         spec = SPECS.get(resolve_name(self.model))
         return spec.position if spec else None
 
     def model_kwargs(self) -> dict[str, Any]:
         """What `models.create` needs besides num_classes to build this run's model: the one place that
         turns a config into a network (training, attention maps and export all go through it)."""
-        from .models import SPECS, resolve_name
-
         if resolve_name(self.model) not in SPECS:
             return {}  # a timm model: its own defaults
         kwargs: dict[str, Any] = dict(img_size=self.img_size)
@@ -243,9 +243,7 @@ class RunConfig:
 
     def save(self, path: Path) -> None:
         """Write as JSON, atomically (a temporary file renamed over the target)."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
@@ -256,7 +254,7 @@ class RunConfig:
         """A saved config (config.json, a checkpoint's 'config'); fields added since it was written take
         their defaults, which are what such a run used (e.g. lc_scope 23)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{"pipeline": 1, **{k: v for k, v in data.items() if k in known}})  # before pipelines: 1
 
 
 def _auto_precision(device: str) -> str:
@@ -277,6 +275,11 @@ def scaled_scope(img_size: int, report_scope: int = 23, report_size: int = 224) 
     96 -> 9, 160 -> 15, 224 -> 23). At small sizes r=23 spans every stage-2/3 map, and lc = global rpe."""
     scope = int(report_scope * img_size / report_size)
     return max(1, scope if scope % 2 else scope - 1)
+
+
+def parameter_fields() -> list:
+    """RunConfig's fields a user sets (CLI flags, notebook parameters); not the ones lambdalib sets itself."""
+    return [f for f in fields(RunConfig) if not f.metadata.get("internal")]
 
 
 def help_text(name: str) -> str:

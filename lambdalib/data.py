@@ -15,6 +15,7 @@ Typical use:
 """
 from __future__ import annotations
 
+import collections
 import os
 import random
 import struct
@@ -27,43 +28,22 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
-from .config import OFFICIAL_NOISE_LEVELS, official_noise_level
-
-# Re-exported: these moved to download.py; `from lambdalib.data import resolve_root` etc. keep working.
-from .download import (  # noqa: F401  # noqa: F401  (older tests patch them on this module)
-    ARCHIVES,
-    CSV_NAME,
-    EMBEDDED_NAME,
-    SPLITS,
-    DataUnavailableError,
-    IntegrityError,
-    _extract,
-    _fetch,
-    calculate_md5,
-    check_root,
-    embedded_root,
-    missing_files,
-    prepare_archive,
-    resolve_root,
+from .download import CSV_NAME, SPLITS, check_root, missing_files, resolve_root
+from .imagenette import (
+    CLASS_NAMES,
+    CSV_COLUMNS,
+    EVAL_CROP_FRACTION,
+    MEAN,
+    OFFICIAL_NOISE_LEVELS,
+    STD,
+    WNIDS,
+    official_noise_level,
 )
 
-# Class index = position in this sorted tuple (what ImageFolder would give, too).
-WNIDS: tuple[str, ...] = (
-    "n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
-    "n03394916", "n03417042", "n03425413", "n03445777", "n03888257",
-)
-CLASS_NAMES: tuple[str, ...] = (
-    "tench", "English springer", "cassette player", "chain saw", "church",
-    "French horn", "garbage truck", "gas pump", "golf ball", "parachute",
-)
-NOISE_LEVELS: tuple[float, ...] = OFFICIAL_NOISE_LEVELS  # the official columns, as fractions (config.py's)
-CSV_COLUMNS = ("path", "noisy_labels_0", "noisy_labels_1", "noisy_labels_5", "noisy_labels_25", "noisy_labels_50",
-               "is_valid")
-EVAL_CROP_FRACTION = 0.875  # evaluation: resize to img_size / 0.875, then centre-crop img_size (ImageNet's usual)
+NOISE_LEVELS: tuple[float, ...] = OFFICIAL_NOISE_LEVELS
 
 
 class UnreadableImageError(ValueError):
@@ -172,13 +152,13 @@ def class_table(labels: pd.DataFrame) -> pd.DataFrame:
 def train_transform(img_size: int = 160) -> Callable:
     """RandomResizedCrop + horizontal flip + ToTensor + ImageNet normalisation."""
     return T.Compose([T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(), T.ToTensor(),
-                      T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+                      T.Normalize(MEAN, STD)])
 
 
 def val_transform(img_size: int = 160) -> Callable:
     """Resize(img_size / EVAL_CROP_FRACTION) + CenterCrop(img_size) + ToTensor + ImageNet normalisation."""
     return T.Compose([T.Resize(round(img_size / EVAL_CROP_FRACTION)), T.CenterCrop(img_size), T.ToTensor(),
-                      T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+                      T.Normalize(MEAN, STD)])
 
 
 # what decoding a broken file raises (PIL's plugins differ; a decompression bomb is not an OSError)
@@ -490,11 +470,14 @@ def overview(root: str | Path | None = None, noise_levels: Iterable[float] = NOI
     return {"root": folder, "classes": class_table(labels), "noise": noise_table(labels, levels)}
 
 
-def __getattr__(name: str):
-    """`plot_samples` lives in lambdalib.figures (how things look); imported on first use, as figures
-    imports this module. `from lambdalib.data import plot_samples` keeps working."""
-    if name == "plot_samples":
-        from .figures import plot_samples
-
-        return plot_samples
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def first_per_class(targets, per_class: int) -> list[int]:
+    """Indices of the first `per_class` items of each class (all items when per_class is 0)."""
+    if per_class <= 0:
+        return list(range(len(targets)))
+    seen: collections.Counter = collections.Counter()
+    keep = []
+    for index, target in enumerate(map(int, targets)):
+        seen[target] += 1
+        if seen[target] <= per_class:
+            keep.append(index)
+    return keep

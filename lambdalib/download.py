@@ -34,8 +34,8 @@ from urllib.request import url2pathname
 from torchvision.datasets.utils import calculate_md5, check_integrity, download_url
 
 from . import paths
-from .config import data_slug
-from .record import pid_alive
+from .files import pid_alive
+from .imagenette import CSV_NAME, EMBEDDED_NAME, SPLITS, data_slug
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,6 @@ ARCHIVES: dict[str, tuple[str, str]] = {
     "imagenette2-320": (f"{_S3}/imagenette2-320.tgz", "3df6f0d01a2c9592104656642f5e78a3"),
     "imagenette2-160": (f"{_S3}/imagenette2-160.tgz", "e793b78cc4c9e9a4ccc0c1155377a412"),
 }
-CSV_NAME = "noisy_imagenette.csv"
-SPLITS = ("train", "val")
-EMBEDDED_NAME = "imagenette-mini"
 _MARKER = ".lambdalib-verified.json"  # written into an extracted folder once its archive passed md5
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # What a truncated or foreign archive raises while being read (gzip.BadGzipFile is an OSError: listed

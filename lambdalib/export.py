@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import record
+from . import files, record
 
 LICENSE = "mit"  # the weights' licence: the package's (pyproject.toml: MIT)
 HUB_DATASET = "frgfm/imagenette"  # Imagenette on the Hugging Face hub
@@ -58,8 +58,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinish
     record.make_run_dir(out)
     _save_safetensors(weights, out / "model.safetensors")
     hub = hub_config(model, name, classes, args, config.img_size)
-    record.atomic_write_text(out / "config.json", json.dumps(hub, indent=2) + "\n")
-    record.atomic_write_text(out / "README.md", model_card(summary, config, best, history, hub))
+    files.atomic_write_text(out / "config.json", json.dumps(hub, indent=2) + "\n")
+    files.atomic_write_text(out / "README.md", model_card(summary, config, best, history, hub))
     return out
 
 
@@ -132,7 +132,7 @@ def _fitted_model(path: Path, name: str, classes: list[str], args: dict, state: 
 def _save_safetensors(weights: dict, path: Path) -> None:
     from safetensors.torch import save
 
-    record.atomic_write_bytes(path, save(weights, metadata={"format": "pt"}))
+    files.atomic_write_bytes(path, save(weights, metadata={"format": "pt"}))
 
 
 # ---------------------------------------------------------------------------------- hub config

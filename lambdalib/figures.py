@@ -34,9 +34,10 @@ from matplotlib import ticker
 from matplotlib.figure import Figure  # not pyplot: renders PNGs with Agg, leaves a notebook's backend alone
 from matplotlib.lines import Line2D
 
-from . import models, record
+from . import files, record, registry
 from .config import data_slug
-from .data import CLASS_NAMES, WNIDS, NoisyImagenette
+from .data import NoisyImagenette
+from .imagenette import CLASS_NAMES, WNIDS
 
 CLASSES = len(WNIDS)  # Imagenette: chance accuracy is 1/10
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
@@ -267,12 +268,12 @@ def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
         ax.set_xlabel("label noise (% of training labels flipped)")
     else:
         levels = sorted(cells["noise"].unique())
-        present = [m for m in models.MODEL_NAMES if m in set(cells["model"])]
+        present = [m for m in registry.model_names() if m in set(cells["model"])]
         present += sorted(set(cells["model"]) - set(present))  # timm models outside the report's ten
         span = 100 * (max(levels) - min(0.0, *levels)) or 10.0
         dodge = span / 150  # points of one noise level stay apart, far less than any level spacing
         for i, model in enumerate(present):
-            spec = models.SPECS.get(model)
+            spec = registry.SPECS.get(model)
             mine = cells[cells["model"] == model].sort_values("noise")
             x = 100 * mine["noise"] + dodge * (i - (len(present) - 1) / 2)
             y = 100 * mine["best_val_acc"]
@@ -326,8 +327,8 @@ def save_png(fig: Figure, path: Path | str) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise record.RecordError(record.describe_os_error(err, path)) from err
-    record.atomic_write_bytes(path, data)  # the record's temporary-then-rename write
+        raise record.RecordError(files.describe_os_error(err, path)) from err
+    files.atomic_write_bytes(path, data)  # the record's temporary-then-rename write
     return path
 
 

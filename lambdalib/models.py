@@ -30,10 +30,7 @@ data config, ``timm/resnet18.a1_in1k`` weights): the report's baselines are ``R1
 """
 from __future__ import annotations
 
-import difflib
-import re
 import warnings
-from dataclasses import dataclass
 
 import timm
 import torch
@@ -42,92 +39,16 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from .data import EVAL_CROP_FRACTION
+from .imagenette import EVAL_CROP_FRACTION
 from .layers import LambdaLayer
+from .registry import LOOKALIKES, SPECS, ModelSpec, resolve_name
 
 DEFAULT_IMG_SIZE = 160
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # basic blocks per stage, as torchvision's resnet18/34
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str  # timm registry name
-    label: str  # the report's label
-    depth: int
-    stage: int | None = None  # 2 or 3 for Lambda-ResNets
-    position: str | None = None  # "rpe" or "lc"
-
-
-SPECS: dict[str, ModelSpec] = {}
-for _depth in (18, 34):
-    SPECS[f"lambdalib_resnet{_depth}"] = ModelSpec(f"lambdalib_resnet{_depth}", f"R{_depth}", _depth)
-for _depth in (18, 34):
-    for _position in ("rpe", "lc"):
-        for _stage in (2, 3):
-            _name = f"lambda_resnet{_depth}_l{_stage}_{_position}"
-            SPECS[_name] = ModelSpec(_name, f"LR{_depth}_L{_stage}({_position})", _depth, _stage, _position)
-MODEL_NAMES = list(SPECS)  # the report's ten, baselines first
-_BY_LABEL = {spec.label.lower(): name for name, spec in SPECS.items()}
-
-# timm names that read like a report baseline but are timm's networks: timm name -> the report's model
-LOOKALIKES = {"resnet18": "lambdalib_resnet18", "resnet34": "lambdalib_resnet34"}
-
-
 class LookalikeWarning(UserWarning):
     """A timm model whose name reads like one of the report's (timm's resnet18 is not the report's R18)."""
-
-
-# ------------------------------------------------------------------------------------------ names
-def resolve_name(name: str) -> str:
-    """Report label ("LR18_L2(rpe)", "R34", "ResNet18") or registry name -> timm registry name.
-
-    timm's own models (e.g. "resnet50", "lambda_resnet26t") pass through unchanged; so does lowercase
-    "resnet18", which is *timm's* resnet18 (see ``lookalike_note``), while "ResNet18", as the report writes it,
-    is the report's R18. Any other spelling of those two ("Resnet18", "RESNET34") is refused as ambiguous.
-    """
-    key = name.strip()
-    low = key.lower()
-    if key in SPECS:
-        return key
-    if low in _BY_LABEL:
-        return _BY_LABEL[low]
-    match = re.fullmatch(r"resnet(18|34)", low)
-    if match and key != low:
-        depth = match.group(1)
-        if key == f"ResNet{depth}":  # the report's spelling
-            return f"lambdalib_resnet{depth}"
-        raise ValueError(
-            f"Ambiguous model name {name!r}: 'ResNet{depth}' (= 'R{depth}', lambdalib_resnet{depth}) is the report's "
-            f"torchvision ResNet{depth}; lowercase 'resnet{depth}' is timm's resnet{depth} (timm's init and data "
-            f"config). Write 'R{depth}' or 'resnet{depth}'."
-        )
-    if timm.is_model(key):
-        return key
-    close = difflib.get_close_matches(key, [s.label for s in SPECS.values()] + MODEL_NAMES, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(
-        f"Unknown model {name!r}.{hint} The report's models are: "
-        + ", ".join(f"{s.label} ({n})" for n, s in SPECS.items())
-        + "; any timm model name works too."
-    )
-
-
-def family_label(position: str | None, depth: int, stage: int | None = None) -> str:
-    """The report label for a notebook's (family, depth, stage): ("rpe", 18, 2) -> "LR18_L2(rpe)"."""
-    if depth not in (18, 34):
-        raise ValueError(f"depth={depth!r}: the report's ResNets are 18 or 34")
-    if position is None:
-        return f"R{depth}"
-    if position not in ("rpe", "lc"):
-        raise ValueError(f"position={position!r}: expected 'rpe' or 'lc'")
-    if stage not in (2, 3):
-        raise ValueError(f"stage={stage!r}: the report puts the lambda layer in stage 2 or 3")
-    return f"LR{depth}_L{stage}({position})"
-
-
-def report_label(name: str) -> str:
-    name = resolve_name(name)
-    return SPECS[name].label if name in SPECS else name
 
 
 def lookalike_note(name: str) -> str | None:
@@ -252,7 +173,7 @@ def _cfg(spec: ModelSpec, **kwargs) -> dict:
     )
 
 
-default_cfgs = generate_default_cfgs({name: _cfg(spec) for name, spec in SPECS.items()})  # read by register_model
+default_cfgs: dict = {}  # timm's register_model reads this module's default_cfgs; _register fills it
 
 _WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
 
@@ -319,13 +240,21 @@ def _entrypoint(spec: ModelSpec):
     return create_fn
 
 
+def _register(spec: ModelSpec) -> None:
+    """Register a spec's entry point with timm (its default cfg first: register_model reads default_cfgs)."""
+    default_cfgs.update(generate_default_cfgs({spec.name: _cfg(spec)}))
+    globals()[spec.name] = register_model(_entrypoint(spec))
+
+
 for _spec in SPECS.values():
-    globals()[_spec.name] = register_model(_entrypoint(_spec))
+    _register(_spec)
 
 
 def create(name: str, **kwargs) -> nn.Module:
     """timm.create_model for a report label or registry name; warns when the name is a lookalike (timm's resnet18)."""
     resolved = resolve_name(name)
+    if resolved in SPECS and not timm.is_model(resolved):  # a family registered after this module was imported
+        _register(SPECS[resolved])
     note = lookalike_note(resolved)
     if note:
         warnings.warn(note, LookalikeWarning, stacklevel=2)

@@ -15,11 +15,11 @@ import difflib
 import io
 import os
 import re
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from .config import PRESETS, RunConfig, help_text
+from .config import PRESETS, help_text, parameter_fields
 
 # The set-up cell ends with `_names_before_parameters = set(globals())`; check_parameters compares with it.
 SNAPSHOT = "_names_before_parameters"
@@ -41,7 +41,7 @@ class Param(NamedTuple):
 def notebook_fields() -> tuple[str, ...]:
     """The RunConfig fields the training notebooks (02-04) take as papermill parameters: all but `model`
     (which they derive from `depth` and `stage`). The sweep passes exactly these."""
-    return tuple(f.name for f in fields(RunConfig) if f.name != "model")
+    return tuple(f.name for f in parameter_fields() if f.name != "model")
 
 
 def preset_fields() -> frozenset[str]:
@@ -52,7 +52,7 @@ def preset_fields() -> frozenset[str]:
 def notebook_defaults() -> dict[str, Any]:
     """Each notebook field's value in the parameters cell: the dataclass default, None for preset fields."""
     defaults = {}
-    for f in fields(RunConfig):
+    for f in parameter_fields():
         if f.name in notebook_fields():
             assert f.default is not MISSING, f.name  # every RunConfig field has a plain default
             defaults[f.name] = None if f.name in preset_fields() else f.default
@@ -61,7 +61,7 @@ def notebook_defaults() -> dict[str, Any]:
 
 def run_config_parameters() -> list[Param]:
     """The training notebooks' RunConfig parameters, in the dataclass's order, with their help."""
-    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(RunConfig)}
+    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in parameter_fields()}
     params = []
     for name, value in notebook_defaults().items():
         hint = help_text(name)
@@ -102,7 +102,7 @@ def training_parameters_source(family: Sequence[Param]) -> str:
     """The training notebooks' parameters cell: the model's `family` parameters (depth, stage), then every
     RunConfig field but model, grouped as in the dataclass (the experiment, then how and where it runs)."""
     params = [*family, *run_config_parameters()]
-    first_run_field = next(f.name for f in fields(RunConfig) if not f.metadata.get("identity", True))
+    first_run_field = next(f.name for f in parameter_fields() if not f.metadata.get("identity", True))
     groups = {params[0].name: "the model", run_config_parameters()[0].name: "the experiment (RunConfig's fields)",
               first_run_field: "how and where it runs (a run may resume with other values)"}
     return parameters_source(params, groups)

@@ -15,7 +15,6 @@ disk never leaves half a file; a failed write removes its temporary and says whi
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import logging
@@ -23,9 +22,10 @@ import math
 import os
 import platform
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
+
+from .files import RecordError, atomic_write_text, describe_os_error, make_dir, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -43,62 +43,13 @@ _INT_COLUMNS = {"epoch", "skipped_steps"}
 FINISHED = ("complete", "diverged")  # a finished run never trains again and makes the tables
 
 
-class RecordError(ValueError):
-    """A run record that cannot be read or written; the message names the file."""
-
-
 class RunBusyError(ValueError):
     """Another live process on this machine is training the same run folder."""
 
 
-# ------------------------------------------------------------------------------------- writing
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) then rename over `path`; on any failure the temporary is removed and the target untouched."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(err, OSError):
-            raise RecordError(describe_os_error(err, path)) from err
-        raise
-
-
-def describe_os_error(err: OSError, path: Path) -> str:
-    """One line a user can act on: 'no space left on <path>', 'cannot write <path>: read-only ...'."""
-    if err.errno == errno.ENOSPC:
-        return f"no space left on {path.parent} while writing {path.name}; free some space and run again"
-    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot write {path}: {err.strerror.lower()}; choose a writable results folder (--results)"
-    if err.errno in (errno.ENOTDIR, errno.EEXIST):
-        return f"cannot create {path}: a file stands where a folder should be; choose another results folder"
-    return f"cannot write {path}: {err.strerror or err}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_text(text))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
 def make_run_dir(run_dir: Path) -> None:
     """Create the run folder, or say in one line why it cannot be (read-only, a file in the way, ...)."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RecordError(describe_os_error(err, run_dir)) from err
+    make_dir(run_dir)
 
 
 def history_csv(history: list[dict]) -> str:
@@ -205,20 +156,6 @@ def summarize(history: list[dict], status: str, diverged_at: int | None, extra: 
 
 
 # --------------------------------------------------------------------------------------- lock
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine; True when that cannot be told (another user's
-    process, a pid <= 0), so that nobody's files are taken over or removed on a guess."""
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, someone else's
-        return True
-    return True
-
-
 def lock_owner(run_dir: Path) -> dict | None:
     """{pid, host} of the live process training this folder; None when nobody is (no lock, or a dead
     owner on this machine). A lock from another host counts as live: we cannot tell from here."""

@@ -43,318 +43,37 @@ Table 3 repeats Table 5, so the L3 rpe numbers are missing there and shown as mi
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import os
-import re
-import warnings
-from dataclasses import fields, replace
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from . import claims, figures, models, paths, record
-from .config import PRESETS, RunConfig
-
-# how the figures look is figures.py; these stay importable (and patchable) here: build and plot_run call
-# them by these names, and notebooks and tests call report.plot_curves etc.
-from .figures import accuracy_figure, curves_figure, plot_accuracy_vs_noise, plot_curves, run_figure  # noqa: F401
+from . import claims, figures, files, fmt, paths, registry
+from .fmt import markdown_table as _markdown_table
 from .record import FINISHED
+from .runs import SETUP_COLUMNS, SMOKE_EPOCHS, aggregate, finished_runs, load_runs
 
 log = logging.getLogger(__name__)
 
-# number -> (title as in the report, file stem, (position, stage) of its models; None = the baselines)
-TABLES = {
-    1: ("Baseline performance", "table1_baselines", (None, None)),
-    2: ("LambdaResNet Layer2 rpe", "table2_L2_rpe", ("rpe", 2)),
-    3: ("LambdaResNet Layer3 rpe", "table3_L3_rpe", ("rpe", 3)),
-    4: ("LambdaResNet Layer2 lc", "table4_L2_lc", ("lc", 2)),
-    5: ("LambdaResNet Layer3 lc", "table5_L3_lc", ("lc", 3)),
-}
-# identity fields that vary inside a set-up (the seed also inside a cell); every other one defines the set-up
-CELL_FIELDS = ("model", "noise", "seed")
-# identity fields every set-up label states; the others are named only when they differ from the preset's value
-SCALE_FIELDS = ("preset", "data", "train_per_class", "val_per_class", "epochs", "img_size")
-# what 'auto' / 0 stand for in a label: a single process in full precision (a record holds the resolved values)
-PLAIN = dict(amp="off", world_size=1)
-AMP_OF_DTYPE = {"off": "off", "bf16": "bf16", "fp16": "fp16", "bfloat16": "bf16", "float16": "fp16"}  # summary amp
-SMOKE_EPOCHS = 10  # a set-up with fewer epochs or a per-class subset is a smoke test
-EMBEDDED = "embedded"
 CLASSES = figures.CLASSES  # Imagenette's 10: chance accuracy is 1/10
-# summary.json metrics shown as mean ± std over the runs of a cell (CSV columns keep these names)
-METRICS = ("best_train_loss", "best_val_loss", "train_time_s", "best_val_acc", "mean_train_images_per_s")
 NO_RUNS = figures.NO_RUNS  # "No runs yet.": the same words in empty tables and empty figures
 
 
-# ------------------------------------------------------------------------------------ formatting
-def parse_duration(text: str | None) -> float:
-    """'1h 32m 37s' -> 5557.0. The report sometimes drops the final 's' ('2h 22m 41'): read as seconds."""
-    if text is None or (isinstance(text, float) and math.isnan(text)) or not str(text).strip():
-        return math.nan
-    match = re.fullmatch(r"\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*", str(text))
-    if not match or not any(match.groups()):
-        raise ValueError(f"not a duration like '1h 32m 37s': {text!r}")
-    hours, minutes, seconds = (float(g or 0) for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
-
-
-def format_duration(seconds: float | None) -> str:
-    """5557 -> '1h 32m 37s' (the report's format; leading zero units dropped: '2m 5s', '9s')."""
-    if seconds is None or pd.isna(seconds) or not math.isfinite(seconds):
-        return "—"
-    total = int(round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes}m {secs}s"
-    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
-
-
-def _number(value, digits: int = 3) -> str:
-    if value is None or pd.isna(value):
-        return "—"
-    value = float(value)
-    return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.{digits}e}"  # exploded losses stay short
-
-
-def _percent(value) -> str:
-    return "—" if value is None or pd.isna(value) else f"{100 * value:.1f}%"
-
-
-def _with_std(mean, std, fmt) -> str:
-    text = fmt(mean)
-    return text if pd.isna(std) or pd.isna(mean) else f"{text} ± {fmt(std)}"
-
-
-def _value(value) -> str:
-    """A config value in a label: floats in %g (1e-06 and 1e+06 stay apart), the rest as str."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _plural(n, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def architecture(label: str, noise: float) -> str:
-    """The report's row name: 'ResNet18(0%)', 'LR18_L2(rpe)(25%)'."""
-    name = re.sub(r"^R(\d+)$", r"ResNet\1", label)
-    return f"{name}({noise * 100:g}%)"
+def tables() -> dict[int, registry.Family]:
+    """The report's tables, by number: one per model family (registry.FAMILIES)."""
+    return {f.table: f for f in sorted(registry.FAMILIES.values(), key=lambda f: f.table)}
 
 
 def markdown_table(frame: pd.DataFrame, empty: str = NO_RUNS) -> str:
-    """GitHub markdown for a frame of strings; columns of numbers are right-aligned."""
-    if frame.empty:
-        return f"_{empty}_\n"
-    cells = frame.astype(str).map(lambda s: s.replace("|", "\\|"))
-    numeric = [bool(cells[c].str.match(r"^(?:[-\d—]|missing$)").all()) for c in cells.columns]
-    lines = ["| " + " | ".join(frame.columns) + " |",
-             "|" + "|".join("---:" if right else ":---" for right in numeric) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------ data
-def load_published() -> pd.DataFrame:
-    """The report's published numbers (lambdalib/published.csv); L3 rpe values are NaN (never published)."""
-    with resources.files("lambdalib").joinpath("published.csv").open() as handle:
-        return pd.read_csv(handle, dtype={"training_time": str, "note": str})
-
-
-def _resolve(config: RunConfig, summary: dict) -> RunConfig:
-    """The config with 'auto' made concrete from what the run did (its summary), not from this machine:
-    records written before configs were saved resolved hold amp 'auto' / world_size 0."""
-    changes = {}
-    if config.amp == "auto":
-        changes["amp"] = AMP_OF_DTYPE.get(str(summary.get("amp")), PLAIN["amp"])
-    if not config.world_size:
-        changes["world_size"] = int((summary.get("environment") or {}).get("world_size") or PLAIN["world_size"])
-    return replace(config, **changes)
-
-
-def _setup(config: RunConfig) -> dict:
-    """What makes runs comparable: the identity without model, noise and seed, as a file-name slug (readable
-    scale + a hash of the whole set-up, so two set-ups never share a slug), its scale fields, the other
-    fields that differ from the preset ('recipe') and whether it is a smoke test."""
-    ident = config.identity()
-    key = {k: v for k, v in ident.items() if k not in CELL_FIELDS}
-    # the lc scope a set-up asked for (R18 and rpe runs of the same grid share it): lc runs sit beside their
-    # baselines, and two scopes are two set-ups; records from before the field read as the report's 23
-    key["lc_scope"] = config.resolved().lc_scope
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    defaults = {**{f.name: f.default for f in fields(RunConfig)}, **PRESETS.get(key["preset"], {}), **PLAIN}
-    recipe = ", ".join(f"{k}={_value(v)}" for k, v in key.items()
-                       if k not in SCALE_FIELDS and v != defaults.get(k))
-    per_class = (f"{key['train_per_class'] or 'all'}+{key['val_per_class'] or 'all'}pc"
-                 if key["train_per_class"] or key["val_per_class"] else "all")
-    slug = f"{key['preset']}_{key['data']}_{per_class}_e{key['epochs']}_{key['img_size']}px_{digest}"
-    smoke = bool(key["train_per_class"] or key["val_per_class"] or key["epochs"] < SMOKE_EPOCHS)
-    return dict(setup=re.sub(r"[^A-Za-z0-9.+_-]+", "-", slug), smoke_test=smoke,
-                **{k: key[k] for k in SCALE_FIELDS}, recipe=recipe)
-
-
-def _images(group: pd.DataFrame, column: str) -> str:
-    values = sorted({str(int(v)) for v in group[column].dropna()}) if column in group else []
-    return " or ".join(values) or "?"
-
-
-def _describe(setup: pd.Series, group: pd.DataFrame) -> tuple[str, str]:
-    """A set-up's section label and its one-sentence scale (the README's banner), from its fields."""
-    train, val = _images(group, "train_images"), _images(group, "val_images")
-    tpc, vpc = setup["train_per_class"], setup["val_per_class"]
-    data = "the embedded mini subset" if setup["data"] == EMBEDDED else setup["data"]
-    recipe = f", {setup['recipe']}" if setup["recipe"] else ""
-    epochs = _plural(setup["epochs"], "epoch")
-    if tpc or vpc:
-        images = f"{tpc or 'all'}/{vpc or 'all'} images per class ({train} train / {val} val)"
-        on = (f"{tpc} training images per class ({train} in all; {val} validation images)" if tpc
-              else f"all {train} training images ({val} validation images, {vpc} per class)")
-    else:
-        images = f"{train} train / {val} val images"
-        on = f"all {train} training images ({val} validation images)"
-    small = setup["data"] == EMBEDDED
-    kind = "Smoke test" if setup["smoke_test"] else "Small-scale study" if small else "Full scale"
-    label = " · ".join([kind, f"preset {setup['preset']}",
-                        str(setup["data"]), images, epochs, f"{setup['img_size']} px"]
-                       + ([setup["recipe"]] if setup["recipe"] else []))
-    if setup["smoke_test"]:
-        scale = (f"Smoke test of the pipeline: {epochs} on {on} of {data} at {setup['img_size']} px "
-                 f"(preset {setup['preset']}{recipe}) — not results.")
-    elif small:
-        scale = (f"Small-scale study: {epochs} on {on} of {data} at {setup['img_size']} px "
-                 f"(preset {setup['preset']}{recipe}), not the report's full Imagenette.")
-    else:
-        scale = (f"Full-scale runs: {epochs} on {on} of {data} at {setup['img_size']} px "
-                 f"(preset {setup['preset']}{recipe}).")
-    return label, scale
-
-
-def _relative(run_dir: Path, results_dir: Path | None) -> str:
-    """A run folder as written into the report: relative to the results folder, never absolute."""
-    if results_dir is not None:
-        try:
-            return run_dir.resolve().relative_to(results_dir.resolve()).as_posix()
-        except ValueError:
-            pass
-    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name == "runs" else run_dir.name
-
-
-def _read_run(run_dir: Path) -> tuple[dict | None, str]:
-    """One run record as a row (None: not a run record); raises with the file that failed in `stage`."""
-    stage = "summary.json"
-    summary = record.load_summary(run_dir)
-    if summary is None:
-        return None, stage
-    stage = "config.json"
-    if not (run_dir / stage).exists():
-        raise record.RecordError(f"{run_dir / stage} is missing (summary.json without its config)")
-    config = _resolve(record.load_config(run_dir), summary)
-    setup = _setup(config)
-    stage = "history.csv"
-    history = record.read_history(run_dir)
-    spec = models.SPECS.get(summary.get("model"))
-    env = summary.get("environment") or {}
-    label = summary.get("label") or models.report_label(config.model)
-    noise = summary.get("noise", config.noise)
-    return dict(
-        summary, **setup, experiment_id=config.experiment_id, seed=config.seed,
-        status=record.status(run_dir, summary),
-        model_order=models.MODEL_NAMES.index(spec.name) if spec else len(models.MODEL_NAMES),
-        family=(spec.position, spec.stage) if spec else None, label=label, noise=noise,
-        architecture=architecture(label, noise),
-        data_desc=f"{setup['data']} ({summary.get('train_images', '?')} train / "
-                  f"{summary.get('val_images', '?')} val images)",
-        **{f"env_{k}": v for k, v in env.items()},
-        _path=run_dir, _history=history,
-    ), stage
-
-
-def _load(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.DataFrame, list[dict]]:
-    """(one row per readable run record, the unreadable ones: run, file, problem). Each unreadable record
-    is also a warning naming its file (strict: raised instead)."""
-    if runs is None:
-        runs = sorted(p for p in (results_dir / "runs").glob("*") if p.is_dir())
-    rows, skipped = [], []
-    for run_dir in map(Path, runs):
-        stage = "summary.json"
-        try:
-            row, stage = _read_run(run_dir)
-        except (record.RecordError, OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-            # the record's own problem (unreadable file, unknown model, missing field): skip this run only
-            if strict:
-                raise
-            warnings.warn(f"report: skipping run {run_dir.name}: {err}", stacklevel=3)
-            problem = str(err) if isinstance(err, record.RecordError) else f"{stage}: {type(err).__name__}: {err}"
-            problem = problem.replace(str(run_dir), _relative(run_dir, results_dir))
-            skipped.append(dict(Run=run_dir.name, File=f"{_relative(run_dir, results_dir)}/{stage}",
-                                Problem=problem))
-            continue
-        if row is None:
-            continue  # not a run record (yet)
-        row["run_dir"] = _relative(run_dir, results_dir)
-        row.setdefault("run_id", run_dir.name)
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame, skipped
-    labels = {}
-    for setup, group in frame.groupby("setup", sort=False):
-        labels[setup] = _describe(group.iloc[0], group)
-    frame["setup_label"] = frame["setup"].map(lambda s: labels[s][0])
-    frame["scale"] = frame["setup"].map(lambda s: labels[s][1])
-    frame["_report_first"] = frame["preset"] != "report"  # the report's recipe leads, then full-scale set-ups
-    frame = frame.sort_values(["_report_first", "smoke_test", "setup", "model_order", "label", "noise", "seed",
-                               "run_id"])
-    return frame.drop(columns="_report_first").reset_index(drop=True), skipped
-
-
-def collect_runs(results_dir: Path | str | None = None, runs=None) -> pd.DataFrame:
-    """One row per readable run record (folders without summary.json are not run records; unreadable
-    records are skipped with a warning naming the file): summary fields, reader status ('crashed' for a
-    dead 'running'), seed, experiment_id, set-up fields and label, run_dir relative to the results
-    folder; internal columns (_path, _history) start with '_'. Sorted by set-up, model, noise, seed."""
-    base = Path(results_dir) if results_dir else (paths.results_dir() if runs is None else None)
-    return _load(base, runs)[0]
-
-
-def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs -> one row per experiment (a table cell): mean and std of METRICS over its seeds."""
-    if runs.empty:
-        return pd.DataFrame()
-    done = runs[runs["status"].isin(FINISHED)]
-    cells = []
-    for _, group in done.groupby("experiment_id", sort=False):
-        first = group.iloc[0]
-        diverged = group["diverged_at"].dropna().astype(int)
-        statuses = group["status"].value_counts()
-        cell = {k: first[k] for k in (*SETUP_COLUMNS, "scale", "experiment_id", "architecture", "label", "model",
-                                      "noise", "model_order", "family")}
-        cell.update(
-            n_runs=len(group), seeds=";".join(str(s) for s in group["seed"]), run_ids=";".join(group["run_id"]),
-            status=", ".join(f"{n} {s}" for s, n in statuses.items()) if len(group) > 1 else first["status"],
-            best_val_loss_epoch=";".join(str(int(e)) for e in group["best_val_loss_epoch"].dropna()),
-            diverged_at=";".join(str(e) for e in diverged), n_diverged=len(diverged),
-            params=first.get("params"), gflops=first.get("gflops"),
-        )
-        for metric in METRICS:  # skipna=False: a seed without a value leaves the mean undefined, not biased
-            values = pd.to_numeric(group[metric], errors="coerce") if metric in group else pd.Series([math.nan])
-            cell[metric] = values.mean(skipna=False)
-            cell[f"{metric}_std"] = values.std(ddof=1, skipna=False) if len(values) > 1 else math.nan
-        cells.append(cell)
-    return pd.DataFrame(cells)
+    return _markdown_table(frame, empty)
 
 
 def _in_table(cells: pd.DataFrame, number: int) -> pd.DataFrame:
     if cells.empty:
         return cells
-    family = TABLES[number][2]
-    return cells[cells["family"].map(lambda f: f == family)]
+    return cells[cells["family"] == tables()[number].key]
 
 
-SETUP_COLUMNS = ["setup", "setup_label", "smoke_test", "preset", "data", "train_per_class", "val_per_class",
-                 "epochs", "img_size", "recipe"]
 TABLE_COLUMNS = SETUP_COLUMNS + [
     "table", "experiment_id", "architecture", "label", "model", "noise", "n_runs", "seeds", "status",
     "best_train_loss", "best_train_loss_std", "best_val_loss", "best_val_loss_std",
@@ -369,28 +88,28 @@ def results_table(cells: pd.DataFrame, number: int) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     rows["table"] = number
-    rows["training_time"] = rows["train_time_s"].map(format_duration)
+    rows["training_time"] = rows["train_time_s"].map(fmt.duration)
     return rows[TABLE_COLUMNS]
 
 
 def results_table_markdown(table: pd.DataFrame) -> pd.DataFrame:
     """A results_table (one set-up) in the report's layout plus the columns the report lacked; a value a
     run does not have (a run that diverged in its first epoch has no best) reads '—'."""
-    def mean_std(metric: str, fmt) -> list[str]:
-        return [_with_std(m, s, fmt) for m, s in zip(table[metric], table[f"{metric}_std"])]
+    def mean_std(metric: str, show) -> list[str]:
+        return [fmt.with_std(m, s, show) for m, s in zip(table[metric], table[f"{metric}_std"])]
 
     return pd.DataFrame({
         "Architecture": table["architecture"],
-        "Best train loss": mean_std("best_train_loss", _number),
-        "Best val loss": mean_std("best_val_loss", _number),
-        "Training time": mean_std("train_time_s", format_duration),
-        "Best val top-1": mean_std("best_val_acc", _percent),
+        "Best train loss": mean_std("best_train_loss", fmt.number),
+        "Best val loss": mean_std("best_val_loss", fmt.number),
+        "Training time": mean_std("train_time_s", fmt.duration),
+        "Best val top-1": mean_std("best_val_acc", fmt.percent),
         "Epoch of best val loss": table["best_val_loss_epoch"].map(lambda e: e.replace(";", ", ") or "—"),
         "Diverged at": [("—" if not d else f"epoch {d.replace(';', ', ')}" + (f" ({k}/{n} runs)" if n > 1 else ""))
                         for d, k, n in zip(table["diverged_at"], table["n_diverged"], table["n_runs"])],
         "Params": table["params"].map(lambda p: "—" if pd.isna(p) else f"{p / 1e6:.2f}M"),
         "GFLOPs": table["gflops"].map(lambda g: "—" if pd.isna(g) else f"{g:.3g}"),
-        "img/s": mean_std("mean_train_images_per_s", lambda v: _number(v, 1)),
+        "img/s": mean_std("mean_train_images_per_s", lambda v: fmt.number(v, 1)),
         "Runs (seeds)": [f"{n} ({s.replace(';', ', ')})" for n, s in zip(table["n_runs"], table["seeds"])],
     })
 
@@ -428,11 +147,11 @@ def comparison_table(cells: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
         if "ours_table" in block:
             block["table"] = block["table"].fillna(block["ours_table"])
         block.loc[block["source"].isna(), "note"] = "the report has no such row (e.g. no 1 % noise runs)"
-        block["architecture"] = [a if isinstance(a, str) else architecture(lab, n)
+        block["architecture"] = [a if isinstance(a, str) else fmt.architecture(lab, n)
                                  for a, lab, n in zip(block["architecture"], block["label"], block["noise"])]
         for column in SETUP_COLUMNS:
             block[column] = setup.get(column, "")
-        order = {s.label: i for i, s in enumerate(models.SPECS.values())}
+        order = {s.label: i for i, s in enumerate(registry.SPECS.values())}
         block["_order"] = block["label"].map(order)
         block = block.sort_values(["table", "_order", "noise"])
         blocks.append(block.reindex(columns=COMPARISON_COLUMNS))
@@ -441,24 +160,24 @@ def comparison_table(cells: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
     return out
 
 
-def _table_of(family) -> int | None:
-    return next((n for n, (_, _, fam) in TABLES.items() if fam == family), None)
+def _table_of(family: str | None) -> int | None:
+    return registry.FAMILIES[family].table if family in registry.FAMILIES else None
 
 
 def comparison_markdown(block: pd.DataFrame) -> str:
     """One set-up's comparison as markdown; a value the report lacks reads 'missing', notes are footnotes."""
-    pub = lambda v: "missing" if pd.isna(v) else _number(v)  # noqa: E731
+    pub = lambda v: "missing" if pd.isna(v) else fmt.number(v)  # noqa: E731
     notes = list(dict.fromkeys(n for n in block["note"].fillna("") if n))  # distinct, in row order
     table = pd.DataFrame({
         "Table": block["table"],
         "Architecture": block["architecture"],
         "Train loss: published": block["published_best_train_loss"].map(pub),
-        "Train loss: ours": block["ours_best_train_loss"].map(_number),
+        "Train loss: ours": block["ours_best_train_loss"].map(fmt.number),
         "Val loss: published": block["published_best_val_loss"].map(pub),
-        "Val loss: ours": block["ours_best_val_loss"].map(_number),
-        "Time: published": [("missing" if pd.isna(s) else format_duration(s))
+        "Val loss: ours": block["ours_best_val_loss"].map(fmt.number),
+        "Time: published": [("missing" if pd.isna(s) else fmt.duration(s))
                             for s in block["published_training_time_s"]],
-        "Time: ours": block["ours_train_time_s"].map(format_duration),
+        "Time: ours": block["ours_train_time_s"].map(fmt.duration),
         "Ours diverged at": block["ours_diverged_at"].map(
             lambda d: d.replace(";", ", ") if isinstance(d, str) and d else "—"),
         "Note": block["note"].map(lambda n: f"[{notes.index(n) + 1}]" if isinstance(n, str) and n else ""),
@@ -495,20 +214,20 @@ def runs_index(runs: pd.DataFrame) -> pd.DataFrame:
         "Architecture": runs["architecture"],
         "Seed": runs["seed"],
         "Epochs": [f"{int(d) if pd.notna(d) else 0}/{e}" for d, e in zip(runs["epochs_done"], runs["epochs"])],
-        "Best val loss": runs["best_val_loss"].map(_number),
-        "Best val top-1": runs["best_val_acc"].map(_percent),
-        "Training time": runs["train_time_s"].map(format_duration),
+        "Best val loss": runs["best_val_loss"].map(fmt.number),
+        "Best val top-1": runs["best_val_acc"].map(fmt.percent),
+        "Training time": runs["train_time_s"].map(fmt.duration),
         "Device": list(device),
         "In tables": runs["status"].map(lambda s: "yes" if s in FINISHED else f"no ({s})"),
     })
 
 
 # --------------------------------------------------------------------------------------- figures
-FIGURES = {  # stem -> (labels per panel, title); the Lambda families mirror Tables 2-5
-    "curves_baselines": (["R18", "R34"], "Baselines (Table 1)"),
-    **{f"curves_L{stage}_{pos}": ([f"LR18_L{stage}({pos})", f"LR34_L{stage}({pos})"], f"{title} (Table {n})")
-       for n, (title, _, (pos, stage)) in TABLES.items() if pos},
-}
+def figure_panels() -> dict[str, tuple[list[str], str]]:
+    """figure stem -> (labels per panel, title): one curves figure per model family, as its table."""
+    return {f.figure_stem: ([f.label(d) for d in f.depths],
+                            "Baselines (Table 1)" if f.position is None else f"{f.title} (Table {n})")
+            for n, f in tables().items()}
 
 
 def plot_run(run_dir: Path | str, path: Path | str | None = None) -> Path:
@@ -517,23 +236,15 @@ def plot_run(run_dir: Path | str, path: Path | str | None = None) -> Path:
     Here rather than in figures.py: the run is read as the tables read it (status, set-up label), then
     drawn by run_figure (figures.py's)."""
     run_dir = Path(run_dir)
-    runs, _ = _load(None, [run_dir], strict=True)  # an unreadable record raises, naming the file
-    if runs.empty:
+    found, _ = load_runs(None, [run_dir], strict=True)  # an unreadable record raises, naming the file
+    if found.empty:
         raise FileNotFoundError(f"{run_dir} is not a run record (no summary.json)")
-    return figures.save_png(run_figure(runs.iloc[0]), Path(path) if path else run_dir / "curves.png")
+    return figures.save_png(figures.run_figure(found.iloc[0]), Path(path) if path else run_dir / "curves.png")
 
 
 def _write(path: Path, data: bytes | str) -> None:
-    """Write atomically (a temporary renamed over the target); a failure says which path and why."""
-    data = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
-        raise record.RecordError(record.describe_os_error(err, path)) from err
+    files.make_dir(path.parent)
+    files.atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -599,7 +310,7 @@ def _sections(setups: list[dict], render) -> str:
 def _what_this_is(setups: list[dict], n_runs: int) -> tuple[str, str]:
     """(the README's title, its opening lines): what the report holds, derived from the set-ups' scale."""
     if setups == [PLACEHOLDER]:
-        opening = "No finished runs yet" + (f" ({_plural(n_runs, 'unfinished run record')})." if n_runs else ".")
+        opening = "No finished runs yet" + (f" ({fmt.plural(n_runs, 'unfinished run record')})." if n_runs else ".")
         return "# Lambda-ResNets on small data: results", f"**{opening}**\n"
     smoke = [s for s in setups if s["smoke_test"]]
     title = ("# Lambda-ResNets on small data: a smoke test of the pipeline, not results" if len(smoke) == len(setups)
@@ -641,32 +352,34 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         raise FileNotFoundError(
             f"no run records found at {results_dir / 'runs'} (no such folder); train some first "
             "(`lambdalib train`, `lambdalib demo`) or pass the results folder that holds runs/ with --results")
-    all_runs, skipped = _load(results_dir, runs)
-    finished = all_runs[all_runs["status"].isin(FINISHED)] if not all_runs.empty else all_runs
+    all_runs, skipped = load_runs(results_dir, runs)
+    finished = finished_runs(all_runs)
     cells = aggregate(all_runs)
     setups = (finished[["setup", "setup_label", "scale", "smoke_test"]].drop_duplicates("setup").to_dict("records")
               if not finished.empty else [PLACEHOLDER])
-    files: dict[str, bytes | str] = {}  # everything first, then written: a failure leaves the old report
+    outputs: dict[str, bytes | str] = {}  # everything first, then written: a failure leaves the old report
 
     # tables: one CSV with every set-up (set-up columns) and one markdown with a section per set-up
-    tables = {number: results_table(cells, number) for number in TABLES}
-    table_md = {(n, s["setup"]): markdown_table(results_table_markdown(_of(tables[n], s))) for n in TABLES
+    families = tables()
+    frames = {number: results_table(cells, number) for number in families}
+    table_md = {(n, s["setup"]): markdown_table(results_table_markdown(_of(frames[n], s))) for n in families
                 for s in setups}
-    for number, (title, stem, _) in TABLES.items():
-        files[f"tables/{stem}.csv"] = tables[number].to_csv(index=False, lineterminator="\n")
-        files[f"tables/{stem}.md"] = (f"## Table {number}: {title}\n\n"
+    for number, family in families.items():
+        stem = family.table_stem
+        outputs[f"tables/{stem}.csv"] = frames[number].to_csv(index=False, lineterminator="\n")
+        outputs[f"tables/{stem}.md"] = (f"## Table {number}: {family.title}\n\n"
                                       + _sections(setups, lambda s: table_md[number, s["setup"]]))  # noqa: B023
-    comparison = comparison_table(cells, load_published())
+    comparison = comparison_table(cells, registry.published())
     comparison_md = {s["setup"]: comparison_markdown(_of(comparison, s)) for s in setups}
-    files["tables/comparison.csv"] = comparison.to_csv(index=False, lineterminator="\n")
-    files["tables/comparison.md"] = ("## Published vs ours\n\n"
+    outputs["tables/comparison.csv"] = comparison.to_csv(index=False, lineterminator="\n")
+    outputs["tables/comparison.md"] = ("## Published vs ours\n\n"
                                      + _sections(setups, lambda s: comparison_md[s["setup"]]))
     index = runs_index(all_runs)
     skipped_md = markdown_table(pd.DataFrame(skipped, columns=["Run", "File", "Problem"]), empty="None.")
     internal = [c for c in all_runs.columns if c.startswith("_")]
     runs_csv = all_runs.drop(columns=["family", "model_order", "environment", *internal], errors="ignore")
-    files["tables/runs.csv"] = runs_csv.to_csv(index=False, lineterminator="\n")  # env_* kept
-    files["tables/runs.md"] = ("## Run records\n\n" + markdown_table(index)
+    outputs["tables/runs.csv"] = runs_csv.to_csv(index=False, lineterminator="\n")  # env_* kept
+    outputs["tables/runs.md"] = ("## Run records\n\n" + markdown_table(index)
                                + "\n## Unreadable run records (skipped)\n\n" + skipped_md)
 
     # the README: what it is, provenance, then per set-up its tables, the comparison and the figures
@@ -692,8 +405,8 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
     for setup in setups:
         readme.append("## Results\n" if setup is PLACEHOLDER
                       else f"## Set-up: {setup['setup_label']}\n\n{_banner(setup)}")
-        for number, (name, stem, _) in TABLES.items():
-            readme.append(f"### Table {number}: {name} ([csv](tables/{stem}.csv))\n\n"
+        for number, family in families.items():
+            readme.append(f"### Table {number}: {family.title} ([csv](tables/{family.table_stem}.csv))\n\n"
                           + table_md[number, setup["setup"]])
         banner = _banner(setup) + "\n" if setup is not PLACEHOLDER else ""  # the scale, right above the table
         readme.append(f"### Published vs ours ([csv](tables/comparison.csv))\n\n{banner}"
@@ -702,22 +415,22 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         folder = f"figures/{setup['setup']}"
         mine = _of(finished, setup)
         heading = "" if setup is PLACEHOLDER else f"\n{setup['setup_label']}"
-        for stem, (labels, name) in FIGURES.items():
+        for stem, (labels, name) in figure_panels().items():
             runs_here = mine[mine["label"].isin(labels)] if not mine.empty else mine
-            files[f"{folder}/{stem}.png"] = figures.png_bytes(curves_figure(
+            outputs[f"{folder}/{stem}.png"] = figures.png_bytes(figures.curves_figure(
                 runs_here, labels, f"{name}: train (dashed) / val (solid) loss{heading}"))
             readme.append(f"![{name}]({folder}/{stem}.png)\n")
-        files[f"{folder}/accuracy_vs_noise.png"] = figures.png_bytes(accuracy_figure(
+        outputs[f"{folder}/accuracy_vs_noise.png"] = figures.png_bytes(figures.accuracy_figure(
             _of(cells, setup), f"Best val top-1 vs label noise{heading}"))
         readme.append(f"![Best val top-1 vs noise]({folder}/accuracy_vs_noise.png)\n")
     readme.append("## Unfinished runs (not in the tables or figures)\n\n"
                   + markdown_table(index[index["In tables"] != "yes"], empty="None."))
     readme.append("## Unreadable run records (skipped)\n\n" + skipped_md)
     readme.append("## All run records ([csv](tables/runs.csv))\n\n" + markdown_table(index))
-    files["README.md"] = "\n".join(readme)
+    outputs["README.md"] = "\n".join(readme)
 
     written = []
-    for rel, content in files.items():  # README.md last: it links the rest
+    for rel, content in outputs.items():  # README.md last: it links the rest
         _write(out / rel, content)
         written.append(out / rel)
     _remove_stale(out, written)

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,19 +45,11 @@ from tqdm import tqdm
 
 from . import cache as cache_lib
 from . import data as data_lib
-from . import loggers, models, record
+from . import download, loggers, models, record, registry
 from .config import RunConfig
+from .files import atomic_torch_save
 from .paths import project_root
-from .record import (  # noqa: F401  (re-exported: the trainer writes the record through these)
-    FINISHED,
-    HISTORY_COLUMNS,
-    TIMING_COLUMNS,
-    RunBusyError,
-    atomic_torch_save,
-    load_summary,
-    read_history,
-    summarize,
-)
+from .record import FINISHED, load_summary, summarize
 
 log = logging.getLogger(__name__)
 
@@ -381,19 +372,6 @@ def divergence(row: dict, history: list[dict], factor: float, classes: int) -> s
     return ""
 
 
-def first_per_class(targets, per_class: int) -> list[int]:
-    """Indices of the first `per_class` items of each class (all items when per_class is 0)."""
-    if per_class <= 0:
-        return list(range(len(targets)))
-    seen: Counter = Counter()
-    keep = []
-    for index, target in enumerate(map(int, targets)):
-        seen[target] += 1
-        if seen[target] <= per_class:
-            keep.append(index)
-    return keep
-
-
 def existing_record(config: RunConfig) -> dict | None:
     """The summary of the run record `config` maps to (None if there is none yet).
 
@@ -503,7 +481,7 @@ def _prepare_data(ctx: Context) -> Data:
     config, dist = ctx.config, ctx.dist
     if dist.enabled and not dist.is_main:
         torch_dist.barrier()  # rank 0 downloads/extracts first; the others then find the verified copy
-    root = data_lib.resolve_root(config.data)
+    root = download.resolve_root(config.data)
     if dist.enabled and dist.is_main:
         torch_dist.barrier()
     plain = dict(on_error=config.on_error, check_images=False)  # reads the CSV only
@@ -536,8 +514,8 @@ def _prepare_data(ctx: Context) -> Data:
                                              **checked)
         val_set = data_lib.NoisyImagenette(root, "val", transform=data_lib.val_transform(config.img_size), **checked)
         skipped_paths = train_set.skipped + val_set.skipped
-        train_subset = first_per_class(train_set.clean_targets, config.train_per_class)
-        val_subset = first_per_class(val_set.clean_targets, config.val_per_class)
+        train_subset = data_lib.first_per_class(train_set.clean_targets, config.train_per_class)
+        val_subset = data_lib.first_per_class(val_set.clean_targets, config.val_per_class)
         workers = _loader_workers(ctx)
         val_part = torch.utils.data.Subset(val_set, val_subset[dist.rank::dist.world_size])
         val_loader = data_lib.make_loader(val_part, batch_size=config.batch_size, shuffle=False, seed=config.seed,
@@ -664,9 +642,9 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     data = _prepare_data(ctx)
     trainee = _build(ctx, len(data.classes))
     history = trainee.history
-    label = models.report_label(config.model)
+    label = registry.report_label(config.model)
     extra = dict(
-        run_id=config.run_id, experiment_id=config.experiment_id, model=models.resolve_name(config.model),
+        run_id=config.run_id, experiment_id=config.experiment_id, model=registry.resolve_name(config.model),
         label=label, architecture=models.describe(config.model),
         timm_lookalike=models.lookalike_note(config.model) is not None, noise=config.noise,
         realised_noise=data.realised_noise, preset=config.preset,

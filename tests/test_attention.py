@@ -12,7 +12,7 @@ from pytorch_grad_cam import FullGrad
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from lambdalib import attention, models
+from lambdalib import attention, models, registry
 from lambdalib.config import RunConfig
 from lambdalib.train import run
 
@@ -317,7 +317,7 @@ def _fake_record(runs, name, *, model="R18", noise=0.0, preset="fast", seed=0, s
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     (run_dir / "summary.json").write_text(json.dumps(dict(
-        status=status, label=models.report_label(model), epochs_done=epochs, environment=dict(git_commit="abc1234"))))
+        status=status, label=registry.report_label(model), epochs_done=epochs, environment=dict(git_commit="abc1234"))))
     if best:
         (run_dir / "best.pt").write_bytes(b"")
     return run_dir

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lambdalib import claims, models, record, report
+from lambdalib import claims, record, registry
+from lambdalib import runs as run_records
 from lambdalib.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +50,8 @@ def write_run(results: Path, model: str, noise: float, seed: int, *, train: list
         patch.setattr(record, "HISTORY_COLUMNS", columns)
         record.write_history(run_dir, [{k: row[k] for k in columns} for row in history])
     summary = record.summarize(history, status, diverged_at, dict(
-        run_id=config.run_id, experiment_id=config.experiment_id, model=models.resolve_name(model),
-        label=models.report_label(models.resolve_name(model)), noise=noise, preset=preset, params=1, gflops=0.1,
+        run_id=config.run_id, experiment_id=config.experiment_id, model=registry.resolve_name(model),
+        label=registry.report_label(registry.resolve_name(model)), noise=noise, preset=preset, params=1, gflops=0.1,
         train_images=1600, val_images=700, amp="off", environment=dict(device="CPU (test)", world_size=1)))
     record.write_summary(run_dir, summary)
     return run_dir
@@ -111,7 +112,7 @@ def study(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(study) -> pd.DataFrame:
-    return report.collect_runs(study)
+    return run_records.collect(study)
 
 
 def by_key(claim_list) -> dict[str, claims.Claim]:
@@ -257,7 +258,7 @@ def test_overfit_and_oscillation_claims(runs):
     for model in ("R18", "LR18_L2(rpe)"):
         for seed in SEEDS:
             write_run(short, model, 0.0, seed, train=falling(1.0, 5), val=val_curve(0.0, 0.0, 5), monkeypatch=patch)
-    oscillation = by_key(claims.evaluate_claims(report.collect_runs(short)))["2b"]
+    oscillation = by_key(claims.evaluate_claims(run_records.collect(short)))["2b"]
     assert oscillation.comparisons[0].effect.n == 0 and oscillation.verdict == claims.CANNOT_TELL
     assert "at least 11 epochs" in oscillation.verdict_text
 
@@ -304,20 +305,20 @@ def test_explosion_claim_on_old_records_and_short_runs(tmp_path):
     patch = pytest.MonkeyPatch()
     val = [2.3, 2.1, 2.0, 30.0] + [2.0] * 8  # a spike at epoch 4 with calm gradients and train loss
     write_run(tmp_path, "LR34_L3(rpe)", 0.0, 0, train=falling(1.0), val=val, old_record=True, monkeypatch=patch)
-    history = report.collect_runs(tmp_path)["_history"].iloc[0]
+    history = run_records.collect(tmp_path)["_history"].iloc[0]
     assert all(math.isnan(r[BATCH_STATS]) for r in history)  # an old record reads the column as missing
-    claim = by_key(claims.evaluate_claims(report.collect_runs(tmp_path)))["4"]
+    claim = by_key(claims.evaluate_claims(run_records.collect(tmp_path)))["4"]
     assert [s.cause for s in claim.spikes] == [claims.SPIKE_UNCLASSIFIED]
     assert claim.verdict == claims.CANNOT_TELL and "without val_loss_batch_stats" in claim.verdict_text
     short = tmp_path / "short"
     write_run(short, "LR34_L3(rpe)", 0.0, 0, train=falling(1.0, 3), val=[2.3, 2.2, 2.1], monkeypatch=patch)
-    claim = by_key(claims.evaluate_claims(report.collect_runs(short)))["4"]
+    claim = by_key(claims.evaluate_claims(run_records.collect(short)))["4"]
     assert claim.verdict == claims.CANNOT_TELL and "trained 3 epochs" in claim.verdict_text
 
 
 def test_time_claim_against_the_reports_extra_hour(runs):
     claim = by_key(claims.evaluate_claims(runs))["5"]
-    published = report.load_published()
+    published = registry.published()
     baselines = published[published["label"].isin(["R18", "R34"])]["training_time_s"]
     threshold = 1 + claims.SLOWDOWN_SHARE * 3600 / baselines.mean()
     assert f"×{threshold:.2f}" in claim.statistic
@@ -369,7 +370,7 @@ def test_recipe_claim(tmp_path):
         for preset, losses in (("report", report_losses), ("fast", fast_losses)):
             val = [losses[seed] + 0.1 * (EPOCHS - e) for e in range(1, EPOCHS + 1)]
             write_run(tmp_path, "R18", 0.0, seed, train=falling(1.0), val=val, preset=preset, monkeypatch=patch)
-    claim = by_key(claims.evaluate_claims(report.collect_runs(tmp_path)))["7"]
+    claim = by_key(claims.evaluate_claims(run_records.collect(tmp_path)))["7"]
     chance = comparison(claim, "R18 − ln(10)", "report, 0 % noise")
     check(chance, np.subtract(report_losses, math.log(10)), claims.NOT_SUPPORTED)  # at chance: does not train
     context = comparison(claim, "R18: report − fast", "report, 0 % noise")
@@ -379,12 +380,12 @@ def test_recipe_claim(tmp_path):
     for seed in SEEDS:
         val = [fast_losses[seed] + 0.1 * (EPOCHS - e) for e in range(1, EPOCHS + 1)]
         write_run(trained, "R18", 0.0, seed, train=falling(1.0), val=val, preset="report", monkeypatch=patch)
-    assert by_key(claims.evaluate_claims(report.collect_runs(trained)))["7"].verdict == claims.SUPPORTED
+    assert by_key(claims.evaluate_claims(run_records.collect(trained)))["7"].verdict == claims.SUPPORTED
 
 
 def test_no_runs_and_unfinished_runs(tmp_path):
     (tmp_path / "runs").mkdir()
-    empty = report.collect_runs(tmp_path)
+    empty = run_records.collect(tmp_path)
     found = claims.evaluate_claims(empty, attention_sweep=tmp_path / "none.csv")
     assert [c.key for c in found] == ["1", "2a", "2b", "3a", "3b", "4", "5", "6", "7"]
     assert all(c.verdict == claims.CANNOT_TELL for c in found)
@@ -396,14 +397,14 @@ def test_no_runs_and_unfinished_runs(tmp_path):
         for seed in SEEDS:
             write_run(tmp_path, model, 0.0, seed, train=falling(1.0), val=val_curve(0, 0), status="running",
                       monkeypatch=patch)
-    unfinished = report.collect_runs(tmp_path)
+    unfinished = run_records.collect(tmp_path)
     assert len(unfinished) == 6
     assert by_key(claims.evaluate_claims(unfinished))["1"].comparisons == []  # only finished runs count
 
 
 def test_markdown_section(runs, study):
     text = claims.claims_markdown(runs)
-    assert text == claims.claims_markdown(report.collect_runs(study))  # deterministic
+    assert text == claims.claims_markdown(run_records.collect(study))  # deterministic
     assert text.startswith("## Claims\n")
     table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     keys = ("1", "2a", "2b", "3a", "3b", "4", "5", "6", "7")
@@ -430,4 +431,4 @@ def test_committed_claims_match_records():
     readme = ROOT / "results" / "README.md"
     section = _section(readme.read_text())
     assert section is not None, "the committed results/README.md has no '## Claims' section"
-    assert section == claims.claims_markdown(report.collect_runs(ROOT / "results")).strip()
+    assert section == claims.claims_markdown(run_records.collect(ROOT / "results")).strip()

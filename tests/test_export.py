@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import lambdalib
-from lambdalib import models, record
+from lambdalib import models, record, registry
 from lambdalib.config import RunConfig
 from lambdalib.export import LICENSE, export
 from lambdalib.train import run
@@ -68,7 +68,7 @@ def reference_outputs(run_dir: Path, x: torch.Tensor) -> torch.Tensor:
 
 def size_args(summary: dict) -> dict:
     """What rebuilds the run's model: the image size for ours, and an lc model's scope (the default 23)."""
-    if summary["model"] not in models.SPECS:
+    if summary["model"] not in registry.SPECS:
         return {}
     return {"img_size": 32, **({"scope": 23} if summary["model"].endswith("_lc") else {})}
 
@@ -103,7 +103,7 @@ def test_timm_loads_the_file_to_identical_outputs(exported):
     summary, x = record.load_summary(run_dir), probe()
     expected = reference_outputs(run_dir, x)
     overlay = dict(file=str(out / "model.safetensors"))
-    if summary["model"] not in models.SPECS:  # timm's own default cfg is ImageNet's 1000 classes
+    if summary["model"] not in registry.SPECS:  # timm's own default cfg is ImageNet's 1000 classes
         overlay["num_classes"] = 10
     model = timm.create_model(summary["model"], pretrained=True, num_classes=10, **size_args(summary),
                               pretrained_cfg_overlay=overlay)

@@ -1,8 +1,13 @@
-"""The house rules a newcomer relies on, checked: short argument lists, imports that point one way."""
+"""The house rules a newcomer relies on, checked: short argument lists, an import graph without circles,
+modules one can hold in one's head, a CLI whose --help imports no torch."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lambdalib"
+MAX_MODULE_LINES = 600
+MAX_PACKAGE_LINES = 7000
 
 
 def test_no_function_takes_more_than_six_positional_arguments():
@@ -16,40 +21,103 @@ def test_no_function_takes_more_than_six_positional_arguments():
     assert not crowded, crowded
 
 
-def imports_of(name: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+def imports_of(source: str) -> set[str]:
+    """The lambdalib modules a module's source imports, at module level or inside functions."""
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.update([node.module] if node.module else [a.name for a in node.names])
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lambdalib"):
-            found.add(node.module.split(".", 1)[-1])
-    return found
+            found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lambdalib."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "lambdalib":
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("lambdalib."))
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    return found & modules - {"__init__"}
 
 
-def test_readers_of_the_record_never_import_the_trainer():
-    for reader in ("report", "figures", "record", "attention", "export", "notebook"):
-        if (PACKAGE / f"{reader}.py").exists():
-            assert "train" not in imports_of(reader), reader
-    assert "train" in imports_of("sweep") and "record" in imports_of("train")
+def import_graph() -> dict[str, set[str]]:
+    return {p.stem: imports_of(p.read_text()) - {p.stem} for p in sorted(PACKAGE.glob("*.py")) if p.stem != "__init__"}
 
 
-def test_library_code_reports_through_logging_and_can_be_silenced(tmp_path, capsys):
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One circle through each strongly connected part of the graph (Tarjan), as a readable path."""
+    index, low, stack, on_stack, parts = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            part = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                part.append(top)
+                if top == node:
+                    break
+            if len(part) > 1:
+                parts.append(sorted(part))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return parts
+
+
+def test_the_cycle_finder_finds_a_circle():  # the check below can fail
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    assert imports_of("def f():\n    from .train import run\n") == {"train"}
+
+
+def test_no_import_circle_among_lambdalib_modules():
+    assert cycles(import_graph()) == []
+
+
+def test_modules_stay_small_enough_to_read():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+    assert sum(sizes.values()) <= MAX_PACKAGE_LINES, sum(sizes.values())
+
+
+def test_help_imports_neither_torch_nor_timm():
+    probe = ("import sys\nfrom lambdalib.cli import main\n"
+             "for argv in (['--help'], ['report', '--help'], ['reproduce', '--help'], ['train', '--help']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "heavy = [m for m in ('torch', 'timm', 'pandas', 'torchvision') if m in sys.modules]\n"
+             "print('HEAVY', heavy, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "HEAVY [" in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_library_code_reports_through_a_handlerless_logger(tmp_path, capsys):
     import logging
 
     from lambdalib import report
 
+    logger = logging.getLogger("lambdalib")
+    assert not any(not isinstance(h, logging.NullHandler) for h in logger.handlers)  # the library adds none
+    assert logger.propagate
     (tmp_path / "runs").mkdir()
     report.build(tmp_path)
-    assert "report: 0 run records" in capsys.readouterr().out  # INFO lines reach stdout by default
-    logger = logging.getLogger("lambdalib")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        report.build(tmp_path)
-        assert "report:" not in capsys.readouterr().out
-    finally:
-        logger.setLevel(level)
+    assert "report: 0 run records" not in capsys.readouterr().out  # silent until someone attaches a handler
     printing = [f.name for f in PACKAGE.glob("*.py")
                 if f.name not in ("cli.py", "notebook.py", "sweep.py", "export.py") and "print(" in f.read_text()]
     assert not printing, printing  # the CLI and the notebooks' display helpers print; the library logs
+
+
+def test_the_cli_attaches_the_handler(tmp_path, capsys):
+    from lambdalib.cli import main
+
+    (tmp_path / "runs").mkdir()
+    assert main(["report", "--results", str(tmp_path)]) == 0
+    assert "report: 0 run records" in capsys.readouterr().out

@@ -7,8 +7,8 @@ import torchvision
 from timm.layers import DropPath
 
 import lambdalib  # noqa: F401  (registers the models)
-from lambdalib import models
-from lambdalib.data import EVAL_CROP_FRACTION
+from lambdalib import models, registry
+from lambdalib.imagenette import EVAL_CROP_FRACTION
 from lambdalib.layers import LambdaLayer
 
 IMG = 32  # small images keep the ten-model contract tests fast (maps 16, 8, 4, 2, 1)
@@ -87,7 +87,7 @@ def test_timms_resnet18_is_initialised_differently():
 
 
 # ------------------------------------------------------------------------------- timm's model contract
-@pytest.mark.parametrize("name", models.MODEL_NAMES)
+@pytest.mark.parametrize("name", registry.REPORT_MODELS)
 def test_timm_contract(name):
     """What timm's own model tests check, on each of the ten (one model built per phase to keep it fast):
     forward/backward (with the trainer's drop_rate and drop_path_rate), default cfg + forward_features /
@@ -185,7 +185,7 @@ def test_timm_data_config_reflects_image_size():
         assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
         assert model.pretrained_cfg["pool_size"] == (4, 4) and model.pretrained_cfg["num_classes"] == 10
         assert model.pretrained_cfg["fixed_input_size"] is fixed
-        assert model.pretrained_cfg["architecture"] == models.resolve_name(label)
+        assert model.pretrained_cfg["architecture"] == registry.resolve_name(label)
     default = timm.create_model("lambda_resnet18_l3_lc")  # timm's defaults: 1000 classes, the report's 160 px
     assert default.num_classes == 1000 and default.pretrained_cfg["input_size"] == (3, 160, 160)
 
@@ -213,13 +213,13 @@ def test_run_checkpoint_loads_through_timm(tmp_path):
      ("resnet50", "resnet50"), ("lambda_resnet26t", "lambda_resnet26t")],
 )
 def test_report_labels_resolve(label, name):
-    assert models.resolve_name(label) == name
+    assert registry.resolve_name(label) == name
 
 
 @pytest.mark.parametrize("name", ["Resnet18", "RESNET34", "resNet18"])
 def test_ambiguous_resnet_spelling_is_refused(name):
     with pytest.raises(ValueError, match="Ambiguous.*report's torchvision ResNet.*timm's resnet"):
-        models.resolve_name(name)
+        registry.resolve_name(name)
 
 
 def test_timms_resnet18_cannot_pass_for_the_reports():

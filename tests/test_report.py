@@ -15,14 +15,14 @@ from conftest import make_tiny_imagenette
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 
-from lambdalib import cli, models, record, report
+from lambdalib import cli, figures, fmt, record, registry, report, runs
 from lambdalib.config import RunConfig, data_slug
 from lambdalib.record import load_summary
 from lambdalib.train import run
 
 # (model, noise, overrides): two short real runs and one that diverges at epoch 1 (lr 1e4)
 RUNS = [("R18", 0.0, {}), ("LR18_L2(rpe)", 0.25, {}), ("R18", 0.05, {"lr": 1e4})]
-TABLE_STEMS = [stem for _, stem, _ in report.TABLES.values()]
+TABLE_STEMS = [f.table_stem for f in report.tables().values()]
 # the records written directly (no training): the demo's scale
 SMOKE = dict(model="R18", noise=0.0, preset="fast", epochs=3, img_size=64, batch_size=32, data="embedded",
              train_per_class=24, val_per_class=16)
@@ -54,8 +54,8 @@ def write_record(results: Path, *, status: str = "complete", loss: float = 2.0, 
     record.write_history(run_dir, history)
     per_class = (config.train_per_class or 946, config.val_per_class or 392)
     summary = record.summarize(history, status, diverged_at, dict(
-        run_id=config.run_id, experiment_id=config.experiment_id, model=models.resolve_name(config.model),
-        label=models.report_label(config.model), noise=config.noise, realised_noise=config.noise,
+        run_id=config.run_id, experiment_id=config.experiment_id, model=registry.resolve_name(config.model),
+        label=registry.report_label(config.model), noise=config.noise, realised_noise=config.noise,
         preset=config.preset, params=11181642, gflops=0.2961, train_images=10 * per_class[0],
         val_images=10 * per_class[1], amp=config.amp, precision="fp32", channels_last=False,
         environment=dict(torch="2.x", python="3.11", device="CPU (test)", world_size=config.world_size,
@@ -116,7 +116,7 @@ def test_tables_equal_the_run_records(built):
             seen.update(s["run_id"] for s in summaries)
             assert row["n_runs"] == len(summaries)
             assert len(summaries) == 1
-            for metric in report.METRICS:  # full precision: exactly the summary's value (missing: NaN)
+            for metric in runs.METRICS:  # full precision: exactly the summary's value (missing: NaN)
                 expected = summaries[0][metric]
                 assert (pd.isna(row[metric]) and expected is None) or row[metric] == expected, metric
             first = summaries[0]
@@ -127,7 +127,7 @@ def test_tables_equal_the_run_records(built):
                 assert pd.isna(row["best_val_loss_epoch"])
             else:
                 assert int(row["best_val_loss_epoch"]) == first["best_val_loss_epoch"]
-            assert row["architecture"] == report.architecture(first["label"], first["noise"])
+            assert row["architecture"] == fmt.architecture(first["label"], first["noise"])
             if first["status"] == "diverged":
                 assert int(row["diverged_at"]) == first["diverged_at"] == 1
             else:
@@ -153,7 +153,7 @@ def test_readme_states_provenance_and_embeds_existing_figures(built):
     assert re.search(r"git commit: .*" + re.escape(env["git_commit"].split("-")[0]), text)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     pngs = sorted((results / "figures").rglob("*.png"))
-    assert len(links) == len(pngs) == 2 * (len(report.FIGURES) + 1)  # two set-ups
+    assert len(links) == len(pngs) == 2 * (len(report.figure_panels()) + 1)  # two set-ups
     for link in links:
         data = (readme.parent / link).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -193,13 +193,13 @@ def test_comparison_puts_published_next_to_ours(built):
 
 
 def test_published_csv_is_consistent():
-    published = report.load_published()
+    published = registry.published()
     assert len(published) == 40 and sorted(published["table"].unique()) == [1, 2, 3, 4, 5]
     assert published["source"].str.contains("Report and analysis of lambda network performance").all()
     for text, seconds in zip(published["training_time"], published["training_time_s"]):
-        assert (math.isnan(seconds) and pd.isna(text)) or report.parse_duration(text) == seconds
-    assert report.parse_duration("2h 22m 41") == 8561 and report.parse_duration("1h 57m 2s") == 7022
-    assert report.format_duration(5557) == "1h 32m 37s" and report.format_duration(65) == "1m 5s"
+        assert (math.isnan(seconds) and pd.isna(text)) or fmt.parse_duration(text) == seconds
+    assert fmt.parse_duration("2h 22m 41") == 8561 and fmt.parse_duration("1h 57m 2s") == 7022
+    assert fmt.duration(5557) == "1h 32m 37s" and fmt.duration(65) == "1m 5s"
 
 
 def test_rebuild_is_identical(built, tmp_path):
@@ -298,7 +298,7 @@ def test_an_unreadable_record_is_skipped_and_named(tmp_path, name, garbage):
     assert broken.name in skipped and f"runs/{broken.name}/{name}" in skipped
     assert str(tmp_path) not in text
     assert broken.name in (tmp_path / "tables" / "runs.md").read_text()
-    assert len(list((tmp_path / "figures").rglob("*.png"))) == len(report.FIGURES) + 1
+    assert len(list((tmp_path / "figures").rglob("*.png"))) == len(report.figure_panels()) + 1
 
 
 def test_a_failed_build_leaves_the_previous_report(tmp_path, monkeypatch):
@@ -310,7 +310,7 @@ def test_a_failed_build_leaves_the_previous_report(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(report, "accuracy_figure", broken)  # the last thing computed
+    monkeypatch.setattr(figures, "accuracy_figure", broken)  # the last thing computed
     with pytest.raises(RuntimeError, match="figure failed"):
         report.build(tmp_path, quiet=True)
     assert _snapshot(tmp_path) == before
@@ -336,7 +336,7 @@ def test_empty_results_say_no_runs(tmp_path):
         assert pd.read_csv(tmp_path / "results" / "tables" / f"{stem}.csv").empty
     comparison = pd.read_csv(tmp_path / "results" / "tables" / "comparison.csv")
     assert len(comparison) == 40 and comparison["ours_best_val_loss"].isna().all()
-    assert len(list((tmp_path / "results" / "figures").rglob("*.png"))) == len(report.FIGURES) + 1
+    assert len(list((tmp_path / "results" / "figures").rglob("*.png"))) == len(report.figure_panels()) + 1
 
 
 def test_a_crashed_run_reads_crashed(tmp_path):
@@ -401,7 +401,7 @@ def test_plot_run_is_readable_after_one_epoch(tmp_path):
     run_dir = write_record(tmp_path, noise=0.25, epochs=1)
     path = report.plot_run(run_dir)
     assert path == run_dir / "curves.png" and path.read_bytes()[:4] == b"\x89PNG"
-    fig = report.run_figure(report.collect_runs(tmp_path).iloc[0])
+    fig = figures.run_figure(runs.collect(tmp_path).iloc[0])
     ax = fig.axes[0]
     renderer = _drawn(fig)
     assert ax.get_xlabel() == "epoch" and "loss" in ax.get_ylabel()
@@ -418,11 +418,11 @@ def test_plot_run_is_readable_after_one_epoch(tmp_path):
 def test_plot_run_marks_divergence_and_unfinished_schedules(tmp_path):
     diverged = write_record(tmp_path, status="diverged", epochs=5, epochs_done=3, diverged_at=3, lr=1e4)
     running = write_record(tmp_path, model="R34", status="interrupted", epochs=35, epochs_done=2)
-    runs = report.collect_runs(tmp_path).set_index("run_id", drop=False)
-    fig = report.run_figure(runs.loc[diverged.name])
+    found = runs.collect(tmp_path).set_index("run_id", drop=False)
+    fig = figures.run_figure(found.loc[diverged.name])
     assert any("diverged" in t.get_text() for t in fig.legends[0].get_texts())
     assert "diverged at epoch 3" in fig._suptitle.get_text()
-    fig = report.run_figure(runs.loc[running.name])
+    fig = figures.run_figure(found.loc[running.name])
     assert fig.axes[0].get_xlim()[1] == pytest.approx(35.5)  # the planned schedule: how far it got
     assert "interrupted, 2/35 epochs" in fig._suptitle.get_text()
     for run_dir in (diverged, running):
@@ -434,8 +434,8 @@ def test_accuracy_vs_noise_has_true_spacing_chance_and_honest_error_bars(tmp_pat
         write_record(tmp_path, noise=noise)
     for seed, loss in ((0, 2.0), (1, 2.5)):
         write_record(tmp_path, model="R34", seed=seed, loss=loss)
-    cells = report.aggregate(report.collect_runs(tmp_path))
-    fig = report.accuracy_figure(cells, "test")
+    cells = runs.aggregate(runs.collect(tmp_path))
+    fig = figures.accuracy_figure(cells, "test")
     ax = fig.axes[0]
     _drawn(fig)
     assert list(ax.get_xticks()) == [0, 5, 25, 50]
@@ -446,7 +446,7 @@ def test_accuracy_vs_noise_has_true_spacing_chance_and_honest_error_bars(tmp_pat
     bars = [c for c in ax.collections if isinstance(c, LineCollection)]
     assert sum(len(c.get_segments()) for c in bars) == 1  # only the two-seed cell (R34, 0 %) has a bar
     assert "n = 1–2" in ax.get_xlabel() and "one seed have none" in ax.get_xlabel()
-    single = report.accuracy_figure(cells[cells["n_runs"] == 1], "test")
+    single = figures.accuracy_figure(cells[cells["n_runs"] == 1], "test")
     assert not [c for c in single.axes[0].collections if isinstance(c, LineCollection)]
     assert "no error bars" in single.axes[0].get_xlabel()
 

@@ -1,0 +1,81 @@
+"""Writing files so that a crash, a Ctrl-C or a full disk never leaves half of one, and OS errors in one line.
+
+Every file lambdalib writes (run records, checkpoints, caches, reports) goes through `atomic_write`:
+a temporary name beside the target, renamed over it once complete.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+
+class RecordError(ValueError):
+    """A file that cannot be read or written; the message names it and what to do."""
+
+
+def describe_os_error(err: OSError, path: Path) -> str:
+    """One line a user can act on: 'no space left on <path>', 'cannot write <path>: read-only ...'."""
+    if err.errno == errno.ENOSPC:
+        return f"no space left on {path.parent} while writing {path.name}; free some space and run again"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {path}: {(err.strerror or str(err)).lower()}; choose a writable results folder " \
+               "(--results)"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot create {path}: a file stands where a folder should be; choose another results folder"
+    return f"cannot write {path}: {err.strerror or err}"
+
+
+def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
+    """write(tmp) then rename over `path`; on any failure the temporary is removed, the target untouched,
+    and an OSError becomes a RecordError naming the path."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise RecordError(describe_os_error(err, path)) from err
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    import torch  # late: reading records needs no torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def make_dir(folder: Path) -> None:
+    """Create a folder (and its parents), or say in one line why it cannot be (read-only, a file in the way)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RecordError(describe_os_error(err, folder)) from err
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine; True when that cannot be told (another user's
+    process, a pid <= 0), so that nobody's files are taken over or removed on a guess."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, someone else's
+        return True
+    return True

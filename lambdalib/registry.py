@@ -1,0 +1,186 @@
+"""The report's models as data: each family (which table, figure, colour, notebook and baseline it has) is one
+row of FAMILIES, and every model is a depth of a family. Adding a variant is a row here; models.py changes only
+for a new kind of network. Like timm's _registry.py, this knows names, not networks: no torch import.
+
+    family      table  models (report label -> timm name)
+    baselines   1      R18 -> lambdalib_resnet18, R34 -> lambdalib_resnet34
+    L2_rpe      2      LR18_L2(rpe) -> lambda_resnet18_l2_rpe, LR34_L2(rpe) -> lambda_resnet34_l2_rpe
+    L3_rpe      3      ...           L2_lc 4, L3_lc 5
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+DEPTHS = (18, 34)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A row of the report: ResNets of some depths, with a lambda layer of `position` in `stage` (None: none)."""
+    key: str  # file stems: tables/table{table}_{key}, figures/curves_{key}
+    table: int  # the report's table number
+    title: str  # the table's title, as in the report
+    colour: str
+    notebook: str  # the papermill notebook that trains it (under notebooks/)
+    position: str | None = None  # "rpe" | "lc" | None (the baselines)
+    stage: int | None = None  # 1-4: where the lambda layer sits
+    depths: tuple[int, ...] = DEPTHS
+
+    @property
+    def table_stem(self) -> str:
+        return f"table{self.table}_{self.key}"
+
+    @property
+    def figure_stem(self) -> str:
+        return f"curves_{self.key}"
+
+    def label(self, depth: int) -> str:
+        return f"R{depth}" if self.position is None else f"LR{depth}_L{self.stage}({self.position})"
+
+    def name(self, depth: int) -> str:
+        return f"lambdalib_resnet{depth}" if self.position is None else \
+            f"lambda_resnet{depth}_l{self.stage}_{self.position}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # timm registry name
+    label: str  # the report's label
+    depth: int
+    family: str = field(default="baselines")
+    stage: int | None = None  # where the lambda layer sits (None for ResNets)
+    position: str | None = None  # "rpe" or "lc"
+
+    @property
+    def baseline(self) -> str | None:
+        """The ResNet a Lambda-ResNet is compared with (its own depth); None for a ResNet."""
+        return None if self.position is None else f"R{self.depth}"
+
+
+FAMILIES: dict[str, Family] = {}
+SPECS: dict[str, ModelSpec] = {}  # timm name -> spec, baselines first, then by depth and table
+_BY_LABEL: dict[str, str] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family and its models (models.py registers every spec with timm when it is imported, and any
+    later one when it is first created)."""
+    if family.key in FAMILIES:
+        raise ValueError(f"model family {family.key!r} is already registered")
+    FAMILIES[family.key] = family
+    for depth in family.depths:
+        spec = ModelSpec(family.name(depth), family.label(depth), depth, family.key, family.stage, family.position)
+        SPECS[spec.name] = spec
+        _BY_LABEL[spec.label.lower()] = spec.name
+    _ordered()
+    return family
+
+
+def _ordered() -> None:
+    """Keep SPECS in the report's order: baselines first, then every depth's families in table order."""
+    specs = sorted(SPECS.values(), key=lambda s: (s.position is not None, s.depth if s.position else 0,
+                                                  FAMILIES[s.family].table, s.depth))
+    SPECS.clear()
+    SPECS.update((s.name, s) for s in specs)
+
+
+for _family in (
+    Family("baselines", 1, "Baseline performance", OKABE_ITO[7], "02_baselines.ipynb"),
+    Family("L2_rpe", 2, "LambdaResNet Layer2 rpe", OKABE_ITO[0], "03_lambda_rpe.ipynb", "rpe", 2),
+    Family("L3_rpe", 3, "LambdaResNet Layer3 rpe", OKABE_ITO[5], "03_lambda_rpe.ipynb", "rpe", 3),
+    Family("L2_lc", 4, "LambdaResNet Layer2 lc", OKABE_ITO[3], "04_lambda_lc.ipynb", "lc", 2),
+    Family("L3_lc", 5, "LambdaResNet Layer3 lc", OKABE_ITO[1], "04_lambda_lc.ipynb", "lc", 3),
+):
+    register_family(_family)
+
+REPORT_MODELS = tuple(SPECS)  # the report's ten, baselines first
+# timm names that read like a report baseline but are timm's networks: timm name -> the report's model
+LOOKALIKES = {"resnet18": "lambdalib_resnet18", "resnet34": "lambdalib_resnet34"}
+
+
+def model_names() -> list[str]:
+    """Every registered model's timm name, in the report's order (made-up families last)."""
+    return list(SPECS)
+
+
+def family_of(name_or_label: str) -> Family | None:
+    spec = SPECS.get(resolve_name(name_or_label))
+    return FAMILIES[spec.family] if spec else None
+
+
+def resolve_name(name: str) -> str:
+    """Report label ("LR18_L2(rpe)", "R34", "ResNet18") or registry name -> timm registry name.
+
+    timm's own models (e.g. "resnet50", "lambda_resnet26t") pass through unchanged; so does lowercase
+    "resnet18", which is *timm's* resnet18, while "ResNet18", as the report writes it, is the report's R18.
+    Any other spelling of those two ("Resnet18", "RESNET34") is refused as ambiguous.
+    """
+    key = name.strip()
+    low = key.lower()
+    if key in SPECS:
+        return key
+    if low in _BY_LABEL:
+        return _BY_LABEL[low]
+    match = re.fullmatch(r"resnet(18|34)", low)
+    if match and key != low:
+        depth = match.group(1)
+        if key == f"ResNet{depth}":  # the report's spelling
+            return f"lambdalib_resnet{depth}"
+        raise ValueError(
+            f"Ambiguous model name {name!r}: 'ResNet{depth}' (= 'R{depth}', lambdalib_resnet{depth}) is the report's "
+            f"torchvision ResNet{depth}; lowercase 'resnet{depth}' is timm's resnet{depth} (timm's init and data "
+            f"config). Write 'R{depth}' or 'resnet{depth}'."
+        )
+    import timm  # late: only a name that is not ours needs timm's registry
+
+    if timm.is_model(key):
+        return key
+    close = difflib.get_close_matches(key, [s.label for s in SPECS.values()] + list(SPECS), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown model {name!r}.{hint} The report's models are: "
+        + ", ".join(f"{s.label} ({n})" for n, s in SPECS.items())
+        + "; any timm model name works too."
+    )
+
+
+def report_label(name: str) -> str:
+    name = resolve_name(name)
+    return SPECS[name].label if name in SPECS else name
+
+
+def family_label(position: str | None, depth: int, stage: int | None = None) -> str:
+    """The report label for a notebook's (family, depth, stage): ("rpe", 18, 2) -> "LR18_L2(rpe)"."""
+    try:
+        depth = int(depth)  # papermill's -r hands over strings
+        stage = None if stage is None else int(stage)
+    except (TypeError, ValueError):
+        raise ValueError(f"depth={depth!r}, stage={stage!r}: expected whole numbers") from None
+    for family in FAMILIES.values():
+        if family.position == position and (position is None or family.stage == stage) and depth in family.depths:
+            return family.label(depth)
+    if depth not in DEPTHS:
+        raise ValueError(f"depth={depth!r}: the report's ResNets are 18 or 34")
+    if position not in (None, "rpe", "lc"):
+        raise ValueError(f"position={position!r}: expected 'rpe' or 'lc'")
+    raise ValueError(f"stage={stage!r}: the report puts the lambda layer in stage 2 or 3")
+
+
+def model_rank(label: str) -> int:
+    """A label's place in the report's order (unknown models last)."""
+    labels = [s.label for s in SPECS.values()]
+    return labels.index(label) if label in labels else len(labels)
+
+
+def published():
+    """The report's published numbers (lambdalib/published.csv); L3 rpe values are NaN (never published)."""
+    from importlib import resources
+
+    import pandas as pd
+
+    with resources.files("lambdalib").joinpath("published.csv").open() as handle:
+        return pd.read_csv(handle, dtype={"training_time": str, "note": str})
