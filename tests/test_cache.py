@@ -13,7 +13,8 @@ from torchvision.transforms import functional as TF
 
 from lambdalib import cache as C
 from lambdalib import data as D
-from lambdalib.train import first_per_class
+from lambdalib.data import first_per_class
+from lambdalib.imagenette import MEAN, STD
 
 
 def copy_of(tiny_imagenette, tmp_path, odd_sizes: bool = False):
@@ -255,7 +256,7 @@ def test_train_loader_crops_cover_the_image_like_random_resized_crop(tmp_path):
                             sizes=np.tile([48, 64], (2000, 1)), generator=torch.Generator().manual_seed(0))
     ours = torch.cat([x for x, _ in loader])
     assert ours.shape == (2000, 3, 16, 16)
-    ours_left = (ours[:, 0, :, :8].mean((1, 2)) * D.IMAGENET_DEFAULT_STD[0] + D.IMAGENET_DEFAULT_MEAN[0]).numpy()
+    ours_left = (ours[:, 0, :, :8].mean((1, 2)) * STD[0] + MEAN[0]).numpy()
     torch.manual_seed(0)
     ref_t = T.Compose([T.RandomResizedCrop(16), T.RandomHorizontalFlip(), T.ToTensor()])
     image = Image.fromarray(pixels)

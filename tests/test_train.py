@@ -12,7 +12,8 @@ import torch
 
 import lambdalib
 from lambdalib.config import RunConfig
-from lambdalib.train import FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, read_history, run
+from lambdalib.record import FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, read_history
+from lambdalib.train import run
 
 
 def tiny_config(data: Path, results: Path, **overrides) -> RunConfig:
@@ -166,7 +167,7 @@ def test_a_timm_model_name_trains_too(tiny_imagenette, tmp_path):
 
 
 def test_one_trainer_per_run_folder(tiny_imagenette, tmp_path):
-    from lambdalib.train import RunBusyError
+    from lambdalib.record import RunBusyError
 
     config = tiny_config(tiny_imagenette, tmp_path, model="R18", epochs=1)
     lock = config.run_dir() / ".lock"

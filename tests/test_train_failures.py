@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from lambdalib import record, train
+from lambdalib import files, record, train
 from lambdalib.cli import main
 from lambdalib.config import RunConfig
+from lambdalib.record import read_history
 from lambdalib.sweep import Grid, is_finished
-from lambdalib.train import evaluate, existing_record, read_history, run
+from lambdalib.train import evaluate, existing_record, run
 
 
 def tiny(data, results, **overrides) -> RunConfig:
@@ -84,7 +85,7 @@ def test_cpu_mixed_precision_is_honoured_and_recorded(tiny_imagenette, tmp_path,
 
 # ------------------------------------------------------------------------------ bad moments
 def test_ctrl_c_while_last_pt_is_written_never_leaves_a_record_ahead_of_it(tiny_imagenette, tmp_path, monkeypatch):
-    real, calls = record.atomic_torch_save, []
+    real, calls = files.atomic_torch_save, []
 
     def interrupted_second_save(obj, path):
         if path.name == "last.pt":
@@ -119,7 +120,8 @@ def test_disk_full_while_saving_cleans_up_and_keeps_the_record_consistent(tiny_i
 
     monkeypatch.setattr(torch, "save", full_disk)
     config = tiny(tiny_imagenette, tmp_path, epochs=2, checkpoints="best+last")
-    argv = ["train"] + [x for k, v in config.to_dict().items() if v not in ("", None, False) and k != "world_size"
+    argv = ["train"] + [x for k, v in config.to_dict().items()
+                        if v not in ("", None, False) and k not in ("world_size", "pipeline")
                         for x in (f"--{k.replace('_', '-')}", str(v))] + ["--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -6,7 +6,8 @@ import torch
 
 from lambdalib import record, train
 from lambdalib.config import RunConfig
-from lambdalib.train import read_history, run
+from lambdalib.record import read_history
+from lambdalib.train import run
 
 
 def tiny(data, results, **overrides) -> RunConfig:
