@@ -1,7 +1,19 @@
 """lambdalib: Lambda-ResNets on small data, reproducibly.
 
-Importing the package registers the report's ten models with timm.
+`import lambdalib` registers the report's ten models with timm: at once when timm is already imported,
+otherwise the moment timm is (so `lambdalib --help` and `lambdalib report` start without torch or timm).
+`lambdalib.LambdaLayer`, `lambdalib.create` and `lambdalib.models` load on first use.
+
+Library code reports through the "lambdalib" logger, which has no handler of its own (like timm's): the CLI
+and the notebooks attach one with `log_to_stdout()`.
 """
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import logging
+import sys
 import warnings
 from importlib import metadata
 
@@ -10,8 +22,11 @@ try:
 except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-import logging
-import sys
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# timm imports huggingface_hub, which imports tqdm.auto: in a notebook without ipywidgets that warns
+# "IProgress not found" into every executed notebook, though lambdalib draws no widget bars
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 class _Stdout(logging.StreamHandler):
@@ -26,20 +41,48 @@ class _Stdout(logging.StreamHandler):
         pass
 
 
-# Library code reports through the "lambdalib" logger; by default its INFO lines (one per epoch, what was
-# written) go to stdout as plain text. Quiet it with logging.getLogger("lambdalib").setLevel(logging.WARNING).
-_logger = logging.getLogger("lambdalib")
-if not _logger.handlers:
-    _handler = _Stdout()
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    _logger.addHandler(_handler)
-    _logger.setLevel(logging.INFO)
-    _logger.propagate = False
+def log_to_stdout(level: int = logging.INFO) -> None:
+    """Show lambdalib's log lines (one per epoch, what was written) as plain text on stdout; idempotent."""
+    logger = logging.getLogger(__name__)
+    if not any(isinstance(h, _Stdout) for h in logger.handlers):
+        handler = _Stdout()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # the handler above prints it; a root handler would print it twice
 
-# timm imports huggingface_hub, which imports tqdm.auto: in a notebook without ipywidgets that warns
-# "IProgress not found" into every executed notebook, though lambdalib draws no widget bars
-warnings.filterwarnings("ignore", message="IProgress not found")
 
-from . import models  # noqa: E402,F401  (registers the models with timm)
-from .layers import LambdaLayer  # noqa: E402,F401
-from .models import create  # noqa: E402,F401
+class _RegisterWhenTimmLoads(importlib.abc.MetaPathFinder):
+    """Import lambdalib.models (which registers the models) right after `import timm` finishes."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)  # once; find timm's own spec with the other finders
+        spec = importlib.util.find_spec("timm")
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_then_register(module):
+            run(module)
+            importlib.import_module(f"{__name__}.models")
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "timm" in sys.modules:
+    importlib.import_module(f"{__name__}.models")
+elif not any(isinstance(f, _RegisterWhenTimmLoads) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenTimmLoads())
+
+
+def __getattr__(name: str):
+    if name == "models":
+        return importlib.import_module(f"{__name__}.models")
+    if name == "LambdaLayer":
+        return importlib.import_module(f"{__name__}.layers").LambdaLayer
+    if name == "create":
+        return importlib.import_module(f"{__name__}.models").create
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

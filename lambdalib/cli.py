@@ -22,15 +22,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(args: argparse.Namespace) -> dict:
+    """The RunConfig fields given as flags (unset flags keep the preset's or profile's value)."""
+    from .config import parameter_fields
+
+    return {f.name: getattr(args, f.name) for f in parameter_fields() if getattr(args, f.name, None) is not None}
+
+
 def _config_from_args(args: argparse.Namespace):
+    from .config import RunConfig
 
-    from .config import RunConfig, parameter_fields
-
-    given = {f.name: getattr(args, f.name) for f in parameter_fields() if getattr(args, f.name, None) is not None}
-    return RunConfig.from_params(**given)
+    return RunConfig.from_params(**_given(args))
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per RunConfig field (--img-size for img_size, ...), with the field's help and choices;
     unset flags keep the preset's value."""
     from dataclasses import MISSING
@@ -39,6 +44,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     preset_set = {name for values in PRESETS.values() for name in values}
     for f in parameter_fields():
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         shown = "the preset's" if f.name in preset_set else repr(default)
@@ -102,31 +109,40 @@ def _cmd_data(args: argparse.Namespace) -> int:
 DEMO_FOLDER = "demo"  # results/demo/: `lambdalib demo` trains here, so the committed results/ stay as they are
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .sweep import QUICK, REPORT_NOISE, Grid, default_jobs, study_grids
+def _noise_levels(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(n) for n in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--noise {text!r}: expected comma-separated fractions, e.g. 0,0.25,0.5") from None
 
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .config import PROFILES
+    from .sweep import Grid, default_jobs, study_grids
+
+    given = _given(args)
+    noise = _noise_levels(args.noise)
     if args.study:
         grids = study_grids()
         for grid in grids:
-            grid.params.update({k: v for k, v in (("results", args.results), ("workers", args.workers)) if v})
-        if args.submitit:
-            return _submit([c for g in grids for c in g.configs()], args)
-        return _reproduce(grids, inline=True, jobs=args.jobs or default_jobs())
-    params = dict(QUICK) if args.quick else {}
-    if args.command == "demo" and not args.results:  # the newcomer's run: its own, git-ignored folder
-        from .paths import results_dir
+            grid.params.update(given)
+    else:
+        params = dict(PROFILES["quick"]) if args.quick else {}
+        if args.command == "demo" and "results" not in given:  # the newcomer's run: its own, git-ignored folder
+            from .paths import results_dir
 
-        params["results"] = str(results_dir() / DEMO_FOLDER)
-    for name in ("epochs", "img_size", "preset", "data", "results", "workers"):
-        if getattr(args, name) is not None:
-            params[name] = getattr(args, name)
-    grid = Grid(params=params, seeds=list(range(args.seeds)),
-                noise=[float(n) for n in args.noise.split(",")] if args.noise else list(REPORT_NOISE))
-    if args.models:
-        grid.models = [m.strip() for m in args.models.split(",")]
+            params["results"] = str(results_dir() / DEMO_FOLDER)
+        grids = [Grid(params={**params, **given}, seeds=list(range(args.seeds)))]
+    for grid in grids:
+        grid.noise = noise or grid.noise
+        grid.models = [m.strip() for m in args.models.split(",")] if args.models else grid.models
+    for grid in grids:
+        grid.configs()  # every config of the grid valid before anything runs
     if args.submitit:
-        return _submit(grid.configs(), args)
-    return _reproduce(grid, inline=args.quick or args.inline, jobs=args.jobs or default_jobs())
+        return _submit([c for g in grids for c in g.configs()], args)
+    return _reproduce(grids, inline=args.quick or args.study or args.inline, jobs=args.jobs or default_jobs())
 
 
 def _submit(configs, args: argparse.Namespace) -> int:
@@ -153,8 +169,7 @@ def _reproduce(grid, *, inline: bool, jobs: int) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to go on")
         return 130
-    first = grid[0] if isinstance(grid, list) else grid
-    results = first.configs()[0].results_dir()
+    results = grid[0].configs()[0].results_dir()
     print(f"report: {results / 'README.md'}")
     print(f"{counts['total']} runs: {counts['skipped']} already finished, {counts['ran']} run now "
           f"({counts['diverged']} diverged), {counts['failed']} failed, in {time.perf_counter() - start:.0f} s")
@@ -250,34 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
             name, help="the report's grid: 10 models x noise 0/5/25/50 %%, then the report"
             if name == "reproduce" else "the main job on the embedded data: `reproduce --quick` into results/demo/",
             description="Runs every (model, noise, seed) of the grid that has no finished record (through the "
-                        "numbered notebooks with papermill, or in-process with --inline / --quick), then "
-                        "rebuilds the report. --quick: all ten models, every noise level, 3 epochs at 64 px on "
-                        "24/16 images per class of the embedded data (minutes on a laptop CPU; a smoke test, "
-                        "not results).",
+                        "numbered notebooks with papermill, or in-process with --inline / --quick / --study), then "
+                        "rebuilds the report. Every training flag sets that field for the whole grid.",
         )
-        p.add_argument("--quick", action="store_true", default=quick_default)
+        p.add_argument("--quick", action="store_true", default=quick_default,
+                       help="profile 'quick': all ten models, every noise level, 3 epochs at 64 px on 24/16 images "
+                            "per class of the embedded data (minutes on a laptop CPU; a smoke test, not results)")
         p.add_argument("--study", action="store_true",
-                       help="the committed study (results/): the runs that test the report's claims, 32 px, 15 "
-                            "epochs, 3 seeds on the embedded data, in process (about 75 min on a 2-core CPU)")
+                       help="profile 'study': the committed study (results/), the runs that test the report's "
+                            "claims; README.md says what it runs and costs")
         p.add_argument("--inline", action="store_true", help="train in this process, not through the notebooks")
         p.add_argument("--models", help="comma-separated labels (default: all ten)")
         p.add_argument("--noise", help="comma-separated fractions (default 0,0.05,0.25,0.5)")
         p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
         p.add_argument("--jobs", type=int, help="runs at once, each in its own process on its own GPU "
                                                 "(default: one per GPU; 1 without GPUs)")
-        p.add_argument("--epochs", type=int)
-        p.add_argument("--img-size", type=int)
-        p.add_argument("--preset")
-        p.add_argument("--data")
-        p.add_argument("--results", help="results folder (default: results/" + ("demo/, git-ignored)" if name == "demo"
-                                                                                  else ")"))
-        p.add_argument("--workers", type=int)
         p.add_argument("--submitit", metavar="FOLDER",
                        help="submit each unfinished run as a cluster job through submitit (pip install "
                             "'lambdalib[cluster]'), its job files and logs in FOLDER, instead of running here")
         p.add_argument("--cluster", choices=("slurm", "local"),
                        help="with --submitit: 'slurm', or 'local' processes (default: SLURM where sbatch exists)")
         p.add_argument("--slurm-partition", help="with --submitit: the SLURM partition")
+        _add_config_flags(p.add_argument_group("training flags (every run of the grid)"), skip=("model", "noise",
+                                                                                                 "seed", "run_name"))
         p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("attention", help="FullGrad (or another CAM) maps of timm models and our checkpoints",
@@ -321,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import log_to_stdout
+
+    log_to_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

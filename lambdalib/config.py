@@ -40,10 +40,21 @@ BASE_IDENTITY = ("model", "noise", "synthetic_noise", "preset", "epochs", "img_s
 ADDED_IDENTITY: tuple[str, ...] = ()
 FLOAT_FIELDS = ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor")
 
-# Profiles: named sets of fields. Presets are the recipe (a RunConfig field); the others are the sweep's scales.
+# Presets: the recipe (a RunConfig field); fields given explicitly win over the preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "report": dict(lr=1e-5),
     "fast": dict(lr=1e-3),
+}
+# Profiles: the sweep's scales (`reproduce --quick` / `--study`), fields given explicitly win over them.
+PROFILES: dict[str, dict[str, Any]] = {
+    # every model and noise level, so every table and figure has its rows, in minutes on a 2-core CPU: a smoke
+    # test, not results (no checkpoints: 40 would be ~2-3 GB)
+    "quick": dict(epochs=3, img_size=64, batch_size=32, preset="fast", data="embedded", train_per_class=24,
+                  val_per_class=16, checkpoints="none"),
+    # the committed study: the whole embedded set, 15 epochs (cosine cycles 5 + 10), the lc scope scaled with
+    # the image, fp32 (so anyone's runs share the committed records' identity), best.pt for figure 7.
+    # README.md says why this size, what it costs and what it leaves out.
+    "study": dict(epochs=15, img_size=32, batch_size=64, data="embedded", lc_scope=0, amp="off", checkpoints="best"),
 }
 
 
@@ -119,7 +130,7 @@ class RunConfig:
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r}: expected one of {sorted(PRESETS)}")
         values = {**PRESETS[preset], **{k: v for k, v in params.items() if v is not None}}
-        config = cls(**{k: _coerce(k, v) for k, v in values.items()})
+        config = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
         config.validate()
         return config
 
@@ -212,7 +223,8 @@ class RunConfig:
     def differences(self, other: "RunConfig") -> dict[str, tuple[Any, Any]]:
         """Identity fields that differ between two configs: {name: (mine, theirs)}."""
         mine, theirs = self.identity(), other.identity()
-        return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+        keys = list(mine) + [k for k in theirs if k not in mine]  # a field at its default is absent from one
+        return {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
 
     def position(self) -> str | None:
         """'rpe' or 'lc' for the report's Lambda-ResNets, None for ResNets and other timm models."""
@@ -288,9 +300,9 @@ def help_text(name: str) -> str:
     return f.metadata["help"]
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(cls: type, name: str, value: Any) -> Any:
     """papermill and the CLI hand over strings and ints; convert to the field's type, naming the field."""
-    kind = {f.name: f.type for f in fields(RunConfig)}[name]
+    kind = {f.name: f.type for f in fields(cls)}[name]
     try:
         if kind == "bool":
             if isinstance(value, str):

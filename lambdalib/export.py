@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import files, record
+from . import files, record, runs
 
 LICENSE = "mit"  # the weights' licence: the package's (pyproject.toml: MIT)
 HUB_DATASET = "frgfm/imagenette"  # Imagenette on the Hugging Face hub
@@ -40,9 +40,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinish
     allow_unfinished: export a run that is still running or was interrupted (its best.pt so far).
     Raises FileNotFoundError / ValueError with one line saying what is wrong and what to do.
     """
-    run_dir = _run_folder(Path(run_dir))
-    summary, config = record.load_summary(run_dir), record.load_config(run_dir)
-    status = record.status(run_dir, summary)
+    rec = runs.read_record(_run_folder(Path(run_dir)))
+    run_dir, summary, config, status = rec.path, rec.summary, rec.config, rec.status
     if status not in record.FINISHED and not allow_unfinished:
         raise ValueError(f"{run_dir}: the run is {status} ({summary.get('epochs_done', 0)} of {config.epochs} epochs); "
                          f"finish it first (the same `lambdalib train` command resumes it) or export it as it stands "
@@ -52,7 +51,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinish
     classes = list(best["classes"])
     args = config.model_kwargs()  # what train.py built it with (img_size; the lc scope)
     model, weights = _fitted_model(run_dir / "best.pt", name, classes, args, best["model"])
-    history = record.read_history(run_dir) if (run_dir / "history.csv").exists() else []
+    history = rec.history
 
     out = Path(out) if out is not None else run_dir / "export"
     record.make_run_dir(out)

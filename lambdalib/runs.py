@@ -14,7 +14,7 @@ import json
 import math
 import re
 import warnings
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -116,34 +116,65 @@ def relative(run_dir: Path, results_dir: Path | None) -> str:
     return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name == "runs" else run_dir.name
 
 
-def _read_run(run_dir: Path) -> tuple[dict | None, str]:
-    """One run record as a row (None: not a run record); raises with the file that failed in `stage`."""
-    stage = "summary.json"
-    summary = record.load_summary(run_dir)
-    if summary is None:
-        return None, stage
-    stage = "config.json"
-    if not (run_dir / stage).exists():
-        raise record.RecordError(f"{run_dir / stage} is missing (summary.json without its config)")
-    config = _resolve(record.load_config(run_dir), summary)
+@dataclass
+class Record:
+    """One run folder as written: its summary, its config (as saved), its epochs and its reader status."""
+    path: Path
+    summary: dict
+    config: RunConfig
+    history: list[dict]
+    status: str
+
+
+class UnreadableRecord(record.RecordError):
+    """A run record one of whose files cannot be read; `file` names it (summary.json, config.json, history.csv)."""
+
+    def __init__(self, file: str, err: BaseException) -> None:
+        self.file = file
+        super().__init__(str(err) if isinstance(err, record.RecordError) else f"{file}: {type(err).__name__}: {err}")
+
+
+_READ_ERRORS = (record.RecordError, OSError, ValueError, TypeError, KeyError, AttributeError)
+
+
+def read_record(run_dir: Path | str) -> Record | None:
+    """The record in `run_dir` (None: no summary.json, not a run record yet); UnreadableRecord when a file of
+    it cannot be read. Every reader of run folders (report, claims, attention, export, sweep) comes here."""
+    run_dir, file = Path(run_dir), "summary.json"
+    try:
+        summary = record.load_summary(run_dir)
+        if summary is None:
+            return None
+        file = "config.json"
+        if not (run_dir / file).exists():
+            raise record.RecordError(f"{run_dir / file} is missing (summary.json without its config)")
+        config = record.load_config(run_dir)
+        file = "history.csv"
+        history = record.read_history(run_dir)
+        return Record(run_dir, summary, config, history, record.status(run_dir, summary))
+    except _READ_ERRORS as err:
+        raise UnreadableRecord(file, err) from err
+
+
+def _row(rec: Record) -> dict:
+    """One run record as a row of the runs table."""
+    summary = rec.summary
+    config = _resolve(rec.config, summary)
     setup = setup_of(config)
-    stage = "history.csv"
-    history = record.read_history(run_dir)
     spec = registry.SPECS.get(summary.get("model"))
     env = summary.get("environment") or {}
     label = summary.get("label") or registry.report_label(config.model)
     noise = summary.get("noise", config.noise)
     return dict(
-        summary, **setup, experiment_id=config.experiment_id, seed=config.seed,
-        status=record.status(run_dir, summary),
+        summary, **setup, experiment_id=config.experiment_id, seed=config.seed, status=rec.status,
         model_order=list(registry.SPECS).index(spec.name) if spec else len(registry.SPECS),
         family=spec.family if spec else None, label=label, noise=noise,
         architecture=fmt.architecture(label, noise),
         data_desc=f"{setup['data']} ({summary.get('train_images', '?')} train / "
                   f"{summary.get('val_images', '?')} val images)",
         **{f"env_{k}": v for k, v in env.items()},
-        _path=run_dir, _history=history,
-    ), stage
+        _path=rec.path, _history=rec.history,
+    )
 
 
 def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.DataFrame, list[dict]]:
@@ -153,17 +184,18 @@ def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.
         runs = run_folders(results_dir)
     rows, skipped = [], []
     for run_dir in map(Path, runs):
-        stage = "summary.json"
         try:
-            row, stage = _read_run(run_dir)
-        except (record.RecordError, OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            rec = read_record(run_dir)
+            row = None if rec is None else _row(rec)
+        except _READ_ERRORS as err:
             # the record's own problem (unreadable file, unknown model, missing field): skip this run only
             if strict:
                 raise
             warnings.warn(f"skipping run {run_dir.name}: {err}", stacklevel=3)
-            problem = str(err) if isinstance(err, record.RecordError) else f"{stage}: {type(err).__name__}: {err}"
-            problem = problem.replace(str(run_dir), relative(run_dir, results_dir))
-            skipped.append(dict(Run=run_dir.name, File=f"{relative(run_dir, results_dir)}/{stage}",
+            if not isinstance(err, UnreadableRecord):
+                err = UnreadableRecord("config.json", err)  # readable files, but not a config we understand
+            problem = str(err).replace(str(run_dir), relative(run_dir, results_dir))
+            skipped.append(dict(Run=run_dir.name, File=f"{relative(run_dir, results_dir)}/{err.file}",
                                 Problem=problem))
             continue
         if row is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -22,39 +23,24 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import record, train
-from .config import RunConfig
-from .models import SPECS, resolve_name
+from . import registry, runs, train
+from .config import PROFILES, RunConfig
 from .notebook import notebook_fields
 from .paths import project_root
 from .record import FINISHED
+from .registry import SPECS, resolve_name
 
 REPORT_NOISE = (0.0, 0.05, 0.25, 0.5)
-FAMILY_NOTEBOOK = {None: "02_baselines.ipynb", "rpe": "03_lambda_rpe.ipynb", "lc": "04_lambda_lc.ipynb"}
 REPORT_NOTEBOOK = "06_report.ipynb"
-
-# the --quick profile: every model and noise level, so every table and figure has its rows, at a size
-# that runs in minutes on a 2-core CPU (numbers are a smoke test, not results)
-QUICK = dict(epochs=3, img_size=64, batch_size=32, preset="fast", data="embedded", train_per_class=24,
-             val_per_class=16, checkpoints="none")  # 40 checkpoints would be ~2-3 GB for a smoke test
-
-
-# the --study profile (issue #15): what the report's claims need at the largest scale this 2-core CPU (no
-# AVX-512, so fp32: its bf16 autocast is emulated and 14x slower) trains in about 75 minutes: the whole
-# embedded set (1,600 train / 700 val images), 15 epochs (two cosine cycles, 5 + 10, so claim 2's "after
-# about 10 epochs" is visible), 3 seeds, at 32 px (64 px costs 1.6x more a run here). The lc scope is
-# scaled with the image (r=3 at 32 px, on a 4x4 stage-2 map) so lc differs from rpe. fp32 everywhere, so
-# anyone's runs share the committed records' identity. See results/README.md's Claims for what it leaves out.
-STUDY = dict(epochs=15, img_size=32, batch_size=64, data="embedded", lc_scope=0, amp="off",
-             checkpoints="best")  # best.pt: the trained models' FullGrad figure
 
 
 def study_grids() -> list["Grid"]:
     """fast preset (lr 1e-3): the LR18_L2 / R18 pairs of claims 1-3 at noise 0 and 50 %; report preset
     (lr 1e-5, the published recipe): whether it trains at all, and its val-loss spikes (claim 4)."""
     fast = Grid(models=["R18", "LR18_L2(rpe)", "LR18_L2(lc)"], noise=[0.0, 0.5], seeds=[0, 1, 2],
-                params=dict(STUDY, preset="fast"))
-    report = Grid(models=["R18", "LR18_L2(rpe)"], noise=[0.0], seeds=[0, 1, 2], params=dict(STUDY, preset="report"))
+                params=dict(PROFILES["study"], preset="fast"))
+    report = Grid(models=["R18", "LR18_L2(rpe)"], noise=[0.0], seeds=[0, 1, 2],
+                  params=dict(PROFILES["study"], preset="report"))
     return [fast, report]
 
 
@@ -90,7 +76,7 @@ def notebook_parameters(config: RunConfig) -> dict[str, Any]:
 
 
 def notebook_for(config: RunConfig) -> Path:
-    return project_root() / "notebooks" / FAMILY_NOTEBOOK[SPECS[resolve_name(config.model)].position]
+    return project_root() / "notebooks" / registry.family_of(config.model).notebook
 
 
 def is_finished(config: RunConfig) -> bool:
@@ -116,12 +102,20 @@ def _run_one(config: RunConfig, params: dict | None, inline: bool) -> None:
         run_notebook(notebook_for(config), config.results_dir() / "notebooks" / f"{config.run_id}.ipynb", params)
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (SLURM, a shared box) or by index."""
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited is not None:
+        return [g.strip() for g in inherited.split(",") if g.strip() and g.strip() != "-1"]
+    return [str(i) for i in range(torch_cuda_count())]
+
+
 def _run_in_subprocess(config: RunConfig, inline: bool, slot: int, jobs: int) -> None:
-    """One run in its own process, pinned to GPU `slot` (or to its share of the CPU cores)."""
+    """One run in its own process, pinned to GPU `slot` of the visible ones (or to its share of the CPU cores)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
-    gpus = torch_cuda_count()
+    gpus = visible_gpus()
     if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     done = subprocess.run([sys.executable, "-m", "lambdalib.sweep", json.dumps(config.to_dict()),
                            "inline" if inline else "notebook"], env=env, capture_output=True, text=True)
     if done.returncode:
@@ -171,8 +165,13 @@ def reproduce(grid: Grid | list[Grid], *, inline: bool = False, report: bool = T
             todo.append((config, params))
     bar = tqdm(total=len(todo), desc="reproduce", unit="run", disable=not progress)
 
-    def one(slot: int, config: RunConfig, params) -> None:
+    free_slots: queue.Queue = queue.Queue()  # a run takes a GPU (or core share) when a worker frees one
+    for slot in range(jobs):
+        free_slots.put(slot)
+
+    def one(config: RunConfig, params) -> None:
         start = time.perf_counter()
+        slot = free_slots.get()
         try:
             if jobs > 1:
                 _run_in_subprocess(config, inline, slot, jobs)
@@ -185,20 +184,23 @@ def reproduce(grid: Grid | list[Grid], *, inline: bool = False, report: bool = T
             failures.append(f"{config.run_id}: {reason}")
             bar.write(f"{config.run_id}: FAILED: {reason}")
         else:
-            summary = record.load_summary(config.run_dir()) or {}
+            rec = runs.read_record(config.run_dir())
+            summary = rec.summary if rec else {}
             counts["ran"] += 1
             counts["diverged"] += summary.get("status") == "diverged"
             bar.write(f"{config.run_id}: {summary.get('status')} in {time.perf_counter() - start:.0f}s")
+        finally:
+            free_slots.put(slot)
         bar.update(1)
 
     if jobs > 1:
         with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on their subprocess
-            for future in [pool.submit(one, index % jobs, c, p) for index, (c, p) in enumerate(todo)]:
+            for future in [pool.submit(one, c, p) for c, p in todo]:
                 future.result()
     else:
         for config, params in todo:
             bar.set_postfix_str(config.run_id, refresh=True)
-            one(0, config, params)
+            one(config, params)
     bar.close()
     counts["failed"] = len(failures)
     counts["failures"] = failures

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from lambdalib.config import RunConfig
@@ -159,3 +161,54 @@ def test_the_model_is_built_with_the_runs_scope_and_says_when_it_covers_the_map(
     # a saved config from before the field rebuilds the model it trained: the report's r=23
     old = {k: v for k, v in RunConfig.from_params(model="LR18_L2(lc)").to_dict().items() if k != "lc_scope"}
     assert RunConfig.from_dict(old).model_kwargs() == dict(img_size=160, scope=23)
+
+
+# ------------------------------------------------------------------- the identity keeps committed records named
+COMMITTED_RUNS = sorted((Path(__file__).resolve().parents[1] / "results" / "runs").glob("*/config.json"))
+
+
+def test_identity_fields_are_the_explicit_list():
+    from dataclasses import fields
+
+    from lambdalib import config as C
+
+    marked = {f.name for f in fields(RunConfig) if f.metadata.get("identity")}
+    assert marked == set(C.BASE_IDENTITY) | set(C.ADDED_IDENTITY)
+
+
+@pytest.mark.skipif(not COMMITTED_RUNS, reason="no committed run records")
+@pytest.mark.parametrize("path", COMMITTED_RUNS, ids=lambda p: p.parent.name[:40])
+def test_every_committed_run_folder_is_named_by_its_own_config(path):
+    from lambdalib.config import PIPELINE
+
+    config = RunConfig.load(path)
+    assert config.run_id == path.parent.name
+    assert config.pipeline == PIPELINE, "the records were made by another pipeline: re-run the study"
+
+
+def test_a_new_field_with_its_default_renames_no_committed_run(monkeypatch):
+    """A field added to RunConfig (here label_smoothing) joins the identity only where it is not its default."""
+    from dataclasses import field, make_dataclass
+
+    from lambdalib import config as C
+
+    Extended = make_dataclass("Extended", [("label_smoothing", "float", field(
+        default=0.0, metadata=dict(help="label smoothing", choices=None, identity=True)))], bases=(RunConfig,))
+    saved = [RunConfig.load(path) for path in COMMITTED_RUNS]
+    plain = RunConfig.from_params(model="R18").run_id
+    monkeypatch.setattr(C, "ADDED_IDENTITY", (*C.ADDED_IDENTITY, "label_smoothing"))
+    for path, old in zip(COMMITTED_RUNS, saved):
+        assert Extended.from_dict(old.to_dict()).run_id == path.parent.name
+    base = Extended.from_params(model="R18")
+    smoothed = Extended.from_params(model="R18", label_smoothing=0.1)
+    assert base.run_id == plain
+    assert smoothed.run_id != base.run_id and "label_smoothing" in base.differences(smoothed)
+
+
+def test_a_pipeline_bump_gives_every_run_a_new_identity():
+    old = RunConfig.from_params(model="LR18_L2(lc)", noise=0.25)
+    bumped = RunConfig.from_params(**{**old.to_dict(), "pipeline": old.pipeline + 1})
+    assert bumped.run_id != old.run_id and bumped.differences(old)
+    saved = old.to_dict()
+    saved.pop("pipeline")  # a record written before pipelines existed
+    assert RunConfig.from_dict(saved).pipeline == 1

@@ -1,0 +1,45 @@
+"""A model family is one row of the registry: a made-up one gets its table, figure and models everywhere."""
+import pytest
+import torch
+from test_report import write_record  # noqa: I001  (the report tests' record writer)
+
+from lambdalib import models, registry, report
+from lambdalib.registry import Family
+
+
+@pytest.fixture
+def made_up_family():
+    family = registry.register_family(Family("L4_rpe", 6, "LambdaResNet Layer4 rpe (made up)", registry.OKABE_ITO[2],
+                                             "03_lambda_rpe.ipynb", "rpe", 4, depths=(18,)))
+    yield family
+    registry.FAMILIES.pop(family.key)
+    for depth in family.depths:
+        spec = registry.SPECS.pop(family.name(depth))
+        registry._BY_LABEL.pop(spec.label.lower())
+
+
+def test_a_registered_family_builds_a_model(made_up_family):
+    spec = registry.SPECS[registry.resolve_name("LR18_L4(rpe)")]
+    assert (spec.family, spec.baseline, spec.stage) == ("L4_rpe", "R18", 4)
+    model = models.create("LR18_L4(rpe)", num_classes=10, img_size=64)
+    assert model.lambda_site.startswith("layer4.")
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_a_registered_family_gets_its_table_and_figure_in_the_report(made_up_family, tmp_path):
+    for model in ("R18", "LR18_L4(rpe)"):
+        for seed in (0, 1):
+            write_record(tmp_path, model=model, seed=seed, loss=2.0 + 0.1 * seed)
+    readme = report.build(tmp_path, quiet=True).read_text()
+    table = (tmp_path / "tables" / "table6_L4_rpe.csv").read_text()
+    assert "LR18_L4(rpe)" in table and "R18" not in table.split("\n", 1)[1]
+    assert "### Table 6: LambdaResNet Layer4 rpe (made up)" in readme
+    assert list(tmp_path.glob("figures/*/curves_L4_rpe.png"))
+    assert report.tables()[6] is made_up_family
+
+
+def test_family_labels_take_papermill_strings():
+    assert registry.family_label("rpe", "18", "2") == "LR18_L2(rpe)"
+    assert registry.family_label(None, 34) == "R34"
+    with pytest.raises(ValueError, match="depth"):
+        registry.family_label(None, 50)
