@@ -223,11 +223,14 @@ def runs_index(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------- figures
-def figure_panels() -> dict[str, tuple[list[str], str]]:
-    """figure stem -> (labels per panel, title): one curves figure per model family, as its table."""
-    return {f.figure_stem: ([f.label(d) for d in f.depths],
-                            "Baselines (Table 1)" if f.position is None else f"{f.title} (Table {n})")
-            for n, f in tables().items()}
+def figure_panels(runs: pd.DataFrame | None = None) -> dict[str, tuple[registry.Family, str]]:
+    """figure stem -> (model family, title): one loss-curves figure per report table that has finished runs in
+    `runs` (one set-up's; None: every table). Table 1's shows R18/R34 at each noise level, a Lambda table's its
+    models beside the ResNet of the same depth (figures.curves_figure); a table without runs has no figure."""
+    have = set() if runs is None or runs.empty else set(runs["label"])
+    return {f.figure_stem: (f, f"Table {n}: {f.title}" + ("" if f.position is None else " vs ResNet")
+                            + " — loss per epoch")
+            for n, f in tables().items() if runs is None or have & {f.label(d) for d in f.depths}}
 
 
 def plot_run(run_dir: Path | str, path: Path | str | None = None) -> Path:
@@ -351,7 +354,8 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
     if runs is None and not (results_dir / "runs").is_dir():
         raise FileNotFoundError(
             f"no run records found at {results_dir / 'runs'} (no such folder); train some first "
-            "(`lambdalib train`, `lambdalib demo`) or pass the results folder that holds runs/ with --results")
+            "(`lambdalib train`, `lambdalib demo`) or name the results folder that holds runs/ (--results on the "
+            "command line, -p results in a notebook)")
     all_runs, skipped = load_runs(results_dir, runs)
     finished = finished_runs(all_runs)
     cells = aggregate(all_runs)
@@ -415,14 +419,16 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         folder = f"figures/{setup['setup']}"
         mine = _of(finished, setup)
         heading = "" if setup is PLACEHOLDER else f"\n{setup['setup_label']}"
-        for stem, (labels, name) in figure_panels().items():
-            runs_here = mine[mine["label"].isin(labels)] if not mine.empty else mine
-            outputs[f"{folder}/{stem}.png"] = figures.png_bytes(figures.curves_figure(
-                runs_here, labels, f"{name}: train (dashed) / val (solid) loss{heading}"))
+        panels = figure_panels(mine)  # only tables with runs here have a figure
+        for stem, (family, name) in panels.items():
+            outputs[f"{folder}/{stem}.png"] = figures.png_bytes(figures.curves_figure(mine, family, name + heading))
             readme.append(f"![{name}]({folder}/{stem}.png)\n")
-        outputs[f"{folder}/accuracy_vs_noise.png"] = figures.png_bytes(figures.accuracy_figure(
-            _of(cells, setup), f"Best val top-1 vs label noise{heading}"))
-        readme.append(f"![Best val top-1 vs noise]({folder}/accuracy_vs_noise.png)\n")
+        if figures.has_accuracy(_of(cells, setup)):
+            outputs[f"{folder}/accuracy_vs_noise.png"] = figures.png_bytes(figures.accuracy_figure(
+                _of(cells, setup), f"Best val top-1 at each measured label noise{heading}"))
+            readme.append(f"![Best val top-1 vs noise]({folder}/accuracy_vs_noise.png)\n")
+        if not panels:
+            readme.append(f"_{NO_RUNS}_\n")
     readme.append("## Unfinished runs (not in the tables or figures)\n\n"
                   + markdown_table(index[index["In tables"] != "yes"], empty="None."))
     readme.append("## Unreadable run records (skipped)\n\n" + skipped_md)

@@ -55,16 +55,18 @@ if importlib.util.find_spec("lambdalib") is None:
 _names_before_parameters = set(globals())  # lets the cell after the parameters catch a misspelt parameter"""
 
 CHECK_CELL = """\
+from lambdalib import log_to_stdout
 from lambdalib.notebook import check_parameters, say_where_results_go{extra_import}
 
+log_to_stdout()  # lambdalib's log lines (one per epoch, each file written) in this notebook's output
 # a papermill parameter this notebook does not declare (misspelt: -p noize 0.5) stops here
 check_parameters(globals(), {declared})
-say_where_results_go()  # on Colab: Google Drive when mounted, so a disconnect loses nothing"""
+say_where_results_go(globals().get("results") or "")  # on Colab: Google Drive when mounted"""
 
 CONFIG_CELL = """\
 from lambdalib import report, train
 from lambdalib.config import RunConfig
-from lambdalib.models import family_label
+from lambdalib.registry import family_label
 from lambdalib.notebook import notebook_fields
 
 config = RunConfig.from_params(model={label}, **{{name: globals()[name] for name in notebook_fields()}})
