@@ -22,11 +22,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given(args: argparse.Namespace) -> dict:
+GRID_FIELDS = ("model", "noise", "seed", "run_name")  # what `reproduce` sets per run, not for the whole grid
+
+
+def _given(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
     """The RunConfig fields given as flags (unset flags keep the preset's or profile's value)."""
     from .config import parameter_fields
 
-    return {f.name: getattr(args, f.name) for f in parameter_fields() if getattr(args, f.name, None) is not None}
+    return {f.name: getattr(args, f.name) for f in parameter_fields()
+            if f.name not in skip and getattr(args, f.name, None) is not None}
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -122,7 +126,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .config import PROFILES
     from .sweep import Grid, default_jobs, study_grids
 
-    given = _given(args)
+    given = _given(args, skip=GRID_FIELDS)
     noise = _noise_levels(args.noise)
     if args.study:
         grids = study_grids()
@@ -286,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cluster", choices=("slurm", "local"),
                        help="with --submitit: 'slurm', or 'local' processes (default: SLURM where sbatch exists)")
         p.add_argument("--slurm-partition", help="with --submitit: the SLURM partition")
-        _add_config_flags(p.add_argument_group("training flags (every run of the grid)"), skip=("model", "noise",
-                                                                                                 "seed", "run_name"))
+        _add_config_flags(p.add_argument_group("training flags (every run of the grid)"), skip=GRID_FIELDS)
         p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("attention", help="FullGrad (or another CAM) maps of timm models and our checkpoints",

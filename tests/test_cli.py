@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from types import SimpleNamespace
 
 from lambdalib.cli import main
 
@@ -65,7 +66,7 @@ def test_demo_trains_into_its_own_ignored_folder(monkeypatch, tmp_path, capsys):
     seen = {}
 
     def fake_reproduce(grid, **kwargs):
-        seen["results"] = {c.results for c in grid.configs()}
+        seen["results"] = {c.results for g in grid for c in g.configs()}
         return dict(total=1, skipped=0, ran=1, diverged=0, failed=0, failures=[])
 
     monkeypatch.setattr(sweep, "reproduce", fake_reproduce)
@@ -85,7 +86,7 @@ def test_study_runs_every_cell_seed_by_seed_with_lc_unlike_rpe(monkeypatch, tmp_
 
     order = []
     monkeypatch.setattr(sweep, "_run_one", lambda config, params, inline: order.append((config, inline)))
-    monkeypatch.setattr(sweep.record, "load_summary", lambda run_dir: {"status": "complete"})
+    monkeypatch.setattr(sweep.runs, "read_record", lambda run_dir: SimpleNamespace(summary={"status": "complete"}))
     monkeypatch.setattr("lambdalib.report.build", lambda results: order.append(("report", results)))
     assert main(["reproduce", "--study", "--results", str(tmp_path)]) == 0
     assert order.pop() == ("report", tmp_path)  # the report, once, after the last run

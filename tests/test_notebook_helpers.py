@@ -11,7 +11,7 @@ import pytest
 from papermill.translators import PythonTranslator
 
 from lambdalib import notebook
-from lambdalib.config import RunConfig
+from lambdalib.config import RunConfig, parameter_fields
 from lambdalib.notebook import (
     SNAPSHOT,
     Param,
@@ -41,7 +41,7 @@ def inspect(source: str) -> dict:
 
 # ------------------------------------------------------------------------------------- parameters
 def test_notebook_fields_are_every_runconfig_field_but_model():
-    assert notebook_fields() == tuple(f.name for f in fields(RunConfig))[1:]
+    assert notebook_fields() == tuple(f.name for f in parameter_fields())[1:]
     assert "model" not in notebook_fields() and "lr" in notebook_fields()
 
 
@@ -51,7 +51,7 @@ def test_training_parameters_cell_is_runconfigs_defaults_as_papermill_reads_them
     assert list(parsed) == ["depth", *notebook_fields()]
     defaults = {name: ast.literal_eval(p.default) for name, p in parsed.items()}
     assert all(p.help for p in parsed.values())  # one line of help each
-    for f in fields(RunConfig):
+    for f in parameter_fields():
         if f.name in notebook.preset_fields():
             assert defaults[f.name] is None and parsed[f.name].help.startswith("None: the preset's value")
         elif f.name != "model":
@@ -158,7 +158,7 @@ def test_report_parts_of_a_built_report_show_every_table_and_figure(tmp_path):
     readme = report.build(tmp_path)  # no runs: every table and figure with its placeholder
     parts = report_parts(readme)
     images = sorted(p.resolve() for p in (tmp_path / "figures").rglob("*.png"))
-    assert images and sorted(v for k, v in parts if k == "image") == images
+    assert sorted(v for k, v in parts if k == "image") == images
     shown = "\n".join(v if k == "markdown" else v.read_text() for k, v in parts if k != "image")
     for table in (tmp_path / "tables").glob("*.md"):
         assert all(line in shown for line in notebook._content_lines(table.read_text())), table
