@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lambdalib.data import WNIDS
+from lambdalib.imagenette import WNIDS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 
 from lambdalib import data as D
+from lambdalib import download as DL
+from lambdalib import figures
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette"
 SHARED_ARCHIVE = SHARED / "imagenette2-224.tgz"
@@ -45,7 +47,7 @@ def tiny_archive(tmp_path_factory):
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(base / "imagenette2-tiny", arcname="imagenette2-tiny")
-    return archive, D.calculate_md5(archive)
+    return archive, DL.calculate_md5(archive)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +55,7 @@ def shared_extract(tmp_path_factory):
     """The shared 224 px archive, fetched through its file:// URL, verified and extracted once per session."""
     archive = need_shared(SHARED_ARCHIVE)
     root = tmp_path_factory.mktemp("downloads")
-    folder = D.prepare_archive(archive.as_uri(), SHARED_MD5, download_root=root)
+    folder = DL.prepare_archive(archive.as_uri(), SHARED_MD5, download_root=root)
     yield root, folder
     shutil.rmtree(root, ignore_errors=True)  # 280 MB: not worth keeping in pytest's retained tmp dirs
 
@@ -74,7 +76,7 @@ def test_archive_table_is_torchvisions():
     from torchvision.datasets import Imagenette
 
     official = {Path(url).stem: (url, md5) for url, md5 in Imagenette._ARCHIVES.values()}
-    assert D.ARCHIVES == official
+    assert DL.ARCHIVES == official
 
 
 # ----------------------------------------------------------------------------- download / verify / extract
@@ -82,12 +84,12 @@ def test_archive_table_is_torchvisions():
 
 def test_shared_archive_through_file_url(shared_extract, monkeypatch):
     root, folder = shared_extract
-    assert folder == root / "imagenette2-224" and D.check_root(folder) == folder
-    assert D.calculate_md5(root / "imagenette2-224.tgz") == SHARED_MD5
+    assert folder == root / "imagenette2-224" and DL.check_root(folder) == folder
+    assert DL.calculate_md5(root / "imagenette2-224.tgz") == SHARED_MD5
     # A verified copy is reused: nothing is fetched or extracted again.
-    monkeypatch.setattr(D, "_fetch", lambda *a: pytest.fail("fetched again"))
-    monkeypatch.setattr(D, "_extract", lambda *a: pytest.fail("extracted again"))
-    assert D.resolve_root(SHARED_ARCHIVE.as_uri(), md5=SHARED_MD5, download_root=root) == folder
+    monkeypatch.setattr(DL, "_fetch", lambda *a: pytest.fail("fetched again"))
+    monkeypatch.setattr(DL, "_extract", lambda *a: pytest.fail("extracted again"))
+    assert DL.resolve_root(SHARED_ARCHIVE.as_uri(), md5=SHARED_MD5, download_root=root) == folder
 
 
 def test_full_set_labels_and_clean_val(shared_extract):
@@ -104,22 +106,22 @@ def test_full_set_labels_and_clean_val(shared_extract):
 def test_truncated_archive_is_fetched_again(tiny_archive, tmp_path):
     archive, md5 = tiny_archive
     (tmp_path / archive.name).write_bytes(archive.read_bytes()[:100])  # an interrupted download
-    folder = D.prepare_archive(archive.as_uri(), md5, download_root=tmp_path)
-    assert D.calculate_md5(tmp_path / archive.name) == md5
+    folder = DL.prepare_archive(archive.as_uri(), md5, download_root=tmp_path)
+    assert DL.calculate_md5(tmp_path / archive.name) == md5
     assert len(D.NoisyImagenette(folder, "train")) == 6
 
 
 def test_wrong_md5_raises_and_leaves_nothing(tiny_archive, tmp_path):
     archive, _ = tiny_archive
-    with pytest.raises(D.IntegrityError, match="does not match the expected 0{32}"):
-        D.prepare_archive(archive.as_uri(), "0" * 32, download_root=tmp_path)
+    with pytest.raises(DL.IntegrityError, match="does not match the expected 0{32}"):
+        DL.prepare_archive(archive.as_uri(), "0" * 32, download_root=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_offline_says_where_to_place_the_file(tmp_path):
     url = (tmp_path / "elsewhere" / "imagenette2-160.tgz").as_uri()
-    with pytest.raises(D.DataUnavailableError) as err:
-        D.prepare_archive(url, "0" * 32, download_root=tmp_path / "data")
+    with pytest.raises(DL.DataUnavailableError) as err:
+        DL.prepare_archive(url, "0" * 32, download_root=tmp_path / "data")
     assert url in str(err.value) and str(tmp_path / "data" / "imagenette2-160.tgz") in str(err.value)
 
 
@@ -141,22 +143,22 @@ def http_server(tiny_archive):
 
 def test_http_download_and_offline_message(tiny_archive, http_server, tmp_path, monkeypatch):
     archive, md5 = tiny_archive
-    folder = D.prepare_archive(f"{http_server}/{archive.name}", md5, download_root=tmp_path)
+    folder = DL.prepare_archive(f"{http_server}/{archive.name}", md5, download_root=tmp_path)
     assert len(D.NoisyImagenette(folder, "val")) == 4
     # An official name that cannot be fetched: the error names the URL and where to put the file.
     url = f"{http_server}/imagenette2-160.tgz"  # 404
-    monkeypatch.setitem(D.ARCHIVES, "imagenette2-160", (url, "0" * 32))
-    with pytest.raises(D.DataUnavailableError) as err:
-        D.resolve_root("imagenette2-160", download_root=tmp_path)
+    monkeypatch.setitem(DL.ARCHIVES, "imagenette2-160", (url, "0" * 32))
+    with pytest.raises(DL.DataUnavailableError) as err:
+        DL.resolve_root("imagenette2-160", download_root=tmp_path)
     assert url in str(err.value) and str(tmp_path / "imagenette2-160.tgz") in str(err.value)
     assert not (tmp_path / "imagenette2-160").exists()
 
 
 def test_local_archive_path_without_md5(tiny_archive, tmp_path):
     archive, _ = tiny_archive
-    folder = D.resolve_root(str(archive), download_root=tmp_path)
+    folder = DL.resolve_root(str(archive), download_root=tmp_path)
     assert folder == tmp_path / "imagenette2-tiny"
-    assert D.resolve_root(folder) == folder  # the extracted folder is usable as is
+    assert DL.resolve_root(folder) == folder  # the extracted folder is usable as is
 
 
 # ----------------------------------------------------------------------------- labels, errors
@@ -186,11 +188,11 @@ def test_layout_errors_say_what_to_do(tmp_path):
     folder = make_two_class_set(tmp_path / "set")
     (folder / D.CSV_NAME).unlink()
     with pytest.raises(FileNotFoundError, match="missing noisy_imagenette.csv.*ships inside every imagenette2"):
-        D.resolve_root(folder)
+        DL.resolve_root(folder)
     with pytest.raises(FileNotFoundError, match="Did you mean"):
-        D.resolve_root(make_two_class_set(tmp_path / "outer" / "inner").parent)
+        DL.resolve_root(make_two_class_set(tmp_path / "outer" / "inner").parent)
     with pytest.raises(FileNotFoundError, match="imagenette2-160"):
-        D.resolve_root(tmp_path / "no-such-thing")
+        DL.resolve_root(tmp_path / "no-such-thing")
     gone = make_two_class_set(tmp_path / "gone")
     (gone / "train" / D.WNIDS[0] / f"{D.WNIDS[0]}_1.JPEG").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 of 6 train images .* are missing"):
@@ -221,7 +223,7 @@ def test_embedded_subset_is_balanced_with_official_noise():
     assert set(train.class_counts().values()) == {160} and set(val.class_counts().values()) == {70}
     assert list(train.class_counts()) == list(D.CLASS_NAMES)
     assert train.flip_rate == pytest.approx(0.05, abs=0.002)
-    size = sum(f.stat().st_size for f in D.embedded_root().rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in DL.embedded_root().rglob("*") if f.is_file())
     assert size < 9e6
     assert train[0][0].shape == (3, 160, 160)
 
@@ -250,7 +252,7 @@ def test_overview_and_sample_grid(tmp_path):
     assert info["classes"]["train"].sum() == 1600 and info["classes"].loc[D.WNIDS[0], "name"] == "tench"
     assert info["noise"].loc[0.25, "train_rate"] == pytest.approx(0.25, abs=0.002)
     target = tmp_path / "fig" / "samples.png"
-    fig = D.plot_samples(None, noise=0.5, n=4, path=target)
+    fig = figures.plot_samples(None, noise=0.5, n=4, path=target)
     assert target.stat().st_size > 0 and len(fig.axes) == 4
 
 
@@ -322,7 +324,7 @@ def test_on_error_values(tmp_path):
 
 def test_noise_level_errors_list_the_official_levels_and_no_cli_flag():
     for call in (lambda: D.overview(None, noise_levels=(0.3,)), lambda: D.NoisyImagenette(None, "train", noise=0.3),
-                 lambda: D.plot_samples(None, noise=0.3, n=1)):
+                 lambda: figures.plot_samples(None, noise=0.3, n=1)):
         with pytest.raises(ValueError, match=r"noise=0.3 .*\[0.0, 0.01, 0.05, 0.25, 0.5\]") as err:
             call()
         assert "--" not in str(err.value) and "\n" not in str(err.value)
@@ -334,7 +336,7 @@ def test_noise_level_errors_list_the_official_levels_and_no_cli_flag():
 
 
 def test_noise_levels_match_as_config_says():
-    from lambdalib.config import OFFICIAL_NOISE_LEVELS, official_noise_level
+    from lambdalib.imagenette import OFFICIAL_NOISE_LEVELS, official_noise_level
 
     assert D.NOISE_LEVELS == OFFICIAL_NOISE_LEVELS
     for noise in (0, 0.25, 0.25 + 1e-12, 0.25 + 1e-6, 0.05000000001, 0.3, 0.5):
@@ -348,7 +350,7 @@ def test_noise_levels_match_as_config_says():
 @pytest.mark.parametrize("n", [0, -2])
 def test_sample_grid_needs_a_sample(n):
     with pytest.raises(ValueError, match="samples must be >= 1"):
-        D.plot_samples(None, noise=0.25, n=n)
+        figures.plot_samples(None, noise=0.25, n=n)
 
 
 def test_eval_crop_fraction_is_the_val_transforms():
