@@ -23,7 +23,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import files, record, runs
+from . import files, fmt, record, runs
+from .imagenette import EVAL_CROP_FRACTION, MEAN, STD, data_slug, official_noise_level
 
 LICENSE = "mit"  # the weights' licence: the package's (pyproject.toml: MIT)
 HUB_DATASET = "frgfm/imagenette"  # Imagenette on the Hugging Face hub
@@ -103,7 +104,7 @@ def _load_best(run_dir: Path, summary: dict, config) -> dict:
 
 
 def _timm_name(name: str) -> str:
-    from .models import resolve_name
+    from .registry import resolve_name
 
     try:
         return resolve_name(name)
@@ -137,9 +138,6 @@ def _save_safetensors(weights: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------- hub config
 def hub_config(model, name: str, classes: list[str], args: dict, img_size: int) -> dict[str, Any]:
     """config.json as timm's `save_for_hf` writes it and `create_model("hf-hub:...")` reads it."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    from . import data
     from .layers import LambdaLayer
 
     base = dict(getattr(model, "pretrained_cfg", None) or {})
@@ -147,8 +145,8 @@ def hub_config(model, name: str, classes: list[str], args: dict, img_size: int) 
     if tuple(base.get("input_size", ()))[1:] != (img_size, img_size):
         cfg.pop("pool_size", None)  # the default cfg's, for another input size
     # the preprocessing the run was evaluated with (lambdalib.data.val_transform)
-    cfg.update(input_size=[3, img_size, img_size], interpolation="bilinear", crop_pct=data.EVAL_CROP_FRACTION,
-               crop_mode="center", mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
+    cfg.update(input_size=[3, img_size, img_size], interpolation="bilinear", crop_pct=EVAL_CROP_FRACTION,
+               crop_mode="center", mean=list(MEAN), std=list(STD),
                num_classes=len(classes), license=LICENSE)
     # an rpe lambda layer's position table is sized to the map it was built for: the input size is fixed
     cfg.setdefault("fixed_input_size", any(isinstance(m, LambdaLayer) and m.position == "rpe"
@@ -168,14 +166,6 @@ def hub_config(model, name: str, classes: list[str], args: dict, img_size: int) 
 
 
 # ---------------------------------------------------------------------------------- model card
-def _pct(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
-
-
-def _num(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-
 def _architecture(name: str, label: str | None, description: str | None) -> str:
     text = f"`{name}`" + (f" (the report's {label})" if label and label != name else "")
     if description:  # lambdalib's cfgs say "<label> (<name>): what it is"
@@ -199,8 +189,6 @@ def _description(name: str, hub: dict) -> str | None:
 def _front_matter(summary: dict, config, row: dict | None, epoch: int) -> str:
     import yaml
 
-    from .config import data_slug
-
     metrics = []
     if row is not None:
         metrics = [
@@ -223,8 +211,6 @@ def _front_matter(summary: dict, config, row: dict | None, epoch: int) -> str:
 
 def model_card(summary: dict, config, best: dict, history: list[dict], hub: dict) -> str:
     """README.md: YAML front matter for the hub, then what was trained, on what, how, how well, from which code."""
-    from .config import data_slug, official_noise_level
-
     name, epoch, classes = summary["model"], int(best["epoch"]), list(best["classes"])
     row = next((r for r in history if r["epoch"] == epoch), None)
     env = summary.get("environment") or {}
@@ -299,12 +285,14 @@ def model_card(summary: dict, config, best: dict, history: list[dict], hub: dict
         "| | |",
         "|---|---|",
         f"| status | {status} |",
-        f"| best val accuracy | {_pct(summary.get('best_val_acc'))} (epoch {summary.get('best_val_acc_epoch')}) |",
-        f"| best val loss | {_num(summary.get('best_val_loss'))} (epoch {summary.get('best_val_loss_epoch')}) |",
-        f"| best train loss | {_num(summary.get('best_train_loss'))} (epoch {summary.get('best_train_loss_epoch')}, "
-        f"noisy labels) |",
-        (f"| these weights | epoch {epoch}: val loss {_num(row['val_loss'])}, val accuracy {_pct(row['val_acc'])} |"
-         if row is not None else f"| these weights | epoch {epoch} |"),
+        f"| best val accuracy | {fmt.percent(summary.get('best_val_acc'), 2)} "
+        f"(epoch {summary.get('best_val_acc_epoch')}) |",
+        f"| best val loss | {fmt.number(summary.get('best_val_loss'), 4)} "
+        f"(epoch {summary.get('best_val_loss_epoch')}) |",
+        f"| best train loss | {fmt.number(summary.get('best_train_loss'), 4)} "
+        f"(epoch {summary.get('best_train_loss_epoch')}, noisy labels) |",
+        (f"| these weights | epoch {epoch}: val loss {fmt.number(row['val_loss'], 4)}, val accuracy "
+         f"{fmt.percent(row['val_acc'], 2)} |" if row is not None else f"| these weights | epoch {epoch} |"),
         f"| training time | {summary['train_time_s']:.0f} s on {env.get('device', 'n/a')} |"
         if summary.get("train_time_s") is not None else None,
         "",
