@@ -44,6 +44,8 @@ Table 3 repeats Table 5, so the L3 rpe numbers are missing there and shown as mi
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -427,19 +429,19 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
             outputs[f"{folder}/accuracy_vs_noise.png"] = figures.png_bytes(figures.accuracy_figure(
                 _of(cells, setup), f"Best val top-1 at each measured label noise{heading}"))
             readme.append(f"![Best val top-1 vs noise]({folder}/accuracy_vs_noise.png)\n")
+        without = [str(n) for n, f in families.items() if f.figure_stem not in panels]
         if not panels:
             readme.append(f"_{NO_RUNS}_\n")
+        elif without:  # a table without runs here has no figure, rather than an empty one
+            readme.append(f"_No loss curves for Table{'s' * (len(without) > 1)} {', '.join(without)}: no runs in "
+                          "this set-up._\n")
     readme.append("## Unfinished runs (not in the tables or figures)\n\n"
                   + markdown_table(index[index["In tables"] != "yes"], empty="None."))
     readme.append("## Unreadable run records (skipped)\n\n" + skipped_md)
     readme.append("## All run records ([csv](tables/runs.csv))\n\n" + markdown_table(index))
     outputs["README.md"] = "\n".join(readme)
 
-    written = []
-    for rel, content in outputs.items():  # README.md last: it links the rest
-        _write(out / rel, content)
-        written.append(out / rel)
-    _remove_stale(out, written)
+    written = _publish(out, outputs)
     if not quiet:
         log.info(f"report: {len(all_runs)} run records"
                  + (f" ({len(skipped)} unreadable, skipped)" if skipped else "") + f" -> {len(written)} files")
@@ -465,15 +467,39 @@ def _trained_attention(out: Path) -> list[str]:
             + attention_table_markdown(table)]
 
 
-def _remove_stale(out: Path, written: list[Path]) -> None:
-    """Delete what the previous build wrote and this one did not (listed in tables/.report-files)."""
-    manifest = out / "tables" / ".report-files"
-    now = sorted(p.relative_to(out).as_posix() for p in written)
-    if manifest.exists():
-        for rel in set(manifest.read_text().split()) - set(now):
-            stale = out / rel
-            if stale.is_file():
-                stale.unlink()
-                if stale.parent != out and not any(stale.parent.iterdir()):
-                    stale.parent.rmdir()
-    _write(manifest, "\n".join(now) + "\n")
+MANIFEST = "tables/.report-files"  # every file the last build wrote, one per line
+
+
+def _publish(out: Path, outputs: dict[str, bytes | str]) -> list[Path]:
+    """Write the report into a staging folder beside it, then swap it in whole (tables/, figures/, README.md
+    last), so a reader or a kill mid-build never meets a mix of two reports; what a killed build left
+    (.report-new, .report-old) is removed by the next one. Files the previous build wrote and this one does
+    not are gone; files others put in tables/ or figures/ (figure 7's) are kept. Refuses to write over a
+    file no report build wrote (a README.md of the user's in --out)."""
+    before = set((out / MANIFEST).read_text().split()) if (out / MANIFEST).is_file() else set()
+    foreign = [rel for rel in outputs if (out / rel).exists() and rel not in before]
+    if foreign:
+        raise FileExistsError(f"{out / foreign[0]} was not written by `lambdalib report` (no report manifest "
+                              f"lists it); choose a new or empty --out folder, or move that file away")
+    stage, old = out / ".report-new", out / ".report-old"
+    for leftover in (stage, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    now = sorted(outputs)
+    staged = {**outputs, MANIFEST: "\n".join(now) + "\n"}
+    for rel, content in staged.items():
+        _write(stage / rel, content)
+    for sub in ("tables", "figures"):
+        for path in sorted((out / sub).rglob("*")) if (out / sub).is_dir() else []:
+            rel = path.relative_to(out).as_posix()
+            if path.is_file() and rel not in before and rel not in staged:
+                files.make_dir((stage / rel).parent)
+                shutil.copy2(path, stage / rel)
+    files.make_dir(old)
+    for name in ("tables", "figures", "README.md"):  # README.md last: it links the rest
+        if (out / name).exists():
+            os.replace(out / name, old / name)
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+    return [out / rel for rel in now]
