@@ -1,30 +1,30 @@
-"""How the report's figures look: loss curves, accuracy vs noise, one run's curves, the data's sample grid.
+"""How the report's figures look: loss curves per report table, accuracy vs noise, one run's curves, the data's
+sample grid.
 
-    from lambdalib import figures
-    fig = figures.curves_figure(runs, ["R18", "R34"], "Baselines")   # a matplotlib Figure
-    figures.save_png(fig, "curves.png")                              # written atomically
+    from lambdalib import figures, registry, runs
+    finished = runs.finished_runs(runs.collect("results"))
+    fig = figures.curves_figure(finished, registry.FAMILIES["L2_rpe"], "Table 2")  # a matplotlib Figure
+    figures.save_png(fig, "curves.png")                                             # written atomically
 
-What the numbers are (which runs count, set-ups, tables, the README) is `report.py`; it hands this module
-the rows it collected (`report.collect_runs`: one row per run record) and the cells it aggregated
-(`report.aggregate`: one row per experiment) and gets Figures or PNG bytes back. `report.plot_run(run_dir)`
-(one run folder -> curves.png) lives in report.py, because it reads the record the way the tables do, and
-draws it with `run_figure` from here. `report.plot_curves`, `report.plot_accuracy_vs_noise`,
-`report.curves_figure`, `report.run_figure` and `report.accuracy_figure` are this module's, re-exported.
+Which figures a set-up has is report.py's decision (`report.figure_panels`); this module draws rows of
+`runs.collect` (one per run) and cells of `runs.aggregate` (one per experiment) and returns Figures or PNG bytes.
 
 Conventions of every figure:
 - matplotlib's `Figure`, never pyplot: PNGs are rendered with Agg and a notebook's backend is left alone;
-- Okabe-Ito colours (distinguishable with the common colour-vision deficiencies): one per noise level on
-  loss curves, one per model family (depth: line style) on accuracy vs noise;
-- a diverged epoch is an 'x' (in a grey band above the range when its loss is off-scale or non-finite);
+- Okabe-Ito colours (distinguishable with the common colour-vision deficiencies): ResNets black, a Lambda
+  family its registry colour;
+- the seeds of one cell are one line (their mean) and a band (their min–max), never unlabelled lines, and a
+  Lambda model sits beside the ResNet of its depth, with the paired (same-seed) difference under them;
+- nothing is drawn for a model without runs, and there is no figure without runs (ValueError);
+- the warm restarts of the lr schedule (CosineAnnealingWarmRestarts, stepped once per epoch) are dotted
+  vertical lines: the loss jump there is the schedule, not instability;
+- a diverged epoch is an 'x';
 - PNGs carry no version stamp, so the same records give the same bytes (`png_bytes`).
-
-Imports: record, config, models and data only (never report or train), so report -> figures -> record.
 """
 from __future__ import annotations
 
 import io
 import math
-import re
 import textwrap
 from pathlib import Path
 
@@ -33,41 +33,22 @@ import pandas as pd
 from matplotlib import ticker
 from matplotlib.figure import Figure  # not pyplot: renders PNGs with Agg, leaves a notebook's backend alone
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-from . import files, record, registry
-from .config import data_slug
+from . import files, fmt, record, registry
 from .data import NoisyImagenette
-from .imagenette import CLASS_NAMES, WNIDS
+from .imagenette import CLASS_NAMES, CLASSES, data_slug
 
-CLASSES = len(WNIDS)  # Imagenette: chance accuracy is 1/10
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-NOISE_COLOURS = {0.0: OKABE_ITO[0], 0.05: OKABE_ITO[1], 0.25: OKABE_ITO[2], 0.5: OKABE_ITO[3], 0.01: OKABE_ITO[4]}
-FAMILY_COLOURS = {(None, None): OKABE_ITO[7], ("rpe", 2): OKABE_ITO[0], ("rpe", 3): OKABE_ITO[5],
-                  ("lc", 2): OKABE_ITO[3], ("lc", 3): OKABE_ITO[1]}
+OKABE_ITO = registry.OKABE_ITO
+SECOND_COLOUR = OKABE_ITO[4]  # the second model of a panel whose models share a family colour (R34 beside R18)
 DPI = 150
-NO_RUNS = "No runs yet."  # an empty panel; the report's empty tables say the same
+NO_RUNS = "No runs yet."  # the report's empty tables say so; a figure without runs is not drawn
+BAND = "band: min–max over seeds"
+CONFIDENCE = 0.95  # accuracy vs noise: t interval over seeds
+RESTART = dict(color="0.45", linestyle=":", linewidth=1.3, zorder=1)
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _noise_colour(noise: float) -> str:
-    for level, colour in NOISE_COLOURS.items():
-        if math.isclose(noise, level):
-            return colour
-    return OKABE_ITO[5 + int(noise * 1000) % 3]  # synthetic rates: the remaining palette
-
-
-def _no_runs(ax, text: str = NO_RUNS) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.4")
-
-
-def _short_status(status: str, diverged_at) -> str:
-    """A run's status in a title: 'diverged at epoch 3', 'crashed', 'interrupted', 'complete'."""
-    if status == "diverged" and pd.notna(diverged_at):
-        return f"diverged at epoch {int(diverged_at)}"
-    return status
-
-
 def _wrap(title: str, width: int) -> str:
     """Lines of at most `width` characters; a set-up label breaks between its ' · ' parts."""
     out = []
@@ -83,26 +64,285 @@ def _wrap(title: str, width: int) -> str:
     return "\n".join(out)
 
 
+def _short_status(status: str, diverged_at) -> str:
+    """A run's status in a title: 'diverged at epoch 3', 'crashed', 'interrupted', 'complete'."""
+    if status == "diverged" and pd.notna(diverged_at):
+        return f"diverged at epoch {int(diverged_at)}"
+    return status
+
+
 def _split(run) -> tuple[list[dict], dict | None]:
     """A run's history as (the epochs before any divergence, the diverged epoch's row or None)."""
-    history = run["_history"] if "_history" in run and isinstance(run["_history"], list) \
-        else record.read_history(Path(run["_path"]))
+    history = run["_history"] if isinstance(run.get("_history"), list) else record.read_history(Path(run["_path"]))
     diverged_at = run["diverged_at"] if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
     good = [r for r in history if r["epoch"] != diverged_at]
     bad = next((r for r in history if r["epoch"] == diverged_at), None)
     return good, bad
 
 
-class _LossAxis:
-    """The y-range of loss curves: the finite losses of the epochs before any divergence (one explosion
-    cannot flatten every other curve), logarithmic when they span more than a factor 4, with a band above
-    the range for the 'x' of a diverged epoch whose loss is off-scale or non-finite."""
+def _epoch_axis(ax, last_epoch: int) -> None:
+    ax.set_xlim(0.5, last_epoch + 0.5)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
 
-    def __init__(self, goods: list[list[dict]], band: bool):
-        self.finite = [r[k] for good in goods for r in good for k in ("train_loss", "val_loss")
-                       if math.isfinite(r[k]) and r[k] > 0]
+
+# ---------------------------------------------------------------------------- the lr's warm restarts
+def restart_epochs(t0: int, t_mult: int, epochs: int) -> list[int]:
+    """The epochs (1-based) that start at the lr's maximum again: CosineAnnealingWarmRestarts stepped once per
+    epoch restarts after t0, t0·t_mult, t0·t_mult², ... epochs (t0 5, t_mult 2: epochs 6, 16, 36)."""
+    out, start, length = [], 1, int(t0)
+    while length > 0 and start + length <= epochs:
+        start += length
+        out.append(start)
+        length *= max(int(t_mult), 1)
+    return out
+
+
+def run_restarts(run) -> list[int]:
+    """A run's restart epochs over its planned schedule, from its t0/t_mult (the row's, else its config.json);
+    a record without them: the epochs whose lr rose."""
+    t0, t_mult = run.get("t0"), run.get("t_mult")
+    if (t0 is None or pd.isna(t0)) and run.get("_path") is not None:
+        try:
+            config = record.load_config(Path(run["_path"]))
+            t0, t_mult = config.t0, config.t_mult
+        except (record.RecordError, OSError):
+            t0 = None
+    if t0 is not None and pd.notna(t0):
+        return restart_epochs(int(t0), int(t_mult), int(run["epochs"]))
+    good, _ = _split(run)
+    return [int(b["epoch"]) for a, b in zip(good, good[1:]) if b["lr"] > a["lr"] * (1 + 1e-9)]
+
+
+def _mark_restarts(axes: list, epochs: list[int]) -> None:
+    """Dotted vertical lines at the restart epochs on every axes; the first says what they are."""
+    for i, ax in enumerate(axes):
+        for k, epoch in enumerate(epochs):
+            ax.axvline(epoch, label="warm restart", **RESTART)
+            if i == 0 and k == 0:
+                ax.text(epoch, 0.97, " lr restart", transform=ax.get_xaxis_transform(), va="top", ha="left",
+                        fontsize=8, color="0.3")
+
+
+# ------------------------------------------------------------------ seeds: curves, means, pairs
+def seed_curves(runs: pd.DataFrame, key: str) -> dict[int, dict[int, float]]:
+    """seed -> {epoch: the finite `key` value} over each run's epochs before any divergence."""
+    out = {}
+    for _, run in runs.iterrows():
+        good, _ = _split(run)
+        out[int(run["seed"])] = {int(r["epoch"]): float(r[key]) for r in good if math.isfinite(r[key])}
+    return out
+
+
+def mean_band(curves: dict[int, dict[int, float]]) -> tuple[np.ndarray, ...]:
+    """(epochs, mean, min, max, n) over the curves that have a value at each epoch."""
+    epochs = sorted({e for curve in curves.values() for e in curve})
+    values = [[curve[e] for curve in curves.values() if e in curve] for e in epochs]
+    return (np.array(epochs, dtype=float), np.array([np.mean(v) for v in values]),
+            np.array([min(v) for v in values]), np.array([max(v) for v in values]),
+            np.array([len(v) for v in values]))
+
+
+def paired_differences(base: dict[int, dict[int, float]], other: dict[int, dict[int, float]]) -> dict:
+    """seed -> {epoch: other − base} for the seeds and epochs both have: a seed pair saw the same
+    initial data order and noisy labels, so its difference is the model's, not the draw's."""
+    pairs = {s: {e: other[s][e] - base[s][e] for e in sorted(base[s].keys() & other[s].keys())}
+             for s in sorted(base.keys() & other.keys())}
+    return {s: d for s, d in pairs.items() if d}
+
+
+def _seeds_text(counts: set[int]) -> str:
+    low, high = min(counts), max(counts)
+    return f"{low} seed" + "s" * (high > 1) if low == high else f"{low}–{high} seeds"
+
+
+# ------------------------------------------------------------------------------------ loss curves
+def curve_blocks(runs: pd.DataFrame, family: registry.Family) -> list[tuple[list[str], str | None]]:
+    """What a family's figure draws, per block of rows: (the model labels with runs, the reference of its
+    difference row or None). Baselines: one block, R34 − R18 when both have runs. A Lambda family: one block per
+    depth with runs of its Lambda model: the ResNet of that depth (when it has runs) beside it."""
+    have = set(runs["label"]) if not runs.empty else set()
+    if family.position is None:
+        models = [family.label(d) for d in family.depths if family.label(d) in have]
+        return [(models, models[0] if len(models) > 1 else None)] if models else []
+    blocks = []
+    for depth in family.depths:
+        twin, base = family.label(depth), registry.SPECS[family.name(depth)].baseline
+        if twin in have:
+            blocks.append(([base, twin], base) if base in have else ([twin], None))
+    return blocks
+
+
+def _colours(models: list[str]) -> dict[str, str]:
+    colours = {}
+    for label in models:
+        family = registry.family_of(label)
+        colour = family.colour if family else OKABE_ITO[4]
+        colours[label] = SECOND_COLOUR if colour in colours.values() else colour
+    return colours
+
+
+def _scale(axes: list, points: list[tuple[float, float]], log_above: float | None) -> None:
+    """Shared y-limits of `axes` from (epoch, value) `points`, with at least four labelled ticks: set by the
+    epochs after the first when epoch 1 would stretch the range by more than half (its losses from an untrained
+    net would flatten the rest), logarithmic when the values span more than `log_above` (None: linear, 0 shown)."""
+    later = [v for e, v in points if e > 1] or [v for _, v in points] or [1.0, 3.0]
+    every = [v for _, v in points] or later
+    span = max(later) - min(later)
+    values = every if max(every) - min(every) <= 1.5 * span else later
+    low, high = min(values), max(values)
+    if log_above is None:
+        low, high = min(low, 0.0), max(high, 0.0)
+    log = log_above is not None and low > 0 and high / low > log_above
+    if log:
+        limits = (low / 1.08, high * 1.08)
+        wide = high / low > 20
+        locator = ticker.LogLocator(subs=(1.0, 2.0, 5.0)) if wide else ticker.MaxNLocator(6, steps=[1, 2, 2.5, 5, 10])
+    else:
+        pad = 0.08 * (high - low) or 0.05 * abs(high) or 0.1
+        limits, locator = (low - pad, high + pad), ticker.MaxNLocator(6, steps=[1, 2, 2.5, 5, 10])
+    for ax in axes:
+        if log:
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_locator(ticker.NullLocator())
+        ax.yaxis.set_major_locator(locator)
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
+        ax.set_ylim(*limits)
+
+
+def _draw_mean(ax, curves: dict, colour: str, name: str) -> list[tuple[float, float]]:
+    """One cell's mean line and min–max band; returns its (epoch, value) extremes for the y-range."""
+    epochs, mean, low, high, n = mean_band(curves)
+    if not len(epochs):
+        return []
+    ax.plot(epochs, mean, color=colour, linewidth=1.9, marker="o", markersize=3.2, label=f"{name} mean", zorder=3)
+    if n.max() > 1:
+        ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0, label=f"{name} band", zorder=2)
+    return [*zip(epochs, low), *zip(epochs, high)]
+
+
+def _diverged(ax, runs: pd.DataFrame, colour: str) -> bool:
+    """An 'x' at the top of the panel at each epoch a seed diverged at."""
+    bad = runs[(runs["status"] == "diverged") & runs["diverged_at"].notna()]
+    for epoch in bad["diverged_at"]:
+        ax.plot([int(epoch)], [0.93], "x", color=colour, markersize=10, markeredgewidth=2.4,
+                transform=ax.get_xaxis_transform(), clip_on=False, label="diverged", zorder=4)
+    return not bad.empty
+
+
+def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Figure:
+    """A report table's loss curves: per noise level (columns) and block of `curve_blocks`, a train loss, a val
+    loss and (with a reference model) a paired-difference row: the val loss of each model minus the reference's,
+    seed by seed, as mean and min–max band. Each model is its seeds' mean with their min–max band; a block's loss
+    rows share one y-axis, set by the epochs after the first when epoch 1 would stretch it (its losses then run
+    off the top); dotted lines mark the lr's warm restarts. A noise level without runs of the block's subject
+    draws nothing. No runs: ValueError."""
+    runs = runs[runs["label"].isin([family.label(d) for d in family.depths]
+                                   + [f"R{d}" for d in family.depths])] if not runs.empty else runs
+    blocks = curve_blocks(runs, family)
+    if not blocks:
+        raise ValueError(f"no runs of {family.title} (Table {family.table}) to draw")
+
+    def subject(models):  # whose runs make a panel: a Lambda family's own model, or any baseline
+        return models if family.position is None else models[-1:]
+
+    noises = sorted({n for models, _ in blocks for n in runs.loc[runs["label"].isin(subject(models)), "noise"]})
+    rows = [(i, kind) for i, (_, ref) in enumerate(blocks) for kind in ("train_loss", "val_loss", "delta")
+            if kind != "delta" or ref]
+    heights = [1.0 if kind == "delta" else 1.5 for _, kind in rows]
+    width = 4.2 if len(noises) < 3 else 3.5
+    fig = Figure(figsize=(1.6 + width * max(len(noises), 2), 2.0 + 1.55 * sum(heights)), layout="constrained")
+    grid = fig.add_gridspec(len(rows), len(noises), height_ratios=heights)
+    axes, values = {}, {}  # (block, "loss" | "delta") -> its axes, the (epoch, value) points of its y-range
+    legend, diverged, labelled = {}, False, set()  # colour -> (models, seed counts)
+    for r, (i, kind) in enumerate(rows):
+        models, ref = blocks[i]
+        colours = _colours(models)
+        group = (i, "delta" if kind == "delta" else "loss")
+        for c, noise in enumerate(noises):
+            here = runs[runs["label"].isin(models) & np.isclose(runs["noise"].astype(float), noise)]
+            if not here["label"].isin(subject(models)).any():
+                continue  # nothing measured: nothing drawn
+            first = next(iter(axes.values()), [None])[0]
+            ax = fig.add_subplot(grid[r, c], sharex=first, sharey=(axes.get(group) or [None])[0])
+            axes.setdefault(group, []).append(ax)
+            ax.set_label(f"{models[-1]}|{noise:g}|{kind}")
+            present = [m for m in models if m in set(here["label"])]
+            if kind != "delta":
+                drawn = len(values.get(group, []))
+                for label in present:
+                    mine = here[here["label"] == label]
+                    names, counts = legend.setdefault(colours[label], ([], set()))
+                    if label not in names:
+                        names.append(label)
+                    counts.add(len(mine))
+                    values.setdefault(group, []).extend(
+                        _draw_mean(ax, seed_curves(mine, kind), colours[label], f"{label} {kind.split('_')[0]}"))
+                    diverged |= _diverged(ax, mine, colours[label])
+                if len(values.get(group, [])) == drawn:
+                    ax.text(0.5, 0.5, "no finite loss before the divergence", ha="center", va="center",
+                            transform=ax.transAxes, color="0.4")
+                if kind == "train_loss":
+                    ax.set_title(f"{' vs '.join(present)} · {fmt.noise(noise)} noise", fontsize=10)
+            else:
+                ax.axhline(0.0, color="0.3", linewidth=1.0, zorder=1)
+                base = seed_curves(here[here["label"] == ref], "val_loss")
+                for label in [m for m in present if m != ref]:
+                    pairs = paired_differences(base, seed_curves(here[here["label"] == label], "val_loss"))
+                    values.setdefault(group, []).extend(
+                        _draw_mean(ax, pairs, colours[label], f"{label} − {ref} val"))
+                if len(present) < 2:
+                    missing = " / ".join(m for m in models if m not in present)
+                    ax.text(0.5, 0.5, f"no {missing} runs at this noise to pair with", ha="center", va="center",
+                            transform=ax.transAxes, color="0.4", bbox=dict(facecolor="white", edgecolor="none"))
+            ax.grid(alpha=0.3)
+            bottom = r == len(rows) - 1 or rows[r + 1][0] != i
+            ax.tick_params(labelbottom=bottom)
+            if bottom:
+                ax.set_xlabel("epoch")
+            if r not in labelled:  # the first panel of a row names it
+                labelled.add(r)
+                ylabel = {"train_loss": "train loss", "val_loss": "val loss"}.get(kind)
+                ax.set_ylabel(ylabel or f"Δ val loss\n{' / '.join(m for m in models if m != ref)} − {ref}")
+    _epoch_axis(fig.axes[0], max(int(e) for e in runs["epochs"]))
+    for (i, kind), group in axes.items():
+        _scale(group, values.get((i, kind), []), log_above=4.0 if kind == "loss" else None)
+        if not values.get((i, kind)):  # nothing finite: numbers on the axis would suggest data
+            group[0].set_yticks([])
+    restarts = sorted({e for _, run in runs.iterrows() for e in run_restarts(run)})
+    _mark_restarts(fig.axes, restarts)
+
+    handles = [Line2D([], [], color=colour, linewidth=2.4, marker="o", markersize=4,
+                      label=f"{' / '.join(names)}: " + (f"mean of {_seeds_text(counts)}" if max(counts) > 1
+                                                         else "one seed"))
+               for colour, (names, counts) in legend.items()]
+    if any(str(c.get_label()).endswith(" band") for ax in fig.axes for c in ax.collections):
+        handles.append(Patch(color="0.55", alpha=0.35, label=BAND))
+    if any(kind == "delta" for _, kind in axes):
+        handles.append(Line2D([], [], color="0.3", linewidth=1.0, label="Δ: per same-seed pair, mean and min–max"
+                              + (" (< 0: lower loss than the ResNet)" if family.position else "")))
+    if restarts:
+        handles.append(Line2D([], [], **RESTART, label=f"lr warm restart (epoch {', '.join(map(str, restarts))}): "
+                              "the schedule, not instability"))
+    if diverged:
+        handles.append(Line2D([], [], color="0.2", marker="x", linestyle="", markersize=9, markeredgewidth=2,
+                              label="a seed diverged"))
+    if any(not ax.get_ylim()[0] <= line.get_ydata()[0] <= ax.get_ylim()[1] for ax in fig.axes
+           for line in ax.get_lines() if str(line.get_label()).endswith(" mean") and line.get_xdata()[0] == 1):
+        handles.append(Line2D([], [], linestyle="none", label="y-ranges from epoch 2 on: epoch 1 runs off"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(noises) < 3 else 3, frameon=False,
+               fontsize=9 if len(noises) < 3 else 10)
+    fig.suptitle(_wrap(title, int(40 * max(len(noises), 2) + 10)), fontsize=11 if len(noises) < 3 else 13)
+    return fig
+
+
+class _LossAxis:
+    """One run's y-range (run_figure): the finite losses of the epochs before any divergence, logarithmic when
+    they span more than a factor 4, with a band above the range for the 'x' of an off-scale diverged epoch."""
+
+    def __init__(self, good: list[dict], band: bool):
+        self.finite = [r[k] for r in good for k in ("train_loss", "val_loss") if math.isfinite(r[k]) and r[k] > 0]
         low, self.high = (min(self.finite), max(self.finite)) if self.finite else (1.0, 3.0)
-        self.log, self.band = self.high / low > 4, band
+        self.log = self.high / low > 4
         if self.log:
             self.bottom, self.off_scale, self.top = low / 1.15, self.high * 1.3, self.high * (1.6 if band else 1.15)
         else:
@@ -117,7 +357,7 @@ class _LossAxis:
         worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf  # NaN: off-scale
         return worst, worst if worst <= self.high else self.off_scale
 
-    def apply(self, ax, axes_with_band=()) -> None:
+    def apply(self, ax, band: bool) -> None:
         if self.log:
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -126,91 +366,20 @@ class _LossAxis:
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if v < self.band_start else ""))
         ax.set_ylim(self.bottom, self.top)
         ax.set_ylabel("cross-entropy loss" + (" (log scale)" if self.log else ""))
-        for other in axes_with_band:
-            other.axhspan(self.band_start, self.top, color="0.92", zorder=0)
-
-
-def _epoch_axis(ax, last_epoch: int) -> None:
-    ax.set_xlim(0.5, last_epoch + 0.5)
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
-
-
-# ------------------------------------------------------------------------------------ loss curves
-def curves_figure(runs: pd.DataFrame, labels: list[str], title: str) -> Figure:
-    """Train (dashed) and val (solid) loss vs epoch, one panel per model label, one colour per noise level.
-
-    The y-range spans the finite losses of the epochs before any divergence, so one explosion cannot
-    flatten every other curve; the epoch a run diverged at is an 'x' (in a band above the range when its
-    loss is off-scale or non-finite) and is spelled out under the panel. The y-axis turns logarithmic
-    when the losses span more than a factor 4."""
-    fig = Figure(figsize=(5.2 * len(labels) + 1.6, 4.6), layout="constrained")
-    axes = fig.subplots(1, len(labels), sharey=True, squeeze=False)[0]
-    curves = [(run, *_split(run)) for _, run in runs.iterrows()]
-    band = any(run["status"] == "diverged" for run, _, _ in curves)
-    y = _LossAxis([good for _, good, _ in curves], band)
-    last_epoch = max([1] + [int(r["epoch"]) for _, good, bad in curves for r in good + ([bad] if bad else [])]
-                     + [int(run["epochs"]) for run, _, _ in curves])
-    noises, banded = set(), []
-    for ax, label in zip(axes, labels):
-        mine = [c for c in curves if c[0]["label"] == label]
-        ax.set_title(re.sub(r"^R(\d+)$", r"ResNet\1 (R\1)", label))
-        if not mine:
-            _no_runs(ax)
-        notes = []
-        for run, good, bad in mine:
-            colour = _noise_colour(run["noise"])
-            noises.add(run["noise"])
-            epochs = [r["epoch"] for r in good]
-            for key, style in (("train_loss", "--"), ("val_loss", "-")):
-                values = [r[key] if math.isfinite(r[key]) else np.nan for r in good]
-                ax.plot(epochs, values, style, color=colour, marker="o", markersize=4, linewidth=1.6, alpha=0.9)
-            if run["status"] == "diverged":
-                epoch = int(run["diverged_at"])
-                worst, at = y.diverged(bad)
-                ax.plot([epoch], [at], "x", color=colour, markersize=11, markeredgewidth=2.5)
-                seeds = len(mine) > len({c[0]["noise"] for c in mine})  # several runs per noise: name the seed
-                who = f"{run['noise'] * 100:g}%" + (f" seed {run['seed']}" if seeds else "")
-                notes.append(f"{who}: epoch {epoch} (loss {'non-finite' if math.isinf(worst) else f'{worst:.3g}'})")
-        ax.set_xlabel("epoch" + "".join(f"\n× diverged {n}" for n in notes))
-        _epoch_axis(ax, last_epoch)
-        ax.grid(alpha=0.3)
-        if any(c[0]["status"] == "diverged" for c in mine):
-            banded.append(ax)
-    y.apply(axes[0], banded)
-    if not curves:  # an empty figure: no axis numbers that suggest data
-        for ax in axes:
-            ax.set_xticks([]), ax.set_yticks([])
-    elif not y.finite:  # only divergences: the y numbers would mean nothing
-        axes[0].set_yticks([])
-    handles = [Line2D([], [], color=_noise_colour(n), linewidth=3, label=f"{n * 100:g}% noise")
-               for n in sorted(noises)]
-    if curves:
-        handles += [Line2D([], [], color="0.3", linestyle="--", label="train"),
-                    Line2D([], [], color="0.3", linestyle="-", label="val")]
-    if band:
-        handles.append(Line2D([], [], color="0.3", marker="x", linestyle="", markersize=9, markeredgewidth=2,
-                              label="diverged\n(grey band:\noff-scale)"))
-    if handles:
-        fig.legend(handles=handles, loc="outside right upper", frameon=False)
-    fig.suptitle(_wrap(title, int(44 * len(labels))))
-    return fig
-
-
-def plot_curves(runs: pd.DataFrame, labels: list[str], path: Path, title: str) -> Path:
-    """curves_figure saved as a PNG at `path`."""
-    return save_png(curves_figure(runs, labels, title), path)
+        if band:
+            ax.axhspan(self.band_start, self.top, color="0.92", zorder=0)
 
 
 def run_figure(run: pd.Series) -> Figure:
-    """One run (a row of report.collect_runs) as its train and val loss per epoch, readable at any epoch
-    count: markers and the last value of each curve written next to it, integer epoch ticks over the
-    planned schedule (an unfinished run shows how far it got), a diverged epoch as an 'x', the legend under
-    the axes, the title naming the model and noise (the row's 'architecture'), status and scale."""
+    """One run (a row of runs.collect) as its train and val loss per epoch, readable at any epoch count: markers
+    and the last value of each curve written next to it, integer epoch ticks over the planned schedule (an
+    unfinished run shows how far it got), the lr's warm restarts dotted, a diverged epoch as an 'x', the legend
+    under the axes, the title naming the model and noise (the row's 'architecture'), status and scale."""
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     ax = fig.subplots()
     good, bad = _split(run)
     diverged = run["status"] == "diverged" and pd.notna(run["diverged_at"])
-    y = _LossAxis([good], diverged)
+    y = _LossAxis(good, diverged)
     epochs = [r["epoch"] for r in good]
     for key, name, style, marker, colour in (("train_loss", "train loss", "--", "o", OKABE_ITO[0]),
                                              ("val_loss", "val loss", "-", "s", OKABE_ITO[3])):
@@ -227,15 +396,23 @@ def run_figure(run: pd.Series) -> Figure:
         ax.plot([int(run["diverged_at"])], [at], "x", color="black", markersize=11, markeredgewidth=2.5,
                 label=f"diverged (loss {'non-finite' if math.isinf(worst) else f'{worst:.3g}'})")
     if not good and not diverged:
-        _no_runs(ax, "no finished epoch yet")
-    y.apply(ax, [ax] if diverged else [])
+        ax.text(0.5, 0.5, "no finished epoch yet", ha="center", va="center", transform=ax.transAxes,
+                fontsize=12, color="0.4")
+    y.apply(ax, diverged)
     if not y.finite:
         ax.set_yticks([])
     ax.set_xlabel("epoch")
-    _epoch_axis(ax, max([int(run["epochs"])] + epochs))
+    planned = max([int(run["epochs"])] + epochs)
+    _epoch_axis(ax, planned)
+    restarts = [e for e in run_restarts(run) if e <= planned]
+    for epoch in restarts:
+        ax.axvline(epoch, **RESTART)
     ax.grid(alpha=0.3)
     if good or diverged:
-        fig.legend(loc="outside lower center", ncol=3, frameon=False)
+        handles, _ = ax.get_legend_handles_labels()
+        if restarts:
+            handles.append(Line2D([], [], **RESTART, label="lr warm restart"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     done = int(run["epochs_done"]) if pd.notna(run.get("epochs_done")) else len(good)
     status = _short_status(run["status"], run.get("diverged_at"))
     fig.suptitle(_wrap(f"{run['architecture']}: {status}, {done}/{run['epochs']} epochs\n"
@@ -243,72 +420,83 @@ def run_figure(run: pd.Series) -> Figure:
     return fig
 
 
-
 # ------------------------------------------------------------------------------- accuracy vs noise
-def _seeds_caption(n_runs: pd.Series) -> str:
-    low, high = int(n_runs.min()), int(n_runs.max())
-    if high < 2:
-        return "one seed per point: no error bars, and differences of a few points may be noise"
-    counts = f"{low}" if low == high else f"{low}–{high}"
-    return (f"error bars: ± sample std over the seeds of a point (n = {counts})"
-            + ("; points with one seed have none" if low < 2 else ""))
+def t_half_width(std: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """Half the width of the t interval of a mean over n seeds (NaN for n < 2: no interval from one value)."""
+    from scipy import stats  # late: only the accuracy figure needs it
+
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+
+
+def has_accuracy(cells: pd.DataFrame) -> bool:
+    """Whether accuracy_figure has a point to draw (a cell with a best val top-1)."""
+    return not cells.empty and pd.to_numeric(cells["best_val_acc"], errors="coerce").notna().any()
 
 
 def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
-    """Best val top-1 vs noise for the ten models at the noise levels' true spacing; colour = family, line
-    = depth; a dotted chance line (1/classes); error bars (± std over seeds) only on points with >= 2
-    seeds, the number of seeds in the caption. A black 'x' marks cells where at least one run diverged
-    (its best is from before the divergence)."""
-    fig = Figure(figsize=(8.8, 5.0), layout="constrained")
-    ax = fig.subplots()
-    chance = 100 / CLASSES
+    """Best val top-1 at the measured noise levels only (one group each, no line through the levels between):
+    per model its mean over seeds with a 95 % t interval, a bare marker where one seed is all there is;
+    colour = family, marker = depth; a dotted chance line (1/classes); a black 'x' where a run of the cell
+    diverged (its best is from before the divergence). No measured cell: ValueError."""
+    cells = cells[pd.to_numeric(cells["best_val_acc"], errors="coerce").notna()] if not cells.empty else cells
     if cells.empty:
-        _no_runs(ax)
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_xlabel("label noise (% of training labels flipped)")
-    else:
-        levels = sorted(cells["noise"].unique())
-        present = [m for m in registry.model_names() if m in set(cells["model"])]
-        present += sorted(set(cells["model"]) - set(present))  # timm models outside the report's ten
-        span = 100 * (max(levels) - min(0.0, *levels)) or 10.0
-        dodge = span / 150  # points of one noise level stay apart, far less than any level spacing
-        for i, model in enumerate(present):
-            spec = registry.SPECS.get(model)
-            mine = cells[cells["model"] == model].sort_values("noise")
-            x = 100 * mine["noise"] + dodge * (i - (len(present) - 1) / 2)
-            y = 100 * mine["best_val_acc"]
-            shallow = spec is None or spec.depth == 18
-            colour = FAMILY_COLOURS[(spec.position, spec.stage)] if spec else OKABE_ITO[4]
-            ax.plot(x, y, color=colour, linestyle="-" if shallow else "--", marker="o" if shallow else "s",
-                    markersize=6, linewidth=1.6, label=spec.label if spec else model)
-            seeds = mine["n_runs"] >= 2
-            if seeds.any():
-                ax.errorbar(x[seeds], y[seeds], yerr=100 * mine["best_val_acc_std"][seeds], fmt="none",
-                            ecolor=colour, capsize=3, linewidth=1.2)
-            bad = mine["n_diverged"] > 0
-            ax.plot(x[bad], y[bad], "x", color="black", markersize=12, markeredgewidth=2.2)
-        ax.axhline(chance, color="0.4", linestyle=":", linewidth=1.5)
-        ax.set_xticks([100 * n for n in levels], [f"{n * 100:g}%" for n in levels])
-        ax.set_xlim(100 * min(0.0, *levels) - span / 20, 100 * max(levels) + span / 20)  # 0 % always shown
-        best = pd.to_numeric(cells["best_val_acc"], errors="coerce").max()
-        ax.set_ylim(0, min(100.0, max(chance, 100 * best if pd.notna(best) else chance) * 1.15 + 2))
-        handles, names = ax.get_legend_handles_labels()
-        handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=1.5))
-        names.append(f"chance (1/{CLASSES})")
-        if (cells["n_diverged"] > 0).any():
-            handles.append(Line2D([], [], marker="x", color="black", linestyle="", markersize=9, markeredgewidth=2))
-            names.append("a run diverged")
-        fig.legend(handles, names, loc="outside right upper", frameon=False)
-        ax.set_xlabel("label noise (% of training labels flipped)\n" + _seeds_caption(cells["n_runs"]))
+        raise ValueError("no cell with a best val top-1 to draw")
+    levels = sorted(cells["noise"].astype(float).unique())
+    present = [m for m in registry.model_names() if m in set(cells["model"])]
+    present += sorted(set(cells["model"]) - set(present))  # timm models outside the report's ten
+    fig = Figure(figsize=(max(7.0, 2.0 + 2.4 * len(levels) + 0.25 * len(present)), 5.6), layout="constrained")
+    ax = fig.subplots()
+    step = 0.8 / len(present)
+    tops, bottoms = [], []
+    for i, model in enumerate(present):
+        spec = registry.SPECS.get(model)
+        mine = cells[cells["model"] == model].sort_values("noise")
+        x = np.array([levels.index(float(n)) for n in mine["noise"]]) + step * (i - (len(present) - 1) / 2)
+        y = 100 * mine["best_val_acc"].to_numpy(dtype=float)
+        n = mine["n_runs"].to_numpy(dtype=int)
+        half = 100 * np.array([t_half_width(s, k) for s, k in zip(mine["best_val_acc_std"].astype(float), n)])
+        colour = registry.FAMILIES[spec.family].colour if spec else OKABE_ITO[4]
+        ax.plot(x, y, linestyle="none", color=colour, marker="o" if spec is None or spec.depth == 18 else "s",
+                markersize=7, label=spec.label if spec else model, zorder=3)
+        single = n < 2  # one seed: its value, hollow
+        ax.plot(x[single], y[single], linestyle="none", marker="o" if spec is None or spec.depth == 18 else "s",
+                markersize=7, markerfacecolor="white", markeredgecolor=colour, markeredgewidth=1.6, zorder=4)
+        bars = np.isfinite(half)
+        if bars.any():
+            ax.errorbar(x[bars], y[bars], yerr=half[bars], fmt="none", ecolor=colour, capsize=4, linewidth=1.5)
+        tops += list(np.where(bars, y + half, y))
+        bottoms += list(np.where(bars, y - half, y))
+        bad = mine["n_diverged"].to_numpy() > 0
+        ax.plot(x[bad], y[bad], "x", color="black", markersize=12, markeredgewidth=2.2, linestyle="none")
+    chance = 100 / CLASSES
+    ax.axhline(chance, color="0.4", linestyle=":", linewidth=1.5)
+    for k in range(len(levels) - 1):  # the groups are levels, not a scale: a gap between them
+        ax.axvline(k + 0.5, color="0.85", linewidth=1.0)
+    ax.set_xticks(range(len(levels)), [fmt.noise(level) for level in levels])
+    ax.set_xlim(-0.5, len(levels) - 0.5)
+    low, high = min(bottoms + [chance]), max(tops)
+    pad = 0.08 * (high - low)
+    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(8, steps=[1, 2, 5, 10]))
+    handles, names = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=1.5))
+    names.append(f"chance (1/{CLASSES})")
+    if (cells["n_diverged"] > 0).any():
+        handles.append(Line2D([], [], marker="x", color="black", linestyle="", markersize=9, markeredgewidth=2))
+        names.append("a run diverged")
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), frameon=False)
+    counts = sorted(set(cells["n_runs"].astype(int)))
+    seeds = f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}–{counts[-1]}"
+    caption = (f"marker: mean over the seeds ({seeds}); bar: {CONFIDENCE:.0%} t interval"
+               + ("; hollow, no bar: one seed, its value" if counts[0] < 2 else "")) if counts[-1] > 1 else \
+        "one seed per point (its value): no interval, and differences of a few points may be noise"
+    ax.set_xlabel("label noise (% of training labels flipped; only the measured levels)\n" + caption)
     ax.set_ylabel("best val top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.set_title(_wrap(title, 80))
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(_wrap(title, int(fig.get_figwidth() * 11)), fontsize=11)
     return fig
-
-
-def plot_accuracy_vs_noise(cells: pd.DataFrame, path: Path, title: str) -> Path:
-    """accuracy_figure saved as a PNG at `path`."""
-    return save_png(accuracy_figure(cells, title), path)
 
 
 # ------------------------------------------------------------------------------------------ PNGs
@@ -330,7 +518,6 @@ def save_png(fig: Figure, path: Path | str) -> Path:
         raise record.RecordError(files.describe_os_error(err, path)) from err
     files.atomic_write_bytes(path, data)  # the record's temporary-then-rename write
     return path
-
 
 
 # ------------------------------------------------------------------------------------ the data
