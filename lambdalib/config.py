@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_text
-from .imagenette import OFFICIAL_NOISE_LEVELS, data_slug, official_noise_level
+from .imagenette import OFFICIAL_NOISE_LEVELS, data_fingerprint, data_slug, official_noise_level
 from .registry import SPECS, report_label, resolve_name
 
 # What a run computes beyond its fields (eval crop, augmentation, the layer's maths, ...). Bump it on purpose
@@ -37,7 +37,7 @@ PIPELINE = 1
 BASE_IDENTITY = ("model", "noise", "synthetic_noise", "preset", "epochs", "img_size", "batch_size", "lr",
                  "weight_decay", "t0", "t_mult", "eta_min", "grad_clip", "diverge_factor", "lc_scope", "seed", "data",
                  "train_per_class", "val_per_class", "amp", "world_size")
-ADDED_IDENTITY: tuple[str, ...] = ()
+ADDED_IDENTITY: tuple[str, ...] = ("data_digest",)
 FLOAT_FIELDS = ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor")
 
 # Presets: the recipe (a RunConfig field); fields given explicitly win over the preset.
@@ -118,6 +118,10 @@ class RunConfig:
     # -- set by lambdalib, not a parameter: the pipeline version that computed this run (see PIPELINE)
     pipeline: int = field(default=PIPELINE, metadata=dict(help="pipeline version", choices=None, identity=False,
                                                           internal=True))
+    # what a data folder or archive holds (imagenette.data_fingerprint; '' for the embedded set and the official
+    # archives): two folders of one name are two experiments
+    data_digest: str = field(default="", metadata=dict(help="data fingerprint", choices=None, identity=True,
+                                                       internal=True))
 
     @classmethod
     def from_params(cls, **params: Any) -> "RunConfig":
@@ -166,6 +170,9 @@ class RunConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise bad(f.name, "expected one of " + ", ".join(repr(c) for c in choices))
+        if self.run_name and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", self.run_name) or ".." in self.run_name):
+            raise bad("run_name", "must be one folder name of letters, digits and . _ + - (no / and no ..): the run "
+                                  "folder goes under <results>/runs/")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise bad("device", "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
@@ -177,7 +184,8 @@ class RunConfig:
         amp, world_size = self.amp, self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         if amp == "auto":
             amp = _auto_precision(self.device)
-        return replace(self, amp=amp, world_size=world_size, lc_scope=self.lc_scope or scaled_scope(self.img_size))
+        return replace(self, amp=amp, world_size=world_size, lc_scope=self.lc_scope or scaled_scope(self.img_size),
+                       data_digest=self.data_digest or data_fingerprint(self.data))
 
     def identity(self) -> dict[str, Any]:
         """The one definition of "the same experiment": every field that changes what is computed.

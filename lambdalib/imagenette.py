@@ -4,6 +4,8 @@ No lambdalib imports and no torch: config, data, download, figures and claims al
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -48,3 +50,29 @@ def data_slug(data: str) -> str:
     """A data source as a short name: 'embedded', 'imagenette2-160', or a folder/archive's own name."""
     name = Path(data).name if ("/" in data or "\\" in data) else data
     return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-") or "data"
+
+
+KNOWN_DATA = ("embedded", "imagenette2", "imagenette2-160", "imagenette2-320")  # content known by the name
+
+
+@functools.lru_cache(maxsize=32)
+def data_fingerprint(data: str) -> str:
+    """What a data source holds, as 12 hex digits; '' where the name says it (the embedded set, the official
+    archives) or nothing can be read here (a URL, a missing path). A folder: its CSV's bytes and every image's
+    path and size; an archive file: its size and first 16 MiB. Two folders of one name never share it."""
+    path = Path(data).expanduser()
+    if data in KNOWN_DATA or "://" in data or not path.exists():
+        return ""
+    digest = hashlib.sha1()
+    if path.is_dir():
+        csv = path / CSV_NAME
+        digest.update(csv.read_bytes() if csv.is_file() else b"")
+        for split in SPLITS:
+            for image in sorted((path / split).rglob("*")) if (path / split).is_dir() else []:
+                if image.is_file():
+                    digest.update(f"{image.relative_to(path).as_posix()}:{image.stat().st_size}\n".encode())
+    else:
+        digest.update(str(path.stat().st_size).encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(16 << 20))
+    return digest.hexdigest()[:12]

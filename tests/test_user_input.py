@@ -1,0 +1,60 @@
+"""What a careless or unlucky user types (#24): nothing outside the tool's own files is touched, and no wrong
+result comes back with exit 0. Each case goes through the command a user runs."""
+import shutil
+
+import pytest
+
+from lambdalib.cli import main
+from lambdalib.config import RunConfig
+
+from conftest import make_tiny_imagenette  # noqa: I001
+
+
+def train_args(data, results, *extra):
+    return ["train", "--model", "R18", "--data", str(data), "--results", str(results), "--epochs", "1",
+            "--img-size", "32", "--batch-size", "8", "--workers", "0", "--preset", "fast", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("name", ["../..", "..", "a/b", "/abs", ".hidden", "x/../y"])
+def test_a_run_name_that_leaves_the_runs_folder_is_refused(tiny_imagenette, tmp_path, capsys, name):
+    results = tmp_path / "deep" / "results"
+    (tmp_path / "history.csv").write_text("mine\n")
+    assert main(train_args(tiny_imagenette, results, "--run-name", name)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run_name" in err and "one folder name" in err
+    assert (tmp_path / "history.csv").read_text() == "mine\n" and not results.exists()
+
+
+def test_a_plain_run_name_is_used(tiny_imagenette, tmp_path):
+    assert main(train_args(tiny_imagenette, tmp_path, "--run-name", "my-run_1.b")) == 0
+    assert (tmp_path / "runs" / "my-run_1.b" / "summary.json").is_file()
+
+
+def test_two_data_folders_of_one_name_are_two_experiments(tmp_path, capsys):
+    first = make_tiny_imagenette(tmp_path / "some" / "mydata", train_per_class=2, val_per_class=1)
+    second = make_tiny_imagenette(tmp_path / "other" / "mydata", train_per_class=3, val_per_class=1)
+    assert main(train_args(first, tmp_path / "results")) == 0
+    capsys.readouterr()
+    assert main(train_args(second, tmp_path / "results")) == 0
+    out = capsys.readouterr().out
+    assert "already complete" not in out
+    runs = sorted((tmp_path / "results" / "runs").iterdir())
+    assert len(runs) == 2 and all(r.name.split("_")[5] == "mydata" for r in runs)  # same slug, other digest
+    assert main(train_args(first, tmp_path / "results")) == 0  # the first data again: finished, nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_a_data_folder_changed_in_place_is_another_experiment(tmp_path):
+    data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
+    before = RunConfig.from_params(model="R18", data=str(data)).run_id
+    shutil.rmtree(data / "train" / sorted(p.name for p in (data / "train").iterdir())[0])
+    make_tiny_imagenette(tmp_path / "fresh", train_per_class=2, val_per_class=1)  # unrelated folder
+    from lambdalib.imagenette import data_fingerprint
+
+    data_fingerprint.cache_clear()
+    assert RunConfig.from_params(model="R18", data=str(data)).run_id != before
+
+
+def test_the_embedded_set_keeps_its_committed_name():
+    config = RunConfig.from_params(model="R18", data="embedded")
+    assert config.resolved().data_digest == "" and "data_digest" not in config.identity()
