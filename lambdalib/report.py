@@ -3,43 +3,20 @@
     from lambdalib import report
     report.build()              # results/runs/*/ -> results/{README.md, tables/, figures/}
 
-Which runs count: every folder under runs/ with a summary.json, read through `lambdalib.record`. A run
-whose summary.json, config.json or history.csv cannot be read is skipped with a warning naming the file,
-and listed as skipped in the README; everything else is still built. Finished runs ("complete" and
-"diverged") make the tables and figures; diverged ones are included and marked (the epoch they diverged
-at, an 'x' on the curves), since divergence is one of the report's findings. Unfinished runs
-("running", "interrupted", and "crashed": a record that says running while no live process holds its
-lock) are left out of tables and figures, because their best values cover only part of the schedule and
-would bias a mean; they are listed, flagged, in the runs index and the README.
+Runs are read by lambdalib.runs (one row per record; an unreadable record is skipped, named and listed).
+Finished runs (complete, diverged: marked) make the tables and figures; unfinished ones are only listed, since
+their best values cover part of the schedule. A table cell is one experiment (identity without the seed:
+mean ± sample std over seeds); a set-up (one section per table, its own figures) is the identity without
+model, noise and seed, so runs that differ in anything else never share a section. A set-up's label states
+its scale; one of fewer than SMOKE_EPOCHS epochs or on a per-class subset is a smoke test, and says so first.
 
-Cells and set-ups: a table cell is one experiment (`RunConfig.experiment_id`: the run's identity without
-its seed), so only seeds of one experiment are ever aggregated, as mean ± sample std (ddof=1). A set-up
-(one section in each table, its own figures) is the identity without model, noise and seed: runs that
-differ in data, subset size, epochs, image size, preset, lr, batch size, world size, precision, weight
-decay, schedule, clipping, divergence threshold or synthetic noise (not Imagenette's official noisy
-labels, so not comparable with the published rows) never share a section. A section's label states its
-scale (data, images, epochs, px, preset) and every identity field that differs from the preset's value
-(amp and world size: from off and 1). A set-up is a smoke test when it trains fewer than SMOKE_EPOCHS
-epochs or on a per-class subset (a set-up on the whole embedded mini subset is a small-scale study, labelled
-as such); the README says so in its title and first
-lines, and every set-up's scale opens its sections (README and tables/*.md), its figure titles and the
-comparison with the published numbers, directly above that table.
+Tables are one per model family (registry.FAMILIES: Tables 1-5 of the report), plus the published numbers
+(lambdalib/published.csv; its Table 3 repeats Table 5, so L3 rpe is missing) beside ours. Figures (drawn by
+figures.py): one loss-curves figure per table that has runs, and accuracy against the measured noise levels.
 
-Figures: loss curves per family (diverged epochs as an 'x'), best val top-1 vs noise at the noise levels'
-true spacing with a chance line and error bars only where a cell has >= 2 seeds (n in the caption), and
-`plot_run` for one run (the training notebooks' closing figure). This module decides which figures the
-report has and what goes in each (FIGURES, `build`, `plot_run`); how they are drawn (colours, axes,
-markers, PNG bytes) is lambdalib/figures.py, whose plot_curves, plot_accuracy_vs_noise, curves_figure,
-run_figure and accuracy_figure are re-exported here.
-
-Writing: every table and figure is computed before the first file is written, and each file is written
-atomically, so a failure mid-build leaves the previous report as it was. A results folder without runs/
-is an error (a mistyped --results would otherwise get an empty report). Written files hold no absolute
-paths (run folders are given relative to the results folder), so rebuilding elsewhere does not change
-them.
-
-The published numbers of the report (Tables 1, 2, 4, 5) are data in lambdalib/published.csv; its
-Table 3 repeats Table 5, so the L3 rpe numbers are missing there and shown as missing.
+Writing: everything is computed first, then written into a staging folder and swapped in whole (`_publish`),
+so a failure or a kill never leaves a mix of two reports. Written files hold no absolute paths, so a rebuild
+anywhere writes the same bytes. A results folder without runs/ is an error (a mistyped --results).
 """
 from __future__ import annotations
 
@@ -58,7 +35,7 @@ from .runs import SETUP_COLUMNS, SMOKE_EPOCHS, aggregate, finished_runs, load_ru
 log = logging.getLogger(__name__)
 
 CLASSES = figures.CLASSES  # Imagenette's 10: chance accuracy is 1/10
-NO_RUNS = figures.NO_RUNS  # "No runs yet.": the same words in empty tables and empty figures
+NO_RUNS = figures.NO_RUNS  # "No runs yet.": the words of an empty table or figures section
 
 
 def tables() -> dict[int, registry.Family]:
@@ -340,16 +317,10 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         skipped either way).
     out: where README.md, tables/ and figures/ go (default: results_dir).
 
-    Writes tables/table{1..5}_*.{md,csv} (Tables 1-5 in the report's layout plus val top-1, epoch of best
-    val loss, diverged-at, params, GFLOPs, img/s, mean ± std over seeds), tables/comparison.{md,csv}
-    (published vs ours), tables/runs.{md,csv} (every run record), figures/<set-up>/*.png (loss curves per
-    family, accuracy vs noise) and README.md (all of it, figures embedded, opening with what the runs are
-    (e.g. a smoke test), with the data, preset, hardware, torch and git commit that produced it). With no
-    runs the same files say "No runs yet.". A run record that cannot be read is skipped with a warning and
-    listed in README.md and tables/runs.md. Everything is computed before the first file is written, so a
-    failure leaves the previous report untouched. Output depends only on the run records: building twice
-    (on any machine) writes identical files. Files a previous build wrote that this one does not (a set-up
-    that is gone) are removed. Prints every path written unless quiet.
+    Writes tables/table<n>_<family>.{md,csv} (the report's layout plus val top-1, epoch of best val loss,
+    diverged-at, params, GFLOPs, img/s), tables/comparison.{md,csv} (published vs ours), tables/runs.{md,csv}
+    (every record), figures/<set-up>/*.png and README.md (all of it, the Claims section, provenance). With no
+    runs the tables say "No runs yet." and no figure is drawn. Logs every path written unless quiet.
     """
     results_dir = Path(results_dir) if results_dir else paths.results_dir()
     out = Path(out) if out else results_dir
