@@ -3,11 +3,10 @@ result comes back with exit 0. Each case goes through the command a user runs.""
 import shutil
 
 import pytest
+from conftest import make_tiny_imagenette  # noqa: I001
 
 from lambdalib.cli import main
 from lambdalib.config import RunConfig
-
-from conftest import make_tiny_imagenette  # noqa: I001
 
 
 def train_args(data, results, *extra):
