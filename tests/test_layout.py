@@ -120,3 +120,12 @@ def test_the_cli_attaches_the_handler(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     assert main(["report", "--results", str(tmp_path)]) == 0
     assert "report: 0 run records" in capsys.readouterr().out
+
+
+def test_the_readme_layout_table_names_every_module_and_no_other():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    rows = "\n".join(line for line in layout.splitlines() if line.startswith("| `lambdalib/`"))
+    named = set(re.findall(r"`(\w+)\.py`", rows))
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert named == modules
