@@ -1,210 +1,48 @@
-"""FullGrad attention maps: every bias layer counted and read where the bias acts, maps that point at
-the evidence, run-record checkpoints, and a clear message when pretrained weights cannot be had."""
+"""Figure 7: runs picked by a stated rule through runs.collect, panels that say what each model predicts on
+one colour scale, on-object shares next to their uniform baseline (the box's share of the image area) in the
+panels, the caption and the table, and one clear error when there is nothing to draw."""
+import csv
 import json
 import warnings
 
 import numpy as np
 import pytest
-import timm
-import torch
 from PIL import Image
-from pytorch_grad_cam import FullGrad
-from timm.layers import BatchNormAct2d
-from torch import nn
 
-from lambdalib import attention, models, registry
+from lambdalib import attention, fullgrad, registry
 from lambdalib.config import RunConfig
+from lambdalib.imagenette import CLASS_NAMES
+from lambdalib.record import history_csv
 from lambdalib.train import run
 
-IMAGE = attention.default_image()
+IMAGE = fullgrad.default_image()
+SIDE = 224  # both.png is 224 x 224
 
 
-def _conv_norm_bias_modules(model: nn.Module) -> list[nn.Module]:
-    """Independent count: modules of conv or norm type that hold a bias parameter."""
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
-    return [m for m in model.modules() if isinstance(m, kinds) and isinstance(getattr(m, "bias", None), nn.Parameter)]
+def _box_area(box) -> float:
+    """A box's share of both.png's area, from its corners: (right - left) x (bottom - top) / 224²."""
+    left, top, right, bottom = box
+    return (right - left) * (bottom - top) / SIDE ** 2
 
 
-def _used_layers(model: nn.Module, size: int) -> int:
-    cam = attention.CompleteFullGrad(model)
-    try:
-        cam(torch.randn(1, 3, size, size), targets=None)
-        return cam.layers_used
-    finally:
-        cam.activations_and_grads.release()
+def _union_area(a, b) -> float:
+    """Two boxes' union as a share of the image: both areas less their overlap."""
+    overlap_w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    overlap_h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return _box_area(a) + _box_area(b) - overlap_w * overlap_h / SIDE ** 2
 
 
-def test_default_image_is_shipped():
-    assert IMAGE.is_file() and Image.open(IMAGE).size == (224, 224)
+def _colorbars(figure) -> list:
+    """The figure's colour-bar axes: 0 to 1 in the overlays' colour map, and saying how maps are scaled."""
+    bars = [ax for ax in figure.axes if ax.get_label() == "colorbar"]
+    for ax in bars:
+        assert ax.get_ylim() == (0.0, 1.0) and "min-max scaled" in ax.get_ylabel()
+        assert attention.CMAP in [mesh.get_cmap().name for mesh in ax.collections]  # the colour ramp
+    return bars
 
 
-def test_lambda_resnet26t_every_bias_layer_is_used():
-    torch.manual_seed(0)
-    model = timm.create_model("lambda_resnet26t", pretrained=False).eval()  # counting only, never shown
-    expected = _conv_norm_bias_modules(model)
-    kinds = [type(m).__name__ for m in expected]
-    assert (kinds.count("BatchNormAct2d"), kinds.count("BatchNorm2d"), kinds.count("Conv3d")) == (31, 6, 3)
-    # the only other bias in the net is the classifier's Linear, which has no spatial map
-    others = [m for m in model.modules() if isinstance(getattr(m, "bias", None), nn.Parameter) and
-              not any(m is e for e in expected)]
-    assert [type(m) for m in others] == [nn.Linear]
-    assert len(attention.bias_layers(model)) == len(expected) == 40
-    assert len(attention.grad_cam_default_layers(model)) == 6  # what pytorch-grad-cam's own FullGrad sees
-    assert _used_layers(model, 64) == 40  # every one of them received a gradient and entered the map
-
-
-@pytest.mark.parametrize("label", ["LR18_L2(rpe)", "LR18_L3(lc)", "R18"])
-def test_our_models_every_bias_layer_is_used(label):
-    model = models.create(label, num_classes=10, img_size=64).eval()
-    expected = _conv_norm_bias_modules(model)
-    assert len(attention.bias_layers(model)) == len(expected) == (20 if label == "R18" else 22)
-    assert _used_layers(model, 64) == len(expected)
-
-
-def test_same_map_as_stock_fullgrad_when_it_sees_every_layer():
-    """On a plain-BatchNorm2d net both use the same 20 layers: CompleteFullGrad keeps pytorch-grad-cam's arithmetic."""
-    torch.manual_seed(0)
-    model = models.create("R18", num_classes=10, img_size=64).eval()
-    x = torch.randn(1, 3, 64, 64)
-    np.testing.assert_array_equal(attention.CompleteFullGrad(model)(x, None), FullGrad(model, [])(x, None))
-
-
-def test_bias_gradients_are_read_before_the_activation():
-    """FullGrad completeness on a piecewise-linear net with timm's BatchNormAct2d (in-place ReLU inside):
-    logit = sum(x * dlogit/dx) + sum over bias layers of sum(bias * dlogit/d(layer's affine output)) + fc bias.
-    It holds only if each norm+act layer's gradient is taken before its activation."""
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=True), BatchNormAct2d(8, act_layer=nn.ReLU, inplace=True),
-        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(8, 4, 3, padding=1, bias=False), BatchNormAct2d(4, act_layer=nn.ReLU, inplace=True),
-        nn.Flatten(), nn.Linear(4 * 8 * 8, 3),
-    )
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
-    net.eval()
-    layers = [layer for _, layer in attention.bias_layers(net)]
-    assert len(layers) == 4
-    recorder = attention._BiasGradients(net, layers)
-    x = torch.randn(1, 3, 16, 16, requires_grad=True)
-    logit = recorder(x)[0, 1]
-    logit.backward()
-    total = (x.grad * x).sum() + net[-1].bias[1]
-    for layer, grad in zip(layers, recorder.gradients):
-        total = total + (grad * attention._effective_bias(layer)[None, :, None, None]).sum()
-    recorder.release()
-    assert torch.allclose(total, logit, atol=1e-4), (float(total), float(logit))
-
-
-# ------------------------------------------------------------------- maps that point at evidence
-PATCH, SIDE = 6, 32
-
-
-def _patch_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Noise images whose class is where a bright patch sits: 0 top-left, 1 bottom-right (+-2 px jitter)."""
-    images = rng.integers(0, 90, (n, SIDE, SIDE, 3)).astype(np.uint8)
-    labels = rng.integers(0, 2, n)
-    corners = np.zeros((n, 2), int)
-    for i, label in enumerate(labels):
-        base = 3 if label == 0 else SIDE - 3 - PATCH
-        top, left = base + rng.integers(-2, 3, 2)
-        images[i, top:top + PATCH, left:left + PATCH] = 255
-        corners[i] = top, left
-    return images, labels, corners
-
-
-@pytest.fixture(scope="module")
-def patch_net():
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 8 * 8, 2),
-    )
-    # what timm.data.resolve_data_config reads: 32 px input, pixels in [0, 1]
-    net.pretrained_cfg = dict(input_size=(3, SIDE, SIDE), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                              interpolation="bilinear", crop_pct=1.0)
-    net.class_names = ["top-left", "bottom-right"]
-    images, labels, _ = _patch_images(512, np.random.default_rng(0))
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(labels)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    net.train()
-    for _ in range(40):
-        batch = torch.randint(0, len(x), (64,))
-        loss = nn.functional.cross_entropy(net(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    net.eval()
-    with torch.no_grad():
-        accuracy = (net(x).argmax(1) == y).float().mean().item()
-    assert accuracy > 0.98
-    return net
-
-
-def test_fullgrad_peak_is_on_the_patch(patch_net, tmp_path):
-    images, labels, corners = _patch_images(6, np.random.default_rng(1))
-    for image, label, (top, left) in zip(images, labels, corners):
-        path = tmp_path / "patch.png"
-        Image.fromarray(image).save(path)
-        result = attention.attention_map(patch_net, path)
-        assert result.index == result.top_index == label and result.n_bias_layers == 4  # 2 conv + 2 BN
-        row, col = np.unravel_index(result.cam.argmax(), result.cam.shape)
-        margin = 2  # px around the 6x6 patch
-        assert top - margin <= row < top + PATCH + margin and left - margin <= col < left + PATCH + margin, \
-            (label, (row, col), (top, left))
-    assert set(labels) == {0, 1}
-
-
-def test_map_shape_range_and_target(patch_net, tmp_path):
-    images, labels, _ = _patch_images(1, np.random.default_rng(2))
-    path = tmp_path / "patch.png"
-    Image.fromarray(np.kron(images[0], np.ones((2, 3, 1), np.uint8))).save(path)  # 64 x 96: not the input size
-    top = attention.attention_map(patch_net, path)
-    other = attention.attention_map(patch_net, path, target=1 - int(labels[0]))
-    by_name = attention.attention_map(patch_net, path, target=patch_net.class_names[1 - int(labels[0])])
-    for result in (top, other):
-        assert result.cam.shape == (64, 96) and result.cam.dtype == np.float32
-        assert np.isfinite(result.cam).all() and result.cam.min() >= 0 and result.cam.max() <= 1
-    assert top.index == labels[0] and other.index == 1 - labels[0] and other.top_index == labels[0]
-    assert 0.5 < top.prob <= 1 and abs(other.prob - (1 - top.prob)) < 1e-5
-    assert np.abs(top.cam - other.cam).mean() > 0.01  # the explained class changes the map
-    np.testing.assert_allclose(by_name.cam, other.cam)
-    gradcam = attention.attention_map(patch_net, path, method="Grad-CAM++", target_layer=patch_net[6])
-    assert gradcam.cam.shape == (64, 96) and gradcam.n_bias_layers is None and gradcam.target_layer == "6"
-    with pytest.raises(ValueError, match="'zebra'.*top-left"):
-        attention.attention_map(patch_net, path, target="zebra")
-    with pytest.raises(ValueError, match="'fullgrad2'.*gradcam\\+\\+"):
-        attention.attention_map(patch_net, path, method="fullgrad2")
-
-
-# ----------------------------------------------------------------- run records and missing weights
-@pytest.fixture(scope="module")
-def run_home(tiny_imagenette, tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    config = RunConfig.from_params(model="LR18_L3(lc)", data=str(tiny_imagenette), results=str(home / "results"),
-                                   epochs=1, img_size=32, batch_size=8, workers=0, preset="fast",
-                                   checkpoints="best+last")
-    run_dir = run(config, progress=False)
-    assert (run_dir / "best.pt").is_file()
-    return home, run_dir
-
-
-def test_run_record_checkpoint_gives_a_map(run_home):
-    _, run_dir = run_home
-    for source in (run_dir, run_dir / "best.pt"):
-        model, info = attention.load_model(source)
-        assert info.trained and info.label == "LR18_L3(lc)" and info.class_names[1] == "English springer"
-    result = attention.attention_map(model, IMAGE, target="tench")
-    assert result.cam.shape == (224, 224) and np.isfinite(result.cam).all()
-    assert result.name == "tench" and result.n_bias_layers == 22
-    last_model, last_info = attention.load_model(run_dir / "last.pt")  # no class list in it: Imagenette's
-    assert last_info.class_names == info.class_names
-    with pytest.raises(FileNotFoundError, match="nowhere/best.pt"):
-        attention.load_model("nowhere/best.pt")
+def _panel_texts(figure) -> list[str]:
+    return [text.get_text() for ax in figure.axes for text in ax.texts]
 
 
 @pytest.fixture
@@ -215,115 +53,95 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(attention, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(fullgrad, "_hub_reachable", lambda timeout=3.0: False)
 
 
-def test_offline_pretrained_says_so(offline):
-    with pytest.raises(attention.WeightsUnavailableError, match="resnet18: pretrained weights unavailable"):
-        attention.load_model("resnet18")
-    with pytest.raises(attention.WeightsUnavailableError, match="no pretrained weights"):
-        attention.load_model("LR18_L2(rpe)")
-    with pytest.warns(attention.WeightsUnavailableWarning, match="resnet18"):
-        model, info = attention.load_model("resnet18", allow_random=True)
-    assert not info.trained and info.weights == attention.RANDOM_TITLE
+@pytest.fixture(scope="module")
+def trained_home(tiny_imagenette, tmp_path_factory):
+    """Two tiny runs with best.pt: R18 at noise 0, LR18_L2(rpe) at noise 0.5 (32 px, 1 epoch)."""
+    results = tmp_path_factory.mktemp("trained") / "results"
+    run_dirs = {}
+    for model, noise in (("R18", 0.0), ("LR18_L2(rpe)", 0.5)):
+        config = RunConfig.from_params(model=model, noise=noise, data=str(tiny_imagenette), results=str(results),
+                                       epochs=1, img_size=32, batch_size=8, workers=0, preset="fast")
+        run_dirs[model] = run(config, progress=False)
+        assert (run_dirs[model] / "best.pt").is_file()
+    return results, run_dirs
 
 
-def test_pretrained_from_a_weights_file(offline, tmp_path):
-    torch.manual_seed(0)
-    weights = timm.create_model("resnet18").state_dict()
-    torch.save(weights, tmp_path / "resnet18.pth")
-    model, info = attention.load_model("resnet18", pretrained=tmp_path / "resnet18.pth")
-    assert info.trained and "resnet18.pth" in info.weights and info.class_names[281] == "tabby"
-    assert torch.equal(model.state_dict()["fc.weight"], weights["fc.weight"])
-    with pytest.raises(attention.WeightsUnavailableError, match="missing.pth"):
-        attention.load_model("resnet18", pretrained=tmp_path / "missing.pth")
+def test_box_areas_are_the_uniform_baseline():
+    """A uniform map's share in a box is the box's area share: the figure's baseline, both.png's dog 22.9 %."""
+    boxes = fullgrad.load_boxes(IMAGE)
+    assert _box_area(boxes["dog"]) == pytest.approx(0.229, abs=5e-4)
+    row = attention.Row.of(IMAGE)
+    uniform = np.ones((SIDE, SIDE), np.float32)
+    for name in boxes:
+        assert row.area(name) == pytest.approx(_box_area(boxes[name]))
+        assert fullgrad.mass_in_boxes(uniform, [boxes[name]]) == pytest.approx(row.area(name))
+    assert row.area("either") == pytest.approx(_union_area(boxes["dog"], boxes["cat"]))
 
 
-def test_offline_figure_falls_back_to_run_records(offline, run_home, monkeypatch, tmp_path, capsys):
-    home, run_dir = run_home
+# --------------------------------------------------------------------------- pretrained-style figure
+def test_offline_figure_falls_back_to_run_records(offline, trained_home, monkeypatch, tmp_path, capsys):
+    from lambdalib import log_to_stdout
+
+    log_to_stdout()  # as the CLI and the notebooks do
+    results, run_dirs = trained_home
     monkeypatch.setenv("LAMBDALIB_HOME", str(tmp_path / "empty"))
     with pytest.warns(attention.WeightsUnavailableWarning, match="lambda_resnet26t"):
         assert attention.attention_figure(["lambda_resnet26t"]) is None
     assert "Nothing to show" in capsys.readouterr().out
 
-    monkeypatch.setenv("LAMBDALIB_HOME", str(home))
+    monkeypatch.setenv("LAMBDALIB_HOME", str(results.parent))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = attention.attention_figure(["resnet18", "lambda_resnet26t"])
+        result = attention.attention_figure(["resnet18", "lambda_resnet26t"], target="tench")
     assert {str(w.message).split(":")[0] for w in caught if w.category is attention.WeightsUnavailableWarning} \
         == {"resnet18", "lambda_resnet26t"}
-    assert result.path == home / "results" / "figures" / "attention_fullgrad.png"
-    assert [info.label for info, _ in result.panels] == ["LR18_L3(lc)"]
+    assert result.path == results / "figures" / "attention_fullgrad.png"
+    assert sorted(p.info.label for p in result.panels) == ["LR18_L2(rpe)", "R18"]
     with Image.open(result.path) as png:
-        assert png.info["dpi"][0] >= 199
+        assert png.info["dpi"][0] >= 199 and png.text["Description"] == result.caption
     caption = result.caption_path.read_text()
-    assert "LR18_L3(lc): 22 of 22 (stock FullGrad: 22)" in caption and run_dir.name in caption
+    assert "R18: 20 of 20 (stock FullGrad: 20)" in caption and "LR18_L2(rpe): 22 of 22" in caption
+    assert all(run_dir.name in caption for run_dir in run_dirs.values())
+    # every map explains 'tench'; the caption and each panel say what the model itself predicts
+    assert "Each map explains class 'tench', whatever the model predicts" in caption
+    for panel in result.panels:
+        assert panel.map.name == "tench" and panel.map.top_name in CLASS_NAMES
+        assert f"{panel.info.label}: {panel.map.top_name} ({panel.map.top_prob:.0%})" in caption
+        assert f"predicts {panel.map.top_name} ({panel.map.top_prob:.0%})" in _panel_texts(result.figure)
+    # one colour scale, 0 to 1, in the colour map of the overlays
+    assert len(_colorbars(result.figure)) == 1
+    overlays = [im for ax in result.figure.axes for im in ax.get_images() if im.get_cmap().name == attention.CMAP]
+    assert len(overlays) == len(result.panels)
+    # on-object shares next to their area share, in the caption and the panel titles
+    boxes = fullgrad.load_boxes(IMAGE)
+    assert f"dog {_box_area(boxes['dog']):.1%}" in caption and f"cat {_box_area(boxes['cat']):.1%}" in caption
+    titles = [ax.get_title() for ax in result.figure.axes]
+    for panel in result.panels:
+        share = f"on dog {panel.measures['mass_dog']:.2f} (area {_box_area(boxes['dog']):.2f})"
+        assert any(share in title for title in titles), share
 
 
-# ------------------------------------------------------------ figure 7 from our own trained models
-def test_measures_on_planted_maps():
-    uniform = np.ones((100, 100), np.float32)
-    assert attention.concentration(uniform) == pytest.approx(0.1, abs=1e-12)  # top 10 % of pixels: 10 % of mass
-    assert attention.normalised_entropy(uniform) == pytest.approx(1.0)
-    box = (10, 20, 30, 60)  # left, top, right, bottom: 20 x 40 px
-    assert attention.mass_in_boxes(uniform, [box]) == pytest.approx(20 * 40 / 100 ** 2)  # the box's area share
-    overlapping = [(0, 0, 50, 50), (25, 25, 75, 75)]  # union, not sum: 2 * 2500 - 625 px
-    assert attention.mass_in_boxes(uniform, overlapping) == pytest.approx((2 * 2500 - 625) / 100 ** 2)
-    inside = np.zeros((100, 100), np.float32)
-    inside[20:60, 10:30] = np.random.default_rng(0).uniform(0.1, 1, (40, 20))  # all mass in the box
-    assert attention.mass_in_boxes(inside, [box]) == pytest.approx(1.0)
-    assert attention.mass_in_boxes(inside, [(50, 50, 100, 100)]) == 0.0
-    assert attention.concentration(inside) == pytest.approx(1.0)  # 800 px <= the top 1,000
-    spike = np.zeros((100, 100))
-    spike[3, 4] = 1
-    assert attention.concentration(spike) == 1.0 and attention.normalised_entropy(spike) == 0.0
-    half = np.zeros((100, 100))
-    half[:, :50] = 1  # the top 10 % of pixels hold a fifth of the mass
-    assert attention.concentration(half) == pytest.approx(0.2) and attention.concentration(half, 0.5) == 1.0
-    zero = np.zeros((10, 10))
-    assert np.isnan(attention.concentration(zero)) and np.isnan(attention.mass_in_boxes(zero, [box]))
-    with pytest.raises(ValueError, match="non-negative"):
-        attention.concentration(-uniform)
-    measures = attention.map_measures(inside, {"a": box, "b": (50, 50, 100, 100)})
-    assert measures["mass_a"] == pytest.approx(1.0) and measures["mass_b"] == 0.0
-    assert measures["mass_either"] == pytest.approx(1.0)
-    assert set(attention.map_measures(inside)) == {"concentration_top10", "normalised_entropy"}
-
-
-def test_both_png_has_hand_drawn_dog_and_cat_boxes(tmp_path):
-    boxes = attention.load_boxes(IMAGE)
-    assert list(boxes) == ["dog", "cat"]
-    dog, cat = boxes["dog"], boxes["cat"]
-    assert dog[1] < cat[1] and dog[3] < cat[3]  # the dog sits above the cat (top and bottom edges)
-    for left, top, right, bottom in boxes.values():
-        assert 0 <= left < right <= 224 and 0 <= top < bottom <= 224 and (right - left) * (bottom - top) > 5000
-    assert "by hand" in (IMAGE.parent / "PROVENANCE.md").read_text()
-    image = tmp_path / "picture.png"
-    Image.open(IMAGE).save(image)
-    assert attention.load_boxes(image) == {}  # no boxes file: no boxes
-    attention.boxes_file(image).write_text('{"size": [100, 100], "boxes": {"dog": [0, 0, 10, 10]}}')
-    with pytest.raises(ValueError, match="picture.boxes.json.*100x100 image, picture.png is 224x224"):
-        attention.load_boxes(image)
-    attention.boxes_file(image).write_text('{"size": [224, 224], "boxes": {"dog": [0, 0, 300, 10]}}')
-    with pytest.raises(ValueError, match="box 'dog'"):
-        attention.load_boxes(image)
-
-
+# ----------------------------------------------------------------------------------- picking runs
 def _fake_record(runs, name, *, model="R18", noise=0.0, preset="fast", seed=0, status="complete", epochs=15,
                  best=True):
-    """A run folder with what pick_runs reads (config.json, summary.json) and an empty best.pt."""
+    """A run folder as runs.collect reads it (config.json, summary.json, history.csv) and an empty best.pt."""
     config = RunConfig.from_params(model=model, noise=noise, preset=preset, seed=seed, epochs=epochs, img_size=64)
     run_dir = runs / name
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     (run_dir / "summary.json").write_text(json.dumps(dict(
         status=status, label=registry.report_label(model), epochs_done=epochs, environment=dict(git_commit="abc1234"))))
+    (run_dir / "history.csv").write_text(history_csv([]))
     if best:
         (run_dir / "best.pt").write_bytes(b"")
     return run_dir
 
 
-def test_pick_rule(tmp_path, caplog):
+@pytest.mark.filterwarnings("ignore:skipping run i_broken")
+def test_pick_rule(tmp_path):
     runs = tmp_path / "runs"
     _fake_record(runs, "a_report_s0", preset="report", seed=0)
     _fake_record(runs, "b_fast_s2", seed=2)
@@ -335,12 +153,12 @@ def test_pick_rule(tmp_path, caplog):
     _fake_record(runs, "h_rpe_report", model="LR18_L2(rpe)", noise=0.5, preset="report", status="diverged")
     broken = _fake_record(runs, "i_broken", noise=0.5)
     (broken / "summary.json").write_text("{not json")
-    with caplog.at_level("WARNING", logger="lambdalib"):
+    with pytest.warns(UserWarning, match="i_broken"):  # runs.collect names the unreadable record
         picks = attention.pick_runs(tmp_path)
-    assert "i_broken" in caplog.text
     assert list(picks) == [("R18", 0.0), ("LR18_L2(rpe)", 0.5)]  # labels x noise order; empty cells absent
     r18 = picks[("R18", 0.0)]
     assert r18.run_id == "c_fast_s1" and r18.candidates == 5 and r18.status == "complete"
+    assert r18.git_commit == "abc1234" and r18.img_size == 64 and not r18.synthetic_noise
     assert picks[("LR18_L2(rpe)", 0.5)].run_id == "h_rpe_report"  # the only one: picked whatever its preset
     # each rule in turn, removing the winner
     (runs / "c_fast_s1" / "best.pt").unlink()
@@ -353,6 +171,17 @@ def test_pick_rule(tmp_path, caplog):
         == "g_noise25"  # timm names work as labels
     assert attention.PickedRun(**{**r18.__dict__, "run_dir": runs / "R18_noise0_fast_e15_64px_embedded_1a2b3c4d_s0"}
                                ).short_id == "fast_e15_64px_embedded_1a2b3c4d_s0"
+
+
+def test_synthetic_noise_loses_to_official(tmp_path):
+    runs = tmp_path / "runs"
+    synthetic = _fake_record(runs, "a_synthetic", noise=0.25)
+    config = json.loads((synthetic / "config.json").read_text())
+    (synthetic / "config.json").write_text(json.dumps({**config, "synthetic_noise": True}))
+    picks = attention.pick_runs(tmp_path, labels=["R18"], noise=[0.25])
+    assert picks[("R18", 0.25)].synthetic_noise and picks[("R18", 0.25)].run_id == "a_synthetic"
+    _fake_record(runs, "b_official", noise=0.25, seed=5)  # a higher seed, but official noise
+    assert attention.pick_runs(tmp_path, labels=["R18"], noise=[0.25])[("R18", 0.25)].run_id == "b_official"
 
 
 def test_no_checkpoint_is_one_clear_error(tmp_path, capsys):
@@ -370,25 +199,10 @@ def test_no_checkpoint_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "figures").exists() and not (tmp_path / "tables").exists()
 
 
-@pytest.fixture(scope="module")
-def trained_home(tiny_imagenette, tmp_path_factory):
-    """Two tiny runs with best.pt: R18 at noise 0, LR18_L2(rpe) at noise 0.5 (32 px, 1 epoch)."""
-    results = tmp_path_factory.mktemp("trained") / "results"
-    run_dirs = {}
-    for model, noise in (("R18", 0.0), ("LR18_L2(rpe)", 0.5)):
-        config = RunConfig.from_params(model=model, noise=noise, data=str(tiny_imagenette), results=str(results),
-                                       epochs=1, img_size=32, batch_size=8, workers=0, preset="fast")
-        run_dirs[model] = run(config, progress=False)
-        assert (run_dirs[model] / "best.pt").is_file()
-    return results, run_dirs
-
-
+# ------------------------------------------------------------ figure 7 from our own trained models
 def test_trained_figure_table_and_png(trained_home, tmp_path, capsys):
-    import csv
-
     from lambdalib import record
     from lambdalib.cli import main
-    from lambdalib.data import CLASS_NAMES
 
     results, run_dirs = trained_home
     images = attention.trained_images()  # both.png, then an English springer, a garbage truck, a golf ball
@@ -399,24 +213,26 @@ def test_trained_figure_table_and_png(trained_home, tmp_path, capsys):
     assert fig.missing == [("R18", 0.5), ("LR18_L2(rpe)", 0.0), ("LR18_L2(lc)", 0.0), ("LR18_L2(lc)", 0.5)]
     assert [run.run_dir for run in fig.picks.values()] == list(run_dirs.values())
 
-    # (1) the table's numbers are the returned maps' measures
+    # (1) the table's numbers are the returned maps' measures; each box's baseline is its area share
     with open(fig.table_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 8 == len(fig.maps)  # 2 runs x 4 images
-    boxes = attention.load_boxes(IMAGE)
+    assert len(rows) == 8 == len(fig.maps) == len(fig.rows)  # 2 runs x 4 images
+    boxes = fullgrad.load_boxes(IMAGE)
     for row in rows:
         cam = fig.maps[(row["model"], float(row["noise"]), row["image"])]
         assert cam.shape == ((224, 224) if row["image"] == "both.png" else (96, 96))
-        assert float(row["concentration_top10"]) == pytest.approx(attention.concentration(cam), abs=1e-6)
-        assert float(row["normalised_entropy"]) == pytest.approx(attention.normalised_entropy(cam), abs=1e-6)
+        assert float(row["concentration_top10"]) == pytest.approx(fullgrad.concentration(cam), abs=1e-6)
+        assert float(row["normalised_entropy"]) == pytest.approx(fullgrad.normalised_entropy(cam), abs=1e-6)
         if row["image"] == "both.png":
             for name in ("dog", "cat"):
-                assert float(row[f"mass_{name}"]) == pytest.approx(attention.mass_in_boxes(cam, [boxes[name]]),
+                assert float(row[f"mass_{name}"]) == pytest.approx(fullgrad.mass_in_boxes(cam, [boxes[name]]),
                                                                    abs=1e-6)
-            assert float(row["mass_either"]) == pytest.approx(attention.mass_in_boxes(cam, boxes.values()), abs=1e-6)
+                assert float(row[f"area_{name}"]) == pytest.approx(_box_area(boxes[name]), abs=1e-6)
+            assert float(row["mass_either"]) == pytest.approx(fullgrad.mass_in_boxes(cam, boxes.values()), abs=1e-6)
+            assert float(row["area_either"]) == pytest.approx(_union_area(boxes["dog"], boxes["cat"]), abs=1e-6)
             assert row["true_class"] == ""
         else:
-            assert row["mass_dog"] == row["mass_cat"] == row["mass_either"] == ""
+            assert all(row[f"{kind}_{box}"] == "" for kind in ("mass", "area") for box in ("dog", "cat", "either"))
             assert row["true_class"] in ("English springer", "garbage truck", "golf ball")
         run_dir = run_dirs[row["model"]]
         history = record.read_history(run_dir)
@@ -425,7 +241,10 @@ def test_trained_figure_table_and_png(trained_home, tmp_path, capsys):
         assert row["predicted_class"] in CLASS_NAMES and row["predicted_wnid"].startswith("n0")
     markdown = attention.attention_table_markdown(fig.table_path)
     assert fig.table_markdown_path.read_text() == markdown
-    assert markdown.startswith("| model | noise | image |") and "| on dog | on cat | on either |" in markdown
+    assert markdown.startswith("| model | noise | image |")
+    assert "| on dog (area) | on cat (area) | on either (area) |" in markdown and "(area): the box's share" in markdown
+    both = next(r for r in rows if r["image"] == "both.png")
+    assert f"| {float(both['mass_dog']):.2f} ({_box_area(boxes['dog']):.2f}) |" in markdown
     assert markdown.count("\n| ") == 8  # one line per row
 
     # (2) the PNG: the caption in its text metadata, naming the runs; the caption's facts
@@ -437,8 +256,21 @@ def test_trained_figure_table_and_png(trained_home, tmp_path, capsys):
     provenance = json.loads(text["Comment"])
     assert [r["run_id"] for r in provenance["runs"]] == [d.name for d in run_dirs.values()]
     for words in ("not the report's ImageNet-pretrained", "R18: 20 of 20", "LR18_L2(rpe): 22 of 22", "at 32 px",
-                  "git commit", "No run with a best.pt for: R18 at noise 50 %", "preset 'fast' first"):
+                  "git commit", "No run with a best.pt for: R18 at noise 50 %", "preset 'fast' first",
+                  "Each map explains its top-1 class", "no cat; one dog, the English springer",
+                  f"dog {_box_area(boxes['dog']):.1%}"):
         assert words in fig.caption, words
+
+    # (3) what each panel predicts: in its corner, and in the caption for every panel of both.png and for
+    # every panel that misses the true class of the others
+    assert len(_colorbars(fig.figure)) == 1
+    corners = _panel_texts(fig.figure)
+    assert len(corners) == len(fig.panels) == 8
+    for panel in fig.panels:
+        assert f"predicts {panel.predicted}" in corners
+        said = f"{panel.heading}: {panel.predicted}"
+        if panel.row.name == "both.png" or panel.map.top_name != panel.row.true_class:
+            assert said in fig.caption, said
 
     # the CLI draws the same figure and table, byte for byte (deterministic PNG), and says where it wrote
     again = tmp_path / "again"
@@ -447,3 +279,14 @@ def test_trained_figure_table_and_png(trained_home, tmp_path, capsys):
     assert f"figure: {again / 'figures' / 'attention_trained.png'}" in out and "not the report's" in out
     assert (again / "tables" / "attention_trained.csv").read_bytes() == fig.table_path.read_bytes()
     assert (again / "figures" / "attention_trained.png").read_bytes() == fig.path.read_bytes()
+
+
+def test_a_table_without_area_columns_reads_as_before():
+    """tables/attention_trained.csv written before the area columns renders exactly as its committed .md."""
+    from pathlib import Path
+
+    tables = Path(__file__).resolve().parents[1] / "results" / "tables"
+    if not (tables / "attention_trained.csv").is_file():
+        pytest.skip("no committed attention table")
+    assert attention.attention_table_markdown(tables / "attention_trained.csv") == \
+        (tables / "attention_trained.md").read_text()
