@@ -14,10 +14,11 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
+from lambdalib import registry
 from lambdalib.config import RunConfig
 from lambdalib.notebook import notebook_fields, preset_fields
-from lambdalib.sweep import FAMILY_NOTEBOOK, NOTEBOOK_FIELDS, Grid, notebook_parameters, reproduce
-from lambdalib.train import load_summary
+from lambdalib.record import load_summary
+from lambdalib.sweep import NOTEBOOK_FIELDS, Grid, notebook_parameters, reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -69,10 +70,10 @@ def test_generator_writes_to_another_folder(tmp_path):
         assert json.loads((tmp_path / nb.name).read_text()) == json.loads(nb.read_text())
 
 
-@pytest.mark.parametrize("name", sorted(FAMILY_NOTEBOOK.values()))
+@pytest.mark.parametrize("name", sorted({f.notebook for f in registry.FAMILIES.values()}))
 def test_training_notebooks_parameters_are_runconfigs_defaults(name):
     parsed = papermill.inspect_notebook(str(NOTEBOOKS / name))
-    family = ["depth"] + (["stage"] if name != FAMILY_NOTEBOOK[None] else [])
+    family = ["depth"] + (["stage"] if name != registry.FAMILIES["baselines"].notebook else [])
     assert list(parsed) == family + list(notebook_fields())
     assert all(p["help"] for p in parsed.values())  # one line of help each
     defaults = notebook_defaults(name)
@@ -114,7 +115,7 @@ def test_every_notebook_checks_the_injected_parameters(name):
 
 
 def test_family_notebooks_take_every_parameter_the_sweep_passes():
-    for name in FAMILY_NOTEBOOK.values():
+    for name in {f.notebook for f in registry.FAMILIES.values()}:
         declared = set(papermill.inspect_notebook(str(NOTEBOOKS / name)))
         assert set(NOTEBOOK_FIELDS) <= declared, name
     assert {"depth", "stage"} <= set(papermill.inspect_notebook(str(NOTEBOOKS / "03_lambda_rpe.ipynb")))
@@ -249,5 +250,5 @@ def test_sweep_passes_every_field_to_the_notebooks():
     params = notebook_parameters(config)
     assert {k: params[k] for k in ("weight_decay", "t0", "on_error", "depth", "stage")} == \
         dict(weight_decay=1e-4, t0=3, on_error="skip", depth=18, stage=3)
-    declared = set(papermill.inspect_notebook(str(NOTEBOOKS / FAMILY_NOTEBOOK["rpe"])))
+    declared = set(papermill.inspect_notebook(str(NOTEBOOKS / registry.FAMILIES["L2_rpe"].notebook)))
     assert set(params) == declared
