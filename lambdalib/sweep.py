@@ -35,8 +35,8 @@ REPORT_NOTEBOOK = "06_report.ipynb"
 
 
 def study_grids() -> list["Grid"]:
-    """fast preset (lr 1e-3): the LR18_L2 / R18 pairs of claims 1-3 at noise 0 and 50 %; report preset
-    (lr 1e-5, the published recipe): whether it trains at all, and its val-loss spikes (claim 4)."""
+    """fast preset (lr 1e-3): the LR18_L2 / R18 pairs of the training-loss, overfitting, oscillation and noise
+    claims at noise 0 and 50 %; report preset (lr 1e-5, the published recipe): what it trains, and its spikes."""
     fast = Grid(models=["R18", "LR18_L2(rpe)", "LR18_L2(lc)"], noise=[0.0, 0.5], seeds=[0, 1, 2],
                 params=dict(PROFILES["study"], preset="fast"))
     report = Grid(models=["R18", "LR18_L2(rpe)"], noise=[0.0], seeds=[0, 1, 2],
