@@ -3,40 +3,34 @@
 The JPEG path (`data.make_loader`) decodes and augments every image again every epoch in worker
 processes that, on a 2-core machine, compete with the model for the same cores. This path instead
 
-1. decodes every image of a split ONCE into a memory-mapped uint8 array (`decoded_images`), cached on
-   disk with a JSON manifest and keyed by the file list (paths, sizes, mtimes), the stored size, the
-   resize rule and a format version, so a stale cache (a file changed, added or removed) is rebuilt
-   and a partial one (an interrupted build leaves only a temporary file) is never used;
-     * training images are stored whole, squashed to `store_size` x `store_size` (HWC), with each
-       image's original height and width in the manifest: random-resized-crop parameters are drawn on
-       the ORIGINAL size (exactly torchvision's distribution, for square and non-square images alike)
-       and mapped onto the stored pixels;
-     * evaluation images are stored as `data.val_transform` crops them (resize the short side to
-       round(img_size / EVAL_CROP_FRACTION), centre-crop img_size, the same PIL calls), so an eval
-       batch is a slice;
-2. augments in batches in the training process (`CachedLoader`): per image a random-resized crop with
-   torchvision's `RandomResizedCrop.get_params` distribution (scale (0.08, 1), ratio (3/4, 4/3), ten
-   attempts, then the centre-crop fallback), antialiased bilinear, on uint8 (CPU: torch's vectorised
-   uint8 kernel), a horizontal flip with probability 1/2, then uint8 goes to the device, where it is
-   converted to float and normalised with the ImageNet mean/std (as ToTensor + Normalize do). All
-   randomness comes from a caller-seeded `torch.Generator`: the same seed gives the same batches.
+1. decodes every image of a split ONCE into a memory-mapped uint8 cache (`decoded_images`) with a JSON
+   manifest, keyed by the file list (paths, sizes, mtimes), the stored size, the resize rule and a format
+   version: a stale cache is rebuilt, a partial one never used. Training images are stored whole,
+   squashed to store_size x store_size, with their original sizes: crop parameters are drawn on the
+   ORIGINAL size (torchvision's distribution) and mapped onto the stored pixels. Evaluation images are
+   stored as `data.val_transform` crops them (the same PIL calls): an eval batch is a slice.
+2. augments whole batches (`CachedLoader`): torchvision's RandomResizedCrop distribution, antialiased
+   bilinear resize rounded to 0-255 levels, a flip with probability 1/2, then ImageNet's mean/std, all
+   drawn from a caller-seeded `torch.Generator` (the same seed, the same batches). Where (augment_on):
+     * "host": crops on the CPU in uint8, image by image, then they cross to the device; on a GPU a
+       thread prepares the next batches while the device computes;
+     * "device": the decoded images live in the device's memory (airbench's habit); order, crops and flips
+       are drawn there, crop + resize + flip + normalise run on whole batches (`device.resized_crops`: the
+       same kernel as two batched matrix products): no host work and no host sync per step.
 
 Typical use (the trainer: see `cached_loaders`):
-    train_set = NoisyImagenette(root, "train", noise=0.25, check_images=False)
-    val_set = NoisyImagenette(root, "val", check_images=False)
     data = cached_loaders(train_set, val_set, img_size=64, batch_size=64, device=device)
     for epoch in ...:
-        for images, labels in data.train_loader(torch.Generator().manual_seed(epoch_seed)): ...
+        for images, labels in data.train_loader(epoch_seed): ...
         for images, labels in data.val_loader: ...
 
-Where the cache lives: see `cache_folder` (`<data root>/.lambdalib-cache` for a writable root outside
-the checkout, else the git-ignored `data/.lambdalib-cache/<root>-<hash>`; $LAMBDALIB_CACHE_DIR or
-cache_dir= override).
+Where the cache lives: `cache_folder` (beside the data for a writable local root outside the checkout,
+else the git-ignored `data/.lambdalib-cache/<root>-<hash>`; $LAMBDALIB_CACHE_DIR or cache_dir= override).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
 import hashlib
 import json
 import math
@@ -49,16 +43,16 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from . import data as data_lib
+from . import device as dev
 from .files import pid_alive
-from .imagenette import EVAL_CROP_FRACTION, MEAN, STD
+from .imagenette import EVAL_CROP_FRACTION
 
 FORMAT_VERSION = 1
 CACHE_DIRNAME = ".lambdalib-cache"
@@ -66,8 +60,10 @@ TRAIN_STORE_FACTOR = 2.0  # training images are stored at up to 2 x img_size (se
 SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's defaults
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 LOADERS = ("auto", "cached", "workers")
-FUSED_FROM = 112  # CPU training batches from this size on are normalised image by image (normalised_crops)
+AUGMENT = ("auto", "host", "device")
 MEMORY_FRACTION = 0.5  # "auto": cached when the decoded images take at most this share of the available RAM
+DEVICE_FRACTION = 0.3  # augment "auto": on the GPU when the decoded images take at most this share of its free memory
+PREFETCH = 3  # host path on a GPU: batches a thread prepares ahead
 
 DECODED = {"count": 0}  # images decoded by this process (tests: a reused cache decodes nothing)
 
@@ -76,15 +72,10 @@ DECODED = {"count": 0}  # images decoded by this process (tests: a reused cache 
 
 
 def default_store_size(img_size: int) -> int:
-    """The largest side training images are stored at: ceil(2 x img_size) (64 -> 128, 160 -> 320).
-
-    A random-resized crop of area fraction a spans sqrt(a) of the image, so stored pixels are not
-    upsampled for crops of area >= (img_size / store)^2 = 25 % (about 80 % of torchvision's crops; at
-    img_size / EVAL_CROP_FRACTION it would be 77 %, a fifth of them). Measured on the real 224 px images
-    at 64 px: the mean |difference| from torchvision's crop of the original JPEG (0-255 scale) is 3.6
-    at store 128, 5.2 at 96, 6.7 at 74, 0 when stored at the original size. Pass store_size to trade
-    memory for fidelity; `store_size_for` never stores larger than the originals.
-    """
+    """The largest side training images are stored at: ceil(2 x img_size) (64 -> 128, 160 -> 320). A crop of
+    area fraction a spans sqrt(a) of the image, so stored pixels are not upsampled for crops of area >= 25 %
+    (about 80 % of torchvision's crops); the fidelity measured against other sizes is in benchmarks/README.md.
+    Pass store_size to trade memory for fidelity; `store_size_for` never stores larger than the originals."""
     return int(math.ceil(img_size * TRAIN_STORE_FACTOR))
 
 
@@ -105,31 +96,11 @@ def store_size_for(paths: Sequence[str], img_size: int, sample: int = 32) -> int
     return min(cap, longest) if longest else cap
 
 
-def eval_resize(img_size: int) -> int:
-    """The short side `data.val_transform` resizes to before its centre crop."""
-    return round(img_size / EVAL_CROP_FRACTION)
-
-
 def cache_bytes(n_train: int, n_val: int, img_size: int, store_size: int | None = None) -> int:
     """Bytes of the decoded caches of n_train training and n_val evaluation images (training images at
     `store_size`, default `default_store_size(img_size)`: an upper bound)."""
     side = store_size or default_store_size(img_size)
     return 3 * (n_train * side * side + n_val * img_size * img_size)
-
-
-def available_memory() -> int:
-    """Bytes of RAM available now (Linux: MemAvailable; elsewhere: total physical memory)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 def choose_loader(choice: str, n_train: int, n_val: int, img_size: int, store_size: int | None = None,
@@ -140,9 +111,19 @@ def choose_loader(choice: str, n_train: int, n_val: int, img_size: int, store_si
         raise ValueError(f"loader={choice!r}; use one of {list(LOADERS)}.")
     if choice != "auto":
         return choice
-    return "cached" if cache_bytes(n_train, n_val, img_size, store_size) <= fraction * available_memory() \
+    return "cached" if cache_bytes(n_train, n_val, img_size, store_size) <= fraction * dev.available_memory() \
         else "workers"
 
+
+def choose_augment(choice: str, device: torch.device, nbytes: int, fraction: float = DEVICE_FRACTION) -> str:
+    """'host' or 'device' for a RunConfig.augment_on value: 'auto' = 'device' on a GPU whose free memory holds
+    the decoded images (`nbytes`) in `fraction` of it (the rest is the model's), else 'host' (on a CPU the
+    host's uint8 kernels are the faster ones)."""
+    if choice not in AUGMENT:
+        raise ValueError(f"augment_on={choice!r}; use one of {list(AUGMENT)}.")
+    if choice != "auto":
+        return choice
+    return "device" if device.type == "cuda" and nbytes <= fraction * dev.free_memory(device) else "host"
 
 # --------------------------------------------------------------------------- where and under which key
 
@@ -177,8 +158,9 @@ def cache_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:
     """Where the caches of the images under data root `root` live (created when needed):
 
     1. `cache_dir`, else $LAMBDALIB_CACHE_DIR: a sub-folder per data root;
-    2. `<root>/.lambdalib-cache` when the data root is writable and outside this project's checkout
-       (the cache goes where the data goes);
+    2. `<root>/.lambdalib-cache` when the data root is writable, outside this project's checkout and on a
+       local disk (the cache goes where the data goes; not onto Colab's Google Drive, where every read
+       of a memory-mapped cache would be a download);
     3. `paths.data_dir()/.lambdalib-cache/<root name>-<hash>`: git-ignored; for the embedded set (a
        tracked folder) and read-only roots (e.g. a shared copy);
     4. ~/.cache/lambdalib/<root name>-<hash>.
@@ -189,7 +171,7 @@ def cache_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:
     if chosen is not None:
         return _root_folder(Path(chosen).expanduser(), root)
     root = Path(root)
-    if not _inside(root, project_root()) and _writable(root / CACHE_DIRNAME):
+    if not _inside(root, project_root()) and dev.network_mount(root) is None and _writable(root / CACHE_DIRNAME):
         return root / CACHE_DIRNAME
     for base in (data_dir() / CACHE_DIRNAME, Path.home() / ".cache" / "lambdalib"):
         if _writable(base):
@@ -202,7 +184,7 @@ def _rule(kind: str, size: int) -> str:
     """The resize rule, in words; part of the key."""
     if kind == "train":
         return f"train: whole image, PIL draft + bilinear resize to {size}x{size} (aspect squashed), HWC uint8"
-    steps = " + ".join(" ".join(repr(op).split()) for op in _eval_ops(size))
+    steps = " + ".join(" ".join(repr(op).split()) for op in data_lib.eval_ops(size))
     return f"eval: data.val_transform's PIL steps {steps} (img_size / {EVAL_CROP_FRACTION}), HWC uint8"
 
 
@@ -218,38 +200,6 @@ def cache_key(paths: Sequence[str], kind: str, size: int, root: Path | None = No
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-def _decode_train(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    with Image.open(path) as image:
-        width, height = image.size
-        image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4, 1/8 scale when still >= size
-        rgb = image.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8), (height, width)
-
-
-@functools.lru_cache(maxsize=8)
-def _eval_ops(size: int) -> tuple[Callable, ...]:
-    """data.val_transform(size)'s steps before ToTensor (Resize, CenterCrop): the very same PIL calls."""
-    from torchvision import transforms as T
-
-    ops = []
-    for op in data_lib.val_transform(size).transforms:
-        if isinstance(op, T.ToTensor):
-            return tuple(ops)
-        ops.append(op)
-    raise ValueError("data.val_transform has no ToTensor step; the eval cache cannot reproduce it.")
-
-
-def _decode_eval(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    with Image.open(path) as image:
-        width, height = image.size
-        rgb = image.convert("RGB")
-    for op in _eval_ops(size):
-        rgb = op(rgb)
-    return np.asarray(rgb, dtype=np.uint8), (height, width)
 
 
 def _row_checksums(images: np.ndarray) -> dict[str, int]:
@@ -315,35 +265,22 @@ def _open_cached(target: Path, manifest_path: Path, key: str, count: int, *, kin
 def _clean(folder: Path, stem: str, keep: Path) -> None:
     """Remove stale caches of the same split/kind/size (other keys) and temporary files of dead builds."""
     for other in folder.glob(f"{stem}_*"):
-        if other.name.startswith(keep.stem):
-            continue
-        try:
-            other.unlink(missing_ok=True)
-        except OSError:  # e.g. still mapped by another process on Windows: left for a later build
-            pass
+        if not other.name.startswith(keep.stem):
+            with contextlib.suppress(OSError):  # e.g. still mapped by another process on Windows: a later build
+                other.unlink(missing_ok=True)
     for tmp in folder.glob(f".{stem}_*.tmp-*"):
         try:
             pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
         except (IndexError, ValueError):
             pid = -1
         if pid != os.getpid() and not pid_alive(pid):
-            try:
+            with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
 
 
-def decoded_images(
-    paths: Sequence[str],
-    kind: str,
-    size: int,
-    *,
-    root: str | Path | None = None,
-    split: str = "images",
-    cache_dir: str | Path | None = None,
-    workers: int | None = None,
-    progress: bool = True,
-) -> DecodedImages:
+def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Path | None = None,
+                   split: str = "images", cache_dir: str | Path | None = None, workers: int | None = None,
+                   progress: bool = True) -> DecodedImages:
     """The decoded images of `paths`, from the cache, or decoded now (once, in `workers` threads; a tqdm bar
     on a terminal when `progress`) and cached.
 
@@ -377,7 +314,7 @@ def decoded_images(
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = folder / f".{target.stem}.tmp-{token}.npy"
     tmp_manifest = folder / f".{target.stem}.tmp-{token}.json"
-    decode = _decode_train if kind == "train" else _decode_eval
+    decode = data_lib.decode_whole if kind == "train" else data_lib.decode_eval
     sizes = np.zeros((len(paths), 2), dtype=np.int64)
     unreadable: dict[int, str] = {}
     start = time.perf_counter()
@@ -434,114 +371,6 @@ def dataset_images(dataset, kind: str, img_size: int, *, store_size: int | None 
     return decoded_images(dataset.paths, kind, size, root=dataset.root, split=dataset.split, **kwargs)
 
 
-# --------------------------------------------------------------------------- batched augmentation
-
-
-def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: torch.Generator | None = None,
-                       scale: tuple[float, float] = SCALE, ratio: tuple[float, float] = RATIO,
-                       attempts: int = 10) -> torch.Tensor:
-    """torchvision `RandomResizedCrop.get_params`, vectorised over images: (n, 4) int64 (top, left, h, w).
-
-    Per image: up to `attempts` draws of area fraction ~ U(scale) and log aspect ~ U(log ratio); the
-    first whose rounded w x h fits is kept, its top/left uniform over the valid positions; when none
-    fits, the centre crop clamped to the ratio range. All draws come from `generator` (a fixed number
-    per image: 2 x attempts + 2), so the same seed gives the same crops.
-    """
-    heights = torch.as_tensor(heights, dtype=torch.float64).reshape(-1)
-    widths = torch.as_tensor(widths, dtype=torch.float64).reshape(-1)
-    n = len(heights)
-    area = (heights * widths)[:, None]
-    target = area * torch.empty(n, attempts, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(torch.empty(n, attempts, dtype=torch.float64).uniform_(log_lo, log_hi, generator=generator))
-    w = torch.round(torch.sqrt(target * aspect))  # round half to even, like Python's round()
-    h = torch.round(torch.sqrt(target / aspect))
-    fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
-    first = fits.to(torch.int8).argmax(dim=1)
-    found = fits.any(dim=1)
-    pick = torch.arange(n)
-    w, h = w[pick, first], h[pick, first]
-    # fallback: torchvision's centre crop
-    in_ratio = widths / heights
-    fw = torch.where(in_ratio < min(ratio), widths,
-                     torch.where(in_ratio > max(ratio), torch.round(heights * max(ratio)), widths))
-    fh = torch.where(in_ratio < min(ratio), torch.round(widths / min(ratio)),
-                     torch.where(in_ratio > max(ratio), heights, heights))
-    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
-    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
-    top = torch.where(found, torch.floor(u[:, 0] * (heights - h + 1)), torch.div(heights - h, 2, rounding_mode="floor"))
-    left = torch.where(found, torch.floor(u[:, 1] * (widths - w + 1)), torch.div(widths - w, 2, rounding_mode="floor"))
-    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
-
-
-def stored_boxes(params: torch.Tensor, sizes: torch.Tensor, store: int) -> torch.Tensor:
-    """Crop boxes (top, left, h, w) on the original images -> the same regions on the squashed
-    store x store images, rounded to whole stored pixels (at least one)."""
-    params = params.to(torch.float64)
-    sy = store / sizes[:, 0].to(torch.float64)
-    sx = store / sizes[:, 1].to(torch.float64)
-    y0 = torch.round(params[:, 0] * sy).clamp(0, store - 1)
-    x0 = torch.round(params[:, 1] * sx).clamp(0, store - 1)
-    y1 = torch.maximum(torch.round((params[:, 0] + params[:, 2]) * sy).clamp(max=store), y0 + 1)
-    x1 = torch.maximum(torch.round((params[:, 1] + params[:, 3]) * sx).clamp(max=store), x0 + 1)
-    return torch.stack([y0, x0, y1 - y0, x1 - x0], dim=1).to(torch.int64)
-
-
-def resized_crop_batch(images: torch.Tensor, boxes: torch.Tensor, size: int,
-                       flips: torch.Tensor | None = None) -> torch.Tensor:
-    """Crop box k = (top, left, h, w) of images[k] (N, C, H, W), resize it to size x size (bilinear,
-    antialiased: what PIL / torchvision's resize of a crop does), flip where `flips`; returns (N, C, size,
-    size). uint8 on the CPU stays uint8 (torch's vectorised kernel, rounded; channels-last in, channels-last
-    out); other dtypes / devices compute in float."""
-    out = []
-    cpu_uint8 = images.device.type == "cpu" and images.dtype == torch.uint8
-    flip = [False] * len(boxes) if flips is None else flips.tolist()
-    for k, (top, left, h, w) in enumerate(boxes.tolist()):
-        region = images[k:k + 1, :, top:top + h, left:left + w]
-        if not cpu_uint8 and not region.is_floating_point():
-            region = region.float()
-        crop = F.interpolate(region, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out.append(crop.flip(-1) if flip[k] else crop)  # per image: far cheaper than a batched index-put
-    return torch.cat(out)
-
-
-def _affine(mean: Sequence[float], std: Sequence[float], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) of shape (C, 1, 1): (x / 255 - mean) / std = x * scale + shift."""
-    std64 = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
-    scale = 1.0 / (255.0 * std64)
-    shift = -torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1) / std64
-    return scale.to(device, torch.float32), shift.to(device, torch.float32)
-
-
-def normalise(images: torch.Tensor, mean: Sequence[float] = MEAN,
-              std: Sequence[float] = STD,
-              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """uint8 (or 0-255 float) NCHW -> float32 (x / 255 - mean) / std in `memory_format`: ToTensor +
-    Normalize's result up to float rounding (<= 5e-7), as x * (1 / (255 std)) - mean / std in two passes
-    after the conversion (30 % faster than their four on a 160 px batch)."""
-    scale, shift = _affine(mean, std, images.device)
-    # one pass converts dtype and layout (a channels-last uint8 batch -> contiguous float)
-    floats = images.to(torch.float32, memory_format=memory_format, copy=True)
-    return floats.mul_(scale).add_(shift)
-
-
-def normalised_crops(images: torch.Tensor, boxes: torch.Tensor, size: int, flips: torch.Tensor | None = None,
-                     *, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
-                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """`normalise(resized_crop_batch(...))` with the same result, for uint8 images on the CPU, one image at
-    a time: each crop is converted and normalised while it is in the cache, 10-20 % faster from 128 px on
-    (5-15 % slower at 64-96 px, where the batched conversion wins: see FUSED_FROM)."""
-    n, channels = images.shape[:2]
-    out = torch.empty((n, channels, size, size), dtype=torch.float32).contiguous(memory_format=memory_format)
-    scale, shift = _affine(mean, std, "cpu")
-    flip = [False] * n if flips is None else flips.tolist()
-    for k, (top, left, h, w) in enumerate(boxes.tolist()):
-        crop = F.interpolate(images[k:k + 1, :, top:top + h, left:left + w], size=(size, size), mode="bilinear",
-                             antialias=True, align_corners=False)[0]
-        out[k].copy_(crop.flip(-1) if flip[k] else crop).mul_(scale).add_(shift)
-    return out
-
-
 # --------------------------------------------------------------------------- the loader
 
 
@@ -557,22 +386,19 @@ class CachedLoader:
             `order_seed`, the same on every rank: DistributedSampler's order and padding).
         train: random-resized crop to `img_size` + flip (needs the whole images, kind "train"); False:
             the stored images as they are (kind "eval": data.val_transform's crops).
-        generator: the torch.Generator of the order and the augmentations; seed it per (seed, epoch, rank)
-            and the batches repeat exactly. Each pass continues its stream.
-        device: where the batches go; uint8 crosses to it (pinned on CUDA), normalisation runs there.
-        channels_last: yield channels-last tensors.
-        augment_on: "host" (default: crops on the CPU in uint8, then the smaller crops cross) or "device"
-            (the stored images cross, crops are resized there in float).
-
-    Yields (images float32 (B, 3, img_size, img_size) on `device`, labels int64 on `device`).
-    """
+        generator: of the order and the augmentations, on the device that draws them (augment_on "device":
+            `device`'s; "host": the CPU's). Pass an int to `reseeded` and it is made there. Seeded per
+            (seed, epoch, rank), the batches repeat exactly; each pass continues its stream.
+        device: where the batches go (float32 (B, 3, img_size, img_size) images, int64 labels).
+        augment_on: "host" or "device" (module docstring); "device" copies the rows of `indices` there once.
+        prefetch: "host": batches a background thread prepares ahead (0: none)."""
 
     def __init__(self, images, labels, *, batch_size: int, indices: Sequence[int] | None = None,
                  shuffle: bool = False, train: bool = False, img_size: int | None = None,
                  generator: torch.Generator | None = None, drop_last: bool = False,
                  device: str | torch.device = "cpu", channels_last: bool = False, sizes=None,
                  rank: int = 0, world_size: int = 1, order_seed: int | None = None,
-                 augment_on: str = "host", scale: tuple[float, float] = SCALE,
+                 augment_on: str = "host", prefetch: int = 0, scale: tuple[float, float] = SCALE,
                  ratio: tuple[float, float] = RATIO, flip: bool = True) -> None:
         if isinstance(images, DecodedImages):
             store = images
@@ -583,34 +409,42 @@ class CachedLoader:
                 raise ValueError("train=False yields the stored images as they are: give the 'eval' cache "
                                  "(data.val_transform's crops), not the whole 'train' images.")
             sizes = store.sizes if sizes is None else sizes
-            if indices is None:
-                indices = store.readable
+            indices = store.readable if indices is None else indices
             images = store.images
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1.")
         if augment_on not in ("host", "device"):
             raise ValueError(f"augment_on={augment_on!r}; use 'host' or 'device'.")
-        self.images = images
-        self.labels = torch.tensor(np.array(labels, dtype=np.int64))
-        self.indices = np.asarray(range(len(images)) if indices is None else indices, dtype=np.int64)
-        self.batch_size, self.shuffle, self.train, self.drop_last = batch_size, shuffle, train, drop_last
-        self.img_size = img_size or images.shape[1]
-        self.sizes = None if sizes is None else torch.as_tensor(np.asarray(sizes), dtype=torch.int64)
-        if train and self.sizes is None:
-            self.sizes = torch.full((len(images), 2), images.shape[1], dtype=torch.int64)
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.device = torch.device(device)
+        self.img_size = img_size or images.shape[1]
+        indices = np.asarray(range(len(images)) if indices is None else indices, dtype=np.int64)
+        labels = torch.as_tensor(np.array(labels, dtype=np.int64))
+        sizes = None if sizes is None else torch.as_tensor(np.asarray(sizes), dtype=torch.int64)
+        if train and sizes is None:
+            sizes = torch.full((len(images), 2), images.shape[1], dtype=torch.int64)
+        if augment_on == "device":  # the rows used, once, in the device's memory: a batch is an index away
+            rows = torch.from_numpy(indices)
+            images = torch.from_numpy(np.ascontiguousarray(images[indices])).to(self.device)
+            labels = labels[rows].to(self.device)
+            sizes = None if sizes is None else sizes[rows].to(self.device)
+            indices = np.arange(len(indices))
+        self.images, self.labels, self.sizes, self.indices = images, labels, sizes, indices
+        self.batch_size, self.shuffle, self.train, self.drop_last = batch_size, shuffle, train, drop_last
         self.channels_last = channels_last
         self.rank, self.world_size, self.order_seed = rank, world_size, order_seed
-        self.augment_on, self.scale, self.ratio, self.flip = augment_on, scale, ratio, flip
-        self.pin = self.device.type == "cuda"
+        self.augment_on, self.prefetch, self.scale, self.ratio, self.flip = augment_on, prefetch, scale, ratio, flip
+        self.pin = self.device.type == "cuda" and augment_on == "host"
+        self.generator = generator if generator is not None else self._generator(0)
 
-    # -- epoch helpers
+    def _generator(self, seed: int) -> torch.Generator:
+        where = self.device if self.augment_on == "device" else torch.device("cpu")
+        return torch.Generator(device=where).manual_seed(int(seed))
+
     def reseeded(self, generator: torch.Generator | int, order_seed: int | None = None) -> "CachedLoader":
-        """A copy drawing from `generator` (or a Generator seeded with this int) and `order_seed`."""
+        """A copy drawing from `generator` (or one seeded with this int, on the right device) and `order_seed`;
+        it shares the images (on the device too)."""
         other = copy.copy(self)
-        other.generator = generator if isinstance(generator, torch.Generator) else \
-            torch.Generator().manual_seed(int(generator))
+        other.generator = generator if isinstance(generator, torch.Generator) else self._generator(generator)
         if order_seed is not None:
             other.order_seed = order_seed
         return other
@@ -623,8 +457,9 @@ class CachedLoader:
         n = self._per_rank()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _order(self) -> torch.Tensor:
-        n = len(self.indices)
+    def _order(self) -> torch.Tensor | None:
+        """This pass's order of positions in `indices` (None: as they are), where the batches are gathered."""
+        n, where = len(self.indices), self.generator.device
         if self.world_size > 1:  # DistributedSampler: same permutation everywhere, padded, strided
             if self.shuffle and self.order_seed is None:
                 raise ValueError("world_size > 1 with shuffle needs order_seed (the same on every rank, e.g. "
@@ -634,42 +469,42 @@ class CachedLoader:
             total = self._per_rank() * self.world_size
             if total > n:
                 order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
-            return order[self.rank:total:self.world_size]
-        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            return order[self.rank:total:self.world_size].to(where)
+        return torch.randperm(n, generator=self.generator, device=where) if self.shuffle else None
 
-    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return batch
-        if self.pin:
-            batch = batch.pin_memory()  # the caching host allocator keeps it until the copy has run
-        return batch.to(self.device, non_blocking=self.pin)
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 or 0-255 float NCHW pixels, labels) where they are made: on the CPU ("host") or the device."""
+        order, bs, host = self._order(), self.batch_size, self.augment_on == "host"
+        n = self._per_rank()
+        for start in range(0, (n // bs) * bs if self.drop_last else n, bs):
+            rows = slice(start, start + bs) if order is None else order[start:start + bs]
+            if host:  # the stored rows, gathered from the memory map on the CPU
+                rows = torch.from_numpy(self.indices[rows if order is None else rows.numpy()])
+            # (B, 3, S, S) viewed on the stored (B, S, S, 3) rows: channels-last strides, uint8 throughout
+            pixels = (torch.from_numpy(self.images[rows.numpy()]) if host else self.images[rows]).permute(0, 3, 1, 2)
+            labels = self.labels[rows]
+            if self.train:
+                sizes = self.sizes[rows]
+                params = data_lib.sample_crop_params(sizes[:, 0], sizes[:, 1], self.generator, self.scale, self.ratio)
+                flips = (torch.rand(len(labels), generator=self.generator, device=self.generator.device) < 0.5
+                         if self.flip else None)
+                boxes = data_lib.stored_boxes(params, sizes, pixels.shape[-1])
+                crop = dev.resized_crop_batch if host else dev.resized_crops
+                pixels = crop(pixels, boxes, self.img_size, flips)
+            if self.pin:  # the caching host allocator keeps it until the copy has run
+                pixels, labels = pixels.pin_memory(), labels.pin_memory()
+            yield pixels, labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        bs = self.batch_size
-        stop = (len(order) // bs) * bs if self.drop_last else len(order)
-        for start in range(0, stop, bs):
-            rows = self.indices[order[start:start + bs].numpy()]
-            # (B, 3, S, S) viewed on the stored (B, S, S, 3) rows: channels-last strides, uint8 throughout
-            pixels = torch.from_numpy(self.images[rows]).permute(0, 3, 1, 2)
-            rows_t = torch.from_numpy(rows)
-            labels = self.labels[rows_t]
-            if self.train:
-                sizes = self.sizes[rows_t]
-                params = sample_crop_params(sizes[:, 0], sizes[:, 1], self.generator, self.scale, self.ratio)
-                flips = (torch.rand(len(rows), generator=self.generator) < 0.5) if self.flip else None
-                boxes = stored_boxes(params, sizes, pixels.shape[-1])
-                if self.device.type == "cpu" and self.img_size >= FUSED_FROM:  # the same numbers, faster
-                    yield normalised_crops(pixels, boxes, self.img_size, flips, memory_format=fmt), labels
-                    continue
-                if self.augment_on == "device":
-                    pixels = resized_crop_batch(self._to_device(pixels), boxes, self.img_size, flips)
-                else:
-                    pixels = self._to_device(resized_crop_batch(pixels, boxes, self.img_size, flips))
-            else:
-                pixels = self._to_device(pixels)
-            yield normalise(pixels, memory_format=fmt), self._to_device(labels)
+        batches = self._batches()
+        if self.prefetch > 0 and self.augment_on == "host":
+            batches = dev.prefetched(batches, self.prefetch)
+        for pixels, labels in batches:
+            if pixels.device != self.device:
+                pixels = pixels.to(self.device, non_blocking=self.pin)
+                labels = labels.to(self.device, non_blocking=self.pin)
+            yield dev.normalise(pixels, memory_format=fmt), labels
 
 
 # --------------------------------------------------------------------------- both splits, for the trainer
@@ -679,7 +514,7 @@ class CachedLoader:
 class CachedData:
     """What `cached_loaders` returns. `train_indices` / `val_indices`: the dataset indices used (val: all
     ranks'); `skipped`: unreadable paths left out (train, then val); `val_loader`: this rank's eval
-    batches; `train_loader(generator, order_seed)`: one epoch's training batches."""
+    batches; `train_loader(generator, order_seed)`: one epoch's training batches; `augment_on`: where."""
 
     train_images: DecodedImages
     val_images: DecodedImages
@@ -688,25 +523,22 @@ class CachedData:
     skipped: list[str]
     val_loader: CachedLoader
     _train: CachedLoader
+    augment_on: str = "host"
+    _eval: dict = field(default_factory=dict)
 
     def train_loader(self, generator: torch.Generator | int, order_seed: int | None = None) -> CachedLoader:
         """The training batches of one epoch, drawn from `generator` (seed it per (seed, epoch, rank));
         with several ranks `order_seed` (the same on all, e.g. seed + epoch) orders them."""
         return self._train.reseeded(generator, order_seed)
 
+    def eval_loader(self, indices: Sequence[int], batch_size: int | None = None) -> CachedLoader:
+        """Evaluation batches of these validation dataset indices, in this order (e.g. a class-mixed subset)."""
+        args = {**self._eval, **({"batch_size": batch_size} if batch_size else {})}
+        return CachedLoader(self.val_images, indices=list(indices), shuffle=False, train=False, **args)
+
     @property
     def cache_bytes(self) -> int:
         return self.train_images.nbytes + self.val_images.nbytes
-
-    @property
-    def decoded(self) -> int:
-        """Images decoded by the call that returned this (0: both caches were reused)."""
-        return self.train_images.decoded + self.val_images.decoded
-
-    @property
-    def build_s(self) -> float:
-        """Seconds the two caches took to build (when they were built)."""
-        return self.train_images.build_s + self.val_images.build_s
 
 
 def _select(store: DecodedImages, targets: np.ndarray, subset, on_error: str, split: str) -> np.ndarray:
@@ -731,7 +563,7 @@ def cached_loaders(train_set, val_set, *, img_size: int, batch_size: int, train_
                    device: str | torch.device = "cpu", channels_last: bool = False, on_error: str | None = None,
                    rank: int = 0, world_size: int = 1, drop_last: bool = False, store_size: int | None = None,
                    cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
-                   augment_on: str = "host") -> CachedData:
+                   augment_on: str = "host", prefetch: int = 0) -> CachedData:
     """Decoded caches (built once) and loaders for a `data.NoisyImagenette` train/val pair.
 
     train_subset / val_subset: None (every readable image), an int N (the first N readable images of each
@@ -740,7 +572,8 @@ def cached_loaders(train_set, val_set, *, img_size: int, batch_size: int, train_
     the cache): on_error (default: the datasets') "fail" raises `data.UnreadableImageError` naming the
     first, "skip" leaves them out, warns once and lists them in `skipped`. Build the datasets with
     check_images=False: the cache decodes each image once anyway, and a warm cache decodes none.
-    Training labels: train_set.targets (noisy); validation: val_set.clean_targets.
+    Training labels: train_set.targets (noisy); validation: val_set.clean_targets. augment_on: "host",
+    "device" or "auto" (`choose_augment` on the images used); prefetch: see `CachedLoader`.
     """
     on_error = on_error or getattr(train_set, "on_error", "fail")
     common = dict(cache_dir=cache_dir, workers=workers, progress=progress)
@@ -752,9 +585,13 @@ def cached_loaders(train_set, val_set, *, img_size: int, batch_size: int, train_
               [val_images.paths[k] for k in sorted(val_images.unreadable)]
     if skipped:
         warnings.warn(f"skipping {len(skipped)} unreadable image(s), e.g. {skipped[0]}", RuntimeWarning, stacklevel=2)
-    loader_args = dict(batch_size=batch_size, img_size=img_size, device=device, channels_last=channels_last)
+    used = 3 * (len(train_idx) * train_images.size ** 2 + len(val_idx) * img_size ** 2)
+    augment_on = choose_augment(augment_on, torch.device(device), used)
+    args = dict(batch_size=batch_size, img_size=img_size, device=device, channels_last=channels_last,
+                augment_on=augment_on)
     val_loader = CachedLoader(val_images, val_set.clean_targets, indices=val_idx[rank::world_size], shuffle=False,
-                              train=False, **loader_args)
+                              train=False, **args)
     train = CachedLoader(train_images, train_set.targets, indices=train_idx, shuffle=True, train=True,
-                         drop_last=drop_last, rank=rank, world_size=world_size, augment_on=augment_on, **loader_args)
-    return CachedData(train_images, val_images, train_idx, val_idx, skipped, val_loader, train)
+                         drop_last=drop_last, rank=rank, world_size=world_size, prefetch=prefetch, **args)
+    return CachedData(train_images, val_images, train_idx, val_idx, skipped, val_loader, train, augment_on,
+                      dict(labels=val_set.clean_targets, **args))

@@ -101,6 +101,12 @@ class RunConfig:
                                  "in batches in the training process, no workers), 'workers' (JPEG DataLoader with "
                                  "worker processes), 'auto' (cached when the decoded images fit in half the "
                                  "available RAM)", ("auto", "cached", "workers"), identity=False)
+    augment_on: str = _field("auto", "cached data path: where training batches are cropped, resized, flipped and "
+                                     "normalised: 'device' (decoded images kept in GPU memory, whole batches there, "
+                                     "no host work per step), 'host' (the CPU, a thread preparing batches ahead on "
+                                     "a GPU), 'auto' (device on a GPU that holds the images in 30 % of its free "
+                                     "memory, else host); the same resize either way", ("auto", "host", "device"),
+                             identity=False)
     device: str = _field("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", identity=False)
     channels_last: str = _field("auto", "channels-last memory format: 'auto' (CUDA with tensor cores), 'on', 'off'",
                                 ("auto", "on", "off"), identity=False)

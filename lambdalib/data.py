@@ -16,6 +16,8 @@ Typical use:
 from __future__ import annotations
 
 import collections
+import functools
+import math
 import os
 import random
 import struct
@@ -161,6 +163,52 @@ def val_transform(img_size: int = 160) -> Callable:
                       T.Normalize(MEAN, STD)])
 
 
+def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: torch.Generator | None = None,
+                       scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                       attempts: int = 10) -> torch.Tensor:
+    """torchvision `RandomResizedCrop.get_params`, vectorised over images: (n, 4) int64 (top, left, h, w), on
+    the device of `heights` (and of `generator`).
+
+    Per image: up to `attempts` draws of area fraction ~ U(scale) and log aspect ~ U(log ratio); the first
+    whose rounded w x h fits is kept, its top/left uniform over the valid positions; when none fits, the
+    centre crop clamped to the ratio range. A fixed number of draws per image: the same seed, the same crops.
+    """
+    device = heights.device if torch.is_tensor(heights) else torch.device("cpu")
+    heights = torch.as_tensor(heights, dtype=torch.float64, device=device).reshape(-1)
+    widths = torch.as_tensor(widths, dtype=torch.float64, device=device).reshape(-1)
+    n = len(heights)
+    draw = dict(dtype=torch.float64, device=device)
+    target = (heights * widths)[:, None] * torch.empty(n, attempts, **draw).uniform_(*scale, generator=generator)
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    aspect = torch.exp(torch.empty(n, attempts, **draw).uniform_(*log_ratio, generator=generator))
+    w = torch.round(torch.sqrt(target * aspect))  # round half to even, like Python's round()
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
+    first, found = fits.to(torch.int8).argmax(dim=1), fits.any(dim=1)
+    pick = torch.arange(n, device=device)
+    w, h = w[pick, first], h[pick, first]
+    in_ratio = widths / heights  # fallback: torchvision's centre crop
+    fw = torch.where(in_ratio > max(ratio), torch.round(heights * max(ratio)), widths)
+    fh = torch.where(in_ratio < min(ratio), torch.round(widths / min(ratio)), heights)
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    u = torch.rand(n, 2, generator=generator, **draw)
+    top = torch.where(found, torch.floor(u[:, 0] * (heights - h + 1)), torch.div(heights - h, 2, rounding_mode="floor"))
+    left = torch.where(found, torch.floor(u[:, 1] * (widths - w + 1)), torch.div(widths - w, 2, rounding_mode="floor"))
+    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
+
+
+def stored_boxes(params: torch.Tensor, sizes: torch.Tensor, store: int) -> torch.Tensor:
+    """Crop boxes (top, left, h, w) on the original images -> the same regions on the squashed store x store
+    images, rounded to whole stored pixels (at least one)."""
+    params, sizes = params.to(torch.float64), sizes.to(torch.float64)
+    sy, sx = store / sizes[:, 0], store / sizes[:, 1]
+    y0 = torch.round(params[:, 0] * sy).clamp(0, store - 1)
+    x0 = torch.round(params[:, 1] * sx).clamp(0, store - 1)
+    y1 = torch.maximum(torch.round((params[:, 0] + params[:, 2]) * sy).clamp(max=store), y0 + 1)
+    x1 = torch.maximum(torch.round((params[:, 1] + params[:, 3]) * sx).clamp(max=store), x0 + 1)
+    return torch.stack([y0, x0, y1 - y0, x1 - x0], dim=1).to(torch.int64)
+
+
 # what decoding a broken file raises (PIL's plugins differ; a decompression bomb is not an OSError)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
@@ -190,6 +238,38 @@ def _unreadable(path: str, reason: str, more: str = "") -> UnreadableImageError:
     return UnreadableImageError(
         f"{path} is not a readable image ({reason}){more}; replace it with a readable copy (e.g. extract the "
         "archive again), or set on_error='skip' to leave unreadable images out.", path)
+
+
+def decode_whole(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The whole image squashed to size x size (the decoded cache's training rows) and its (height, width)."""
+    with Image.open(path) as image:
+        width, height = image.size
+        image.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4, 1/8 scale when still >= size
+        rgb = image.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8), (height, width)
+
+
+@functools.lru_cache(maxsize=8)
+def eval_ops(size: int) -> tuple[Callable, ...]:
+    """data.val_transform(size)'s steps before ToTensor (Resize, CenterCrop): the very same PIL calls."""
+    ops = []
+    for op in val_transform(size).transforms:
+        if isinstance(op, T.ToTensor):
+            return tuple(ops)
+        ops.append(op)
+    raise ValueError("data.val_transform has no ToTensor step; the eval cache cannot reproduce it.")
+
+
+def decode_eval(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """val_transform(size)'s crop as uint8 HWC (the cache's evaluation rows) and the original (height, width)."""
+    with Image.open(path) as image:
+        width, height = image.size
+        rgb = image.convert("RGB")
+    for op in eval_ops(size):
+        rgb = op(rgb)
+    return np.asarray(rgb, dtype=np.uint8), (height, width)
 
 
 def find_unreadable_images(paths: Sequence[str], workers: int | None = None) -> dict[str, str]:
@@ -365,6 +445,16 @@ def default_workers() -> int:
     return min(cores, 8)
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 9_973 + rank * 101) % 2**31
+
+
 def _seed_worker(worker_id: int) -> None:
     # torch already seeds each worker with base_seed + worker_id (base_seed drawn from the loader's
     # generator); numpy and python `random` get the same seed so every augmentation library is covered.
@@ -481,3 +571,18 @@ def first_per_class(targets, per_class: int) -> list[int]:
         if seen[target] <= per_class:
             keep.append(index)
     return keep
+
+
+def batch_stats_order(n: int, batch_size: int, batches: int = 10) -> list[int]:
+    """Positions, among the n validation images, of val_loss_batch_stats' images: a fixed shuffle (seed 0,
+    the same in every run, so runs compare on the same images) cut to `batches` whole batches.
+
+    Class-mixed batches are the point (#25): the CSV lists images class by class, so batches in file order
+    hold one or two classes, and train-mode BatchNorm on them (train.evaluate(batch_stats=True)) removes the class signal (the loss sat at or
+    above chance, ln 10, where the eval-mode loss was 1.34). A fixed subset every epoch rather than only
+    after an eval-mode spike, because claims.py compares a spike with the column's earlier values, which
+    must exist; ten batches cost about a sixth of a full Imagenette validation pass (62 batches of 64).
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    keep = min(n, batches * batch_size)
+    return order[:keep - 1] if keep % batch_size == 1 else order[:keep]

@@ -13,6 +13,7 @@ from torchvision.transforms import functional as TF
 
 from lambdalib import cache as C
 from lambdalib import data as D
+from lambdalib import device as dev
 from lambdalib.data import first_per_class
 from lambdalib.imagenette import MEAN, STD
 
@@ -82,7 +83,7 @@ def test_a_changed_or_added_file_rebuilds_the_cache(tiny_imagenette, tmp_path):
 def test_an_interrupted_build_is_never_used(tiny_imagenette, tmp_path, monkeypatch):
     train_set, _ = splits(tiny_imagenette)
     calls = {"n": 0}
-    real = C._decode_train
+    real = D.decode_whole
 
     def dies_after_five(path, size):
         calls["n"] += 1
@@ -90,13 +91,13 @@ def test_an_interrupted_build_is_never_used(tiny_imagenette, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(path, size)
 
-    monkeypatch.setattr(C, "_decode_train", dies_after_five)
+    monkeypatch.setattr(D, "decode_whole", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
         C.dataset_images(train_set, "train", 32, cache_dir=tmp_path, workers=1, progress=False)
     folder = next(tmp_path.iterdir())
     assert list(folder.iterdir()) == []  # no final file, no manifest, no temporary left
     # a build killed hard leaves its temporary file (here: of a process that no longer exists)
-    monkeypatch.setattr(C, "_decode_train", real)
+    monkeypatch.setattr(D, "decode_whole", real)
     dead = folder / ".train_train_36px_0123456789abcdef.tmp-999999999-deadbeef.npy"
     dead.write_bytes(b"\x93NUMPY partial")
     built = C.dataset_images(train_set, "train", 32, cache_dir=tmp_path, progress=False)
@@ -153,7 +154,7 @@ def test_crop_parameters_follow_torchvision_random_resized_crop(height, width):
     torch.manual_seed(0)
     ref = np.array([T.RandomResizedCrop.get_params(torch.empty(1, height, width), [0.08, 1.0], [3 / 4, 4 / 3])
                     for _ in range(n)], dtype=float)
-    ours = C.sample_crop_params(torch.full((n,), height), torch.full((n,), width),
+    ours = D.sample_crop_params(torch.full((n,), height), torch.full((n,), width),
                                 torch.Generator().manual_seed(1)).numpy().astype(float)
     assert ours.shape == (n, 4) and (ours[:, 2] >= 1).all() and (ours[:, 3] >= 1).all()
     assert (ours[:, 0] + ours[:, 2] <= height).all() and (ours[:, 1] + ours[:, 3] <= width).all()
@@ -178,7 +179,7 @@ def test_resized_crop_matches_torchvision_on_the_same_box():
     boxes = torch.tensor([[0, 0, 40, 40], [5, 3, 12, 30], [20, 10, 17, 9]])
     flips = torch.tensor([False, True, False])
     batch = torch.from_numpy(pixels).permute(0, 3, 1, 2)
-    ours = C.resized_crop_batch(batch, boxes, 24, flips)
+    ours = dev.resized_crop_batch(batch, boxes, 24, flips)
     assert ours.dtype == torch.uint8 and ours.shape == (3, 3, 24, 24)
     for k, (top, left, h, w) in enumerate(boxes.tolist()):
         ref = TF.resized_crop(Image.fromarray(pixels[k]), top, left, h, w, [24, 24])  # PIL, as the JPEG path
@@ -186,19 +187,15 @@ def test_resized_crop_matches_torchvision_on_the_same_box():
         if flips[k]:
             ref = ref.flip(-1)
         assert (ours[k].int() - ref).abs().float().mean() < 1.0 and (ours[k].int() - ref).abs().max() <= 8
-    # the CPU loader's fused per-image path computes exactly normalise(resized_crop_batch(...))
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        fused = C.normalised_crops(batch, boxes, 24, flips, memory_format=fmt)
-        assert torch.equal(fused, C.normalise(ours)) and fused.is_contiguous(memory_format=fmt)
-    # the float path (augment_on="device", e.g. CUDA) agrees with the uint8 one up to rounding
-    floats = C.resized_crop_batch(batch.float(), boxes, 24, flips)
+    # the float path agrees with the uint8 one up to rounding
+    floats = dev.resized_crop_batch(batch.float(), boxes, 24, flips)
     assert floats.dtype == torch.float32 and (floats - ours.float()).abs().max() < 1.01
 
 
 def test_boxes_on_the_original_size_map_onto_the_stored_pixels():
     params = torch.tensor([[0, 0, 160, 213], [40, 100, 80, 60]])
     sizes = torch.tensor([[160, 213], [160, 213]])
-    boxes = C.stored_boxes(params, sizes, 96)
+    boxes = D.stored_boxes(params, sizes, 96)
     assert boxes[0].tolist() == [0, 0, 96, 96]
     assert boxes[1].tolist() == [24, round(100 * 96 / 213), 48, round(160 * 96 / 213) - round(100 * 96 / 213)]
 
@@ -206,7 +203,7 @@ def test_boxes_on_the_original_size_map_onto_the_stored_pixels():
 # --------------------------------------------------------------------------- loaders
 
 
-def test_the_same_generator_seed_gives_identical_batches(tiny_imagenette, tmp_path, monkeypatch):
+def test_the_same_generator_seed_gives_identical_batches(tiny_imagenette, tmp_path):
     data = C.cached_loaders(*splits(tiny_imagenette), img_size=32, batch_size=16, cache_dir=tmp_path, progress=False)
 
     def epoch(generator):
@@ -214,9 +211,6 @@ def test_the_same_generator_seed_gives_identical_batches(tiny_imagenette, tmp_pa
 
     a, b = epoch(torch.Generator().manual_seed(7)), epoch(7)
     c = epoch(torch.Generator().manual_seed(8))
-    monkeypatch.setattr(C, "FUSED_FROM", 0)  # large images take the image-by-image path: the same batches
-    fused = epoch(7)
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, fused))
     assert len(a) == 3 and [len(y) for _, y in a] == [16, 16, 8]
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
     assert not torch.equal(a[0][0], c[0][0])
@@ -298,7 +292,7 @@ def test_loader_length_drop_last_subset_and_ranks(tiny_imagenette, tmp_path):
 
 
 def test_choose_loader_auto_follows_the_available_memory(monkeypatch):
-    monkeypatch.setattr(C, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(dev, "available_memory", lambda: 8 * 2**30)
     assert C.cache_bytes(9469, 3925, 160) == 3 * (9469 * 320 * 320 + 3925 * 160 * 160)
     assert C.choose_loader("auto", 9469, 3925, 160) == "cached"  # 3.0 GiB <= half of 8 GiB
     assert C.choose_loader("auto", 9469, 3925, 224) == "workers"  # 5.9 GiB

@@ -215,12 +215,11 @@ def test_every_epoch_records_the_batch_statistics_val_loss(tiny_imagenette, tmp_
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_called_slow(monkeypatch):
-    from lambdalib.train import slow_cpu_bf16_note
+    from lambdalib.device import precision_note
 
-    cpu, bf16 = torch.device("cpu"), RunConfig.from_params(model="R18", amp="bf16").resolved()
+    cpu = torch.device("cpu")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    assert "without native bf16" in slow_cpu_bf16_note(bf16, cpu)
-    assert slow_cpu_bf16_note(RunConfig.from_params(model="R18", amp="off").resolved(), cpu) is None
-    assert slow_cpu_bf16_note(bf16, torch.device("cuda")) is None
+    assert "without native bf16" in precision_note("bf16", cpu)
+    assert precision_note("off", cpu) is None and precision_note("fp16", cpu) is None
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    assert slow_cpu_bf16_note(bf16, cpu) is None
+    assert precision_note("bf16", cpu) is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lambdalib import files, record, train
+from lambdalib import device, files, record, train
 from lambdalib.cli import main
 from lambdalib.config import RunConfig
 from lambdalib.record import read_history
@@ -94,14 +94,14 @@ def test_ctrl_c_while_last_pt_is_written_never_leaves_a_record_ahead_of_it(tiny_
                 raise KeyboardInterrupt
         real(obj, path)
 
-    monkeypatch.setattr(train, "atomic_torch_save", interrupted_second_save)
+    monkeypatch.setattr(device, "atomic_torch_save", interrupted_second_save)
     config = tiny(tiny_imagenette, tmp_path, epochs=2, checkpoints="best+last")
     with pytest.raises(KeyboardInterrupt):
         run(config, progress=False)
     run_dir = config.run_dir()
     assert len(read_history(run_dir)) == checkpoint_epochs(run_dir) == 1
     assert record.load_summary(run_dir)["status"] == "interrupted"
-    monkeypatch.setattr(train, "atomic_torch_save", real)
+    monkeypatch.setattr(device, "atomic_torch_save", real)
     assert len(read_history(run(config, progress=False))) == 2
 
 

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from lambdalib import record, train
+from lambdalib import device, record
 from lambdalib.config import RunConfig
 from lambdalib.record import read_history
 from lambdalib.train import run
@@ -74,8 +74,8 @@ def test_compile_is_refused_politely_below_compute_capability_7(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100-PCIE-16GB")
     with pytest.warns(UserWarning, match="P100.*training without compiling"):
-        assert train._compiles(config, torch.device("cuda", 0)) is False
-    assert train._compiles(config, torch.device("cpu")) is True
+        assert device.compiles(config.compile, torch.device("cuda", 0)) is False
+    assert device.compiles(config.compile, torch.device("cpu")) is True
 
 
 def test_reproduce_runs_jobs_concurrently_in_their_own_processes(tiny_imagenette, tmp_path):
