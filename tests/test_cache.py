@@ -240,25 +240,6 @@ def test_eval_batches_equal_val_transform(tiny_imagenette, tmp_path):
     assert {tuple(s) for s in data.train_images.sizes.tolist()} == {(36, 36), (30, 47), (52, 33)}
 
 
-def test_train_loader_crops_cover_the_image_like_random_resized_crop(tmp_path):
-    """A known image (left half black, right half white): the mean brightness of our crops and of
-    torchvision's RandomResizedCrop + flip agree in distribution."""
-    pixels = np.zeros((48, 64, 3), np.uint8)
-    pixels[:, 32:] = 255
-    stored = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.BILINEAR))[None].repeat(2000, 0)
-    loader = C.CachedLoader(stored, np.zeros(2000), batch_size=500, train=True, img_size=16,
-                            sizes=np.tile([48, 64], (2000, 1)), generator=torch.Generator().manual_seed(0))
-    ours = torch.cat([x for x, _ in loader])
-    assert ours.shape == (2000, 3, 16, 16)
-    ours_left = (ours[:, 0, :, :8].mean((1, 2)) * STD[0] + MEAN[0]).numpy()
-    torch.manual_seed(0)
-    ref_t = T.Compose([T.RandomResizedCrop(16), T.RandomHorizontalFlip(), T.ToTensor()])
-    image = Image.fromarray(pixels)
-    ref_left = np.array([float(ref_t(image)[0, :, :8].mean()) for _ in range(2000)])
-    # rounded: both have atoms at 0 and 1 (crops inside one half), ours a float epsilon off them
-    assert ks_statistic(ours_left.round(3), ref_left.round(3)) < 1.95 * math.sqrt(2 / 2000)
-
-
 def test_loader_length_drop_last_subset_and_ranks(tiny_imagenette, tmp_path):
     train_set, val_set = splits(tiny_imagenette)
     data = C.cached_loaders(train_set, val_set, img_size=32, batch_size=16, train_subset=[1, 2, 3, 5, 8, 13],
@@ -335,3 +316,119 @@ def test_store_size_is_twice_the_image_size_but_never_above_the_originals(tiny_i
     assert data.train_images.size == 52
     x, _ = next(iter(data.train_loader(0)))
     assert x.shape == (8, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------- the device path (#23)
+
+
+def test_the_device_resize_is_the_host_kernel_to_within_one_level():
+    """augment_on="device" resizes a whole batch by two matrix products: exactly torch's antialiased bilinear
+    (PIL's filter) before rounding, shrinking and enlarging, flipped or not; rounded, within one 0-255 level
+    of the host path's uint8 kernel (whose fixed-point weights round one pixel in ten the other way)."""
+    images = torch.randint(0, 256, (6, 3, 50, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[0, 0, 50, 70], [5, 3, 12, 30], [20, 10, 30, 9], [0, 40, 50, 30], [49, 69, 1, 1],
+                          [10, 10, 24, 24]])
+    flips = torch.tensor([False, True, False, True, False, True])
+    for size in (16, 24, 40):
+        exact = dev.resized_crop_batch(images.float(), boxes, size, flips)  # per image, float
+        host = dev.resized_crop_batch(images, boxes, size, flips).int()  # per image, uint8
+        ours = dev.resized_crops(images.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), boxes, size, flips)
+        assert ours.dtype == torch.float32 and ours.shape == (6, 3, size, size)
+        assert torch.equal(ours, exact.round().clamp(0, 255)) or (ours - exact).abs().max() <= 0.5 + 1e-3
+        assert (ours.int() - host).abs().max() <= 1 and (ours.int() - host).abs().float().mean() < 0.2
+
+
+def test_device_path_batches_repeat_with_the_seed_and_evaluate_as_the_host_path(tiny_imagenette, tmp_path):
+    sets = splits(tiny_imagenette)
+    host = C.cached_loaders(*sets, img_size=32, batch_size=16, cache_dir=tmp_path, progress=False)
+    ours = C.cached_loaders(*sets, img_size=32, batch_size=16, cache_dir=tmp_path, progress=False,
+                            augment_on="device")
+    assert (host.augment_on, ours.augment_on) == ("host", "device")
+    assert isinstance(ours.train_loader(0).images, torch.Tensor)  # the decoded images, where the batches are made
+
+    def epoch(seed):
+        return [(x.clone(), y.clone()) for x, y in ours.train_loader(seed)]
+
+    a, b, c = epoch(7), epoch(7), epoch(8)
+    assert [len(y) for _, y in a] == [16, 16, 8] and a[0][0].shape == (16, 3, 32, 32) and a[0][0].dtype == torch.float32
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not torch.equal(a[0][0], c[0][0])
+    # every image once a pass, with its noisy label
+    assert torch.equal(torch.cat([y for _, y in a]).sort().values,
+                       torch.cat([y for _, y in host.train_loader(7)]).sort().values)
+    # evaluation batches are slices of the device copy: bit for bit the host path's
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(ours.val_loader,
+                                                                                           host.val_loader))
+    subset = ours.eval_loader([3, 1, 2], batch_size=2)  # a chosen order (train.py's class-mixed subset)
+    host_images = torch.cat([x for x, _ in host.val_loader])
+    assert [len(y) for _, y in subset] == [2, 1] and torch.equal(torch.cat([x for x, _ in subset]),
+                                                                 host_images[[3, 1, 2]])
+
+
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_train_loader_crops_cover_the_image_like_random_resized_crop(tmp_path, augment_on):
+    """A known image (left half black, right half white): the mean brightness of our crops and of
+    torchvision's RandomResizedCrop + flip agree in distribution, on either path."""
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    pixels[:, 32:] = 255
+    stored = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.BILINEAR))[None].repeat(2000, 0)
+    loader = C.CachedLoader(stored, np.zeros(2000), batch_size=500, train=True, img_size=16,
+                            sizes=np.tile([48, 64], (2000, 1)), generator=torch.Generator().manual_seed(0),
+                            augment_on=augment_on)
+    ours = torch.cat([x for x, _ in loader])
+    assert ours.shape == (2000, 3, 16, 16)
+    ours_left = (ours[:, 0, :, :8].mean((1, 2)) * STD[0] + MEAN[0]).numpy()
+    torch.manual_seed(0)
+    ref_t = T.Compose([T.RandomResizedCrop(16), T.RandomHorizontalFlip(), T.ToTensor()])
+    image = Image.fromarray(pixels)
+    ref_left = np.array([float(ref_t(image)[0, :, :8].mean()) for _ in range(2000)])
+    # rounded: both have atoms at 0 and 1 (crops inside one half), ours a float epsilon off them
+    assert ks_statistic(ours_left.round(3), ref_left.round(3)) < 1.95 * math.sqrt(2 / 2000)
+
+
+def test_prefetching_gives_the_same_batches_raises_errors_and_stops_when_left(tiny_imagenette, tmp_path,
+                                                                              monkeypatch):
+    import threading
+
+    sets = splits(tiny_imagenette)
+    plain = C.cached_loaders(*sets, img_size=32, batch_size=8, cache_dir=tmp_path, progress=False)
+    ahead = C.cached_loaders(*sets, img_size=32, batch_size=8, cache_dir=tmp_path, progress=False, prefetch=2)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2)
+               for (x1, y1), (x2, y2) in zip(plain.train_loader(3), ahead.train_loader(3)))
+    for _ in ahead.train_loader(3):
+        break  # left after one batch: the thread stops
+    assert not [t for t in threading.enumerate() if t.name == "lambdalib-prefetch"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a crop went wrong")
+
+    monkeypatch.setattr(D, "sample_crop_params", broken)
+    with pytest.raises(RuntimeError, match="a crop went wrong"):
+        list(ahead.train_loader(3))
+
+
+def test_augment_auto_puts_the_images_on_a_gpu_that_holds_them(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert C.choose_augment("auto", cpu, 1) == "host"  # the CPU's uint8 kernels are the faster ones there
+    monkeypatch.setattr(dev, "free_memory", lambda device: 10 * 2**30)
+    assert C.choose_augment("auto", cuda, 3 * 2**30) == "device"  # 3 GiB <= 30 % of 10 GiB free
+    assert C.choose_augment("auto", cuda, 4 * 2**30) == "host"
+    assert C.choose_augment("device", cpu, 10**12) == "device" and C.choose_augment("host", cuda, 1) == "host"
+    with pytest.raises(ValueError, match="augment_on="):
+        C.choose_augment("gpu", cuda, 1)
+
+
+def test_a_data_root_on_a_network_drive_keeps_its_cache_on_local_disk(tiny_imagenette, tmp_path, monkeypatch):
+    monkeypatch.delenv("LAMBDALIB_CACHE_DIR", raising=False)
+    monkeypatch.setenv("LAMBDALIB_HOME", str(tmp_path / "project"))
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    root = copy_of(tiny_imagenette, tmp_path)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\ndrive {root} fuse.drive rw,nosuid 0 0\n"
+                      f"fuse-overlayfs {tmp_path / 'project'} fuse.fuse-overlayfs rw 0 0\n")
+    monkeypatch.setattr(dev, "MOUNTS", str(mounts))
+    assert dev.network_mount(root / "train") == "fuse.drive" and dev.network_mount(f"{root}x") is None
+    assert dev.network_mount(tmp_path / "project" / "data") is None  # a local overlay is a local disk
+    assert C.cache_folder(root).parent == tmp_path / "project" / "data" / C.CACHE_DIRNAME  # not on the drive
+    mounts.write_text("/dev/vda / ext4 rw 0 0\n")
+    assert C.cache_folder(root) == root / C.CACHE_DIRNAME

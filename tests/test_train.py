@@ -223,3 +223,131 @@ def test_bf16_on_a_cpu_without_native_bf16_is_called_slow(monkeypatch):
     assert precision_note("off", cpu) is None and precision_note("fp16", cpu) is None
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert precision_note("bf16", cpu) is None
+
+
+# ------------------------------------------------------------------------------ host syncs (#23)
+def count_syncs_per_epoch(data, results, monkeypatch, **overrides) -> list[tuple[int, int]]:
+    """(training steps, host syncs) of each epoch's training pass, the data path included."""
+    from lambdalib import train
+    from lambdalib.device import HostSyncs
+
+    real, seen = train._train_one_epoch, []
+
+    def counted(ctx, model, loader, *args):
+        steps = []
+
+        def stepping():
+            for batch in loader:
+                steps.append(1)
+                yield batch
+
+        with HostSyncs() as syncs:
+            stats = real(ctx, model, stepping(), *args)
+        seen.append((len(steps), syncs.count))
+        return stats
+
+    monkeypatch.setattr(train, "_train_one_epoch", counted)
+    run(tiny_config(data, results, model="R18", epochs=1, augment_on="device", **overrides), progress=False)
+    return seen
+
+
+def test_a_training_step_makes_the_host_wait_for_nothing(tiny_imagenette, tmp_path, monkeypatch):
+    """aten._local_scalar_dense (behind .item(), bool(), float() of a tensor) is where a GPU run waits for
+    the device. Counted on the CPU around a whole training pass: the count must not grow with the steps
+    (the epoch's statistics are read once at its end; non-finite losses are judged on the device)."""
+    few = count_syncs_per_epoch(tiny_imagenette, tmp_path / "few", monkeypatch, batch_size=8, train_per_class=2)
+    many = count_syncs_per_epoch(tiny_imagenette, tmp_path / "many", monkeypatch, batch_size=4, train_per_class=4)
+    (few_steps, few_syncs), (many_steps, many_syncs) = few[0], many[0]
+    assert (few_steps, many_steps) == (3, 10)
+    assert many_syncs == few_syncs <= 8  # per epoch, not per step
+
+
+def test_evaluation_reads_the_device_once_a_pass():
+    from lambdalib.device import HostSyncs
+    from lambdalib.train import evaluate
+
+    model = lambdalib.create("R18", num_classes=10, img_size=32)
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(6)]
+    counts = []
+    for loader in (batches[:2], batches):
+        with HostSyncs() as syncs:
+            evaluate(model, loader, torch.device("cpu"))
+        counts.append(syncs.count)
+    assert counts[0] == counts[1] <= 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_a_training_pass_never_synchronises(tiny_imagenette, tmp_path, monkeypatch):
+    """torch.cuda.set_sync_debug_mode('error') raises at any synchronising CUDA call during the steps."""
+    from lambdalib import train
+
+    real = train._train_one_epoch
+
+    def strict(ctx, model, loader, *args):
+        def batches():
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                yield from loader
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+        return real(ctx, model, batches(), *args)
+
+    monkeypatch.setattr(train, "_train_one_epoch", strict)
+    for amp in ("bf16", "fp16"):
+        config = tiny_config(tiny_imagenette, tmp_path / amp, model="R18", epochs=1, device="cuda", amp=amp,
+                             augment_on="device")
+        assert read_history(run(config, progress=False))[0]["finite"]
+
+
+# ------------------------------------------------------------------------------ batch statistics (#25)
+def test_batch_statistics_val_loss_is_the_train_mode_loss_on_class_mixed_batches(tmp_path):
+    """val_loss_batch_stats = the train-mode-BatchNorm loss of the recorded weights on the fixed class-mixed
+    subset (data.batch_stats_order), computed here independently; batches in the CSV's order (one class each
+    here) would give another, higher number."""
+    from conftest import make_tiny_imagenette
+
+    from lambdalib import data as D
+
+    root = make_tiny_imagenette(tmp_path / "data", train_per_class=8, val_per_class=8)
+    config = tiny_config(root, tmp_path / "results", model="R18", epochs=3, checkpoints="best+last", noise=0.0)
+    history = read_history(run(config, progress=False))
+    model = lambdalib.create("R18", num_classes=10, img_size=32)
+    model.load_state_dict(torch.load(config.run_dir() / "last.pt", weights_only=True)["model"])
+    model.train()
+    val = D.NoisyImagenette(root, "val", transform=D.val_transform(32))
+    order = D.batch_stats_order(len(val), 8)
+    assert len(order) == 80 and sorted(order) == list(range(80))
+
+    def train_mode_loss(indices):
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(indices), 8):
+                batch = [val[i] for i in indices[start:start + 8]]
+                x, y = torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+                total += float(torch.nn.functional.cross_entropy(model(x), y, reduction="sum"))
+        return total / len(indices)
+
+    mixed = train_mode_loss(order)
+    assert history[-1]["val_loss_batch_stats"] == pytest.approx(mixed, rel=1e-4)
+    assert train_mode_loss(list(range(80))) > mixed + 0.1  # one class a batch: BatchNorm removes the signal
+
+
+# ------------------------------------------------------------------------------ a batch of one (#24)
+@pytest.mark.parametrize("loader", ["cached", "workers"])
+def test_a_last_training_batch_of_one_image_is_left_out(tiny_imagenette, tmp_path, loader):
+    # 40 training images at batch 13: 13 + 13 + 13 + 1
+    run_dir = run(tiny_config(tiny_imagenette, tmp_path, model="R18", epochs=1, batch_size=13, loader=loader),
+                  progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and read_history(run_dir)[0]["finite"]
+
+
+def test_batch_size_one_is_refused_in_one_line(tiny_imagenette, tmp_path, capsys):
+    from lambdalib.cli import main
+
+    assert main(["train", "--model", "R18", "--data", str(tiny_imagenette), "--results", str(tmp_path),
+                 "--epochs", "1", "--img-size", "32", "--batch-size", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "batch_size=1" in err and "--batch-size 2" in err
+    assert not (tmp_path / "runs").exists()
