@@ -220,13 +220,13 @@ def divergence(row: dict, history: list[dict], factor: float, classes: int) -> s
     return ""
 
 
-def _recorded_precision(config: RunConfig) -> RunConfig:
+def _recorded_precision(config: RunConfig, here: str | None = None) -> RunConfig:
     """amp='auto' computes in what this device does best (bf16 from compute capability 8, else fp16; off on a
     CPU), so the same command on another GPU class (a Colab runtime back as a T4, not an A100) would start a
     new run. A record of the experiment in another precision, with none in this one, lends its precision."""
     if config.amp != "auto":
         return config
-    here = config.resolved().amp
+    here = here or config.resolved().amp  # (the trainer knows better on a GPU it falls back from)
     for amp in (here, *(a for a in ("bf16", "fp16", "off") if a != here)):
         folder = replace(config, amp=amp).run_dir()
         if (folder / "config.json").exists() and record.load_config(folder).amp == amp:
@@ -234,7 +234,7 @@ def _recorded_precision(config: RunConfig) -> RunConfig:
                 log.info(f"note: {folder.name} was started in amp={amp}, so it continues in {amp}; amp='auto' would "
                          f"compute in {here} here (pass --amp {here} for a new run in {here})")
             return replace(config, amp=amp)
-    return config
+    return replace(config, amp=here)
 
 
 def existing_record(config: RunConfig) -> dict | None:
@@ -270,11 +270,9 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
                          f"use --batch-size 2 or more")
     dist = dev.setup_distributed(config.device)
     device = dev.pick_device(config.device, dist.local_rank, dist.enabled)
-    if config.amp == "auto" and device.type != "cuda":  # e.g. a GPU this torch has no kernels for: fp32 on the CPU
-        config = replace(config, amp="off")
 
-    def decide() -> tuple[RunConfig, str | None]:
-        adopted = _recorded_precision(config)
+    def decide() -> tuple[RunConfig, str | None]:  # (a GPU this torch has no kernels for: fp32 on the CPU)
+        adopted = _recorded_precision(config, None if device.type == "cuda" else "off")
         summary = existing_record(adopted)  # another experiment in that folder: refused, never overwritten
         return adopted, summary["status"] if summary else None
 

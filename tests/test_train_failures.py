@@ -231,3 +231,115 @@ def test_an_unreadable_image_stops_the_run_with_its_name_or_is_skipped_and_count
     summary = record.load_summary(next((tmp_path / "results" / "runs").iterdir()))
     assert summary["status"] == "complete" and summary["skipped_images"] == 1
     assert summary["skipped_files"] == [str(bad.relative_to(data))] and summary["train_images"] == 39
+
+
+# ------------------------------------------------------------------------------ fp16 overflow (#23)
+class OverflowsOnCall(nn.Module):
+    """The wrapped model's training forward returns infinite logits on the calls in `calls` (all when None)."""
+
+    def __init__(self, inner, calls=None):
+        super().__init__()
+        self.inner, self.calls, self.seen = inner, calls, 0
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.training:
+            self.seen += 1
+            if self.calls is None or self.seen in self.calls:
+                out = out + float("inf")
+        return out
+
+
+def test_one_overflowing_fp16_forward_is_a_skipped_step_not_a_divergence(tiny_imagenette, tmp_path, monkeypatch):
+    from lambdalib import models
+
+    real = models.create
+    monkeypatch.setattr(models, "create", lambda *a, **k: OverflowsOnCall(real(*a, **k), calls={2}))
+    run_dir = run(tiny(tiny_imagenette, tmp_path / "once", epochs=1, amp="fp16"), progress=False)
+    summary, history = record.load_summary(run_dir), read_history(run_dir)
+    assert summary["status"] == "complete" and history[0]["finite"] and history[0]["skipped_steps"] >= 1
+    assert math.isfinite(history[0]["train_loss"])
+    # fp32 has no scaler to skip it: the epoch is non-finite, the run diverged
+    assert record.load_summary(run(tiny(tiny_imagenette, tmp_path / "fp32", epochs=1, amp="off"),
+                                   progress=False))["status"] == "diverged"
+    # every forward overflowing: FP16_STREAK in a row end it
+    monkeypatch.setattr(train, "FP16_STREAK", 3)
+    monkeypatch.setattr(models, "create", lambda *a, **k: OverflowsOnCall(real(*a, **k)))
+    summary = record.load_summary(run(tiny(tiny_imagenette, tmp_path / "always", epochs=1, amp="fp16"),
+                                      progress=False))
+    assert summary["status"] == "diverged" and summary["diverged_reason"] == "non-finite loss"
+
+
+# ------------------------------------------------------------------------------ several processes (#23)
+def as_rank_one(monkeypatch, rank0_says):
+    """This process as rank 1 of 2, rank 0's broadcast answering `rank0_says` (no process group)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(device, "setup_distributed", lambda choice: device.Distributed(1, 2, 0))
+    monkeypatch.setattr(device.torch_dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, rank0_says))
+
+
+def test_rank_zero_decides_for_every_rank_whether_a_run_is_finished(tiny_imagenette, tmp_path, monkeypatch, caplog):
+    config = tiny(tiny_imagenette, tmp_path, epochs=1)  # nothing on this rank's disk
+    as_rank_one(monkeypatch, ("answer", (config, "complete")))
+    assert run(config, progress=False) == config.resolved().run_dir() and not (tmp_path / "runs").exists()
+    as_rank_one(monkeypatch, ("error", "results/runs/x holds a run of another config"))
+    with pytest.raises(ValueError, match="holds a run of another config"):
+        run(config, progress=False)
+
+
+# ------------------------------------------------------------------------------ checkpoints (#23, Colab)
+def test_a_damaged_last_pt_resumes_from_the_one_before(tiny_imagenette, tmp_path, caplog):
+    import logging
+
+    full = read_history(run(tiny(tiny_imagenette, tmp_path / "full"), progress=False))
+    config = tiny(tiny_imagenette, tmp_path / "cut", checkpoints="best+last")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, progress=False, stop_after_epoch=2)
+    last = config.run_dir() / "last.pt"
+    assert checkpoint_epochs(config.run_dir()) == 2 and len(torch.load(last.with_name("last.pt.prev"),
+                                                                       weights_only=True)["history"]) == 1
+    last.write_bytes(last.read_bytes()[:1000])  # an upload cut off
+    with caplog.at_level(logging.INFO, logger="lambdalib"):
+        resumed = read_history(run(config, progress=False))
+    assert "resuming from last.pt.prev" in caplog.text and "after epoch 1" in caplog.text
+    assert [{k: v for k, v in r.items() if k not in record.TIMING_COLUMNS} for r in resumed] == \
+        [{k: v for k, v in r.items() if k not in record.TIMING_COLUMNS} for r in full]
+
+
+def test_a_run_folder_on_a_network_drive_gets_its_checkpoints_when_due_and_when_it_stops(tiny_imagenette, tmp_path,
+                                                                                          monkeypatch):
+    import tempfile
+
+    drive = tmp_path / "drive"
+    (tmp_path / "mounts").write_text(f"/dev/vda / ext4 rw 0 0\ndrive {drive} fuse.drive rw 0 0\n")
+    monkeypatch.setattr(device, "MOUNTS", str(tmp_path / "mounts"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "local"))
+    monkeypatch.setattr(train, "CHECKPOINT_COPY_S", 1e9)  # never due: copied only when the run stops
+    written, real = [], record.write_history
+    monkeypatch.setattr(record, "write_history", lambda folder, rows: (written.append(len(rows)), real(folder, rows)))
+    config = tiny(tiny_imagenette, drive / "results")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, progress=False, stop_after_epoch=2)
+    run_dir, local = config.run_dir(), tmp_path / "local" / "lambdalib-checkpoints" / config.run_id
+    assert written == [0, 2]  # no record of epoch 1 alone: the drive had no last.pt of it
+    assert checkpoint_epochs(run_dir) == 2 == checkpoint_epochs(local) and (run_dir / "best.pt").exists()
+    monkeypatch.setattr(train, "CHECKPOINT_COPY_S", 0.0)  # always due: every epoch
+    assert len(read_history(run(config, progress=False))) == 3 and written[-2:] == [3, 3]
+    assert not (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists() and not local.exists()
+
+
+# ------------------------------------------------------------------------------ amp='auto' elsewhere (#23, Colab)
+def test_amp_auto_continues_a_record_in_the_precision_it_started_in(tiny_imagenette, tmp_path, caplog):
+    """A runtime on another GPU class resolves amp='auto' differently; the run it started goes on in its
+    precision (said) instead of a new run starting from epoch 1. Here: started in fp16, auto means fp32."""
+    import logging
+
+    started = tiny(tiny_imagenette, tmp_path, amp="fp16")
+    with pytest.raises(KeyboardInterrupt):
+        run(started, progress=False, stop_after_epoch=1)
+    auto = tiny(tiny_imagenette, tmp_path, amp="auto")
+    with caplog.at_level(logging.INFO, logger="lambdalib"):
+        run_dir = run(auto, progress=False)
+    assert run_dir == started.run_dir() and "was started in amp=fp16, so it continues in fp16" in caplog.text
+    assert [r["precision"] for r in read_history(run_dir)] == ["fp16"] * 3
+    assert len(list((tmp_path / "runs").iterdir())) == 1 and existing_record(auto)["status"] == "complete"

@@ -89,3 +89,101 @@ def test_reproduce_runs_jobs_concurrently_in_their_own_processes(tiny_imagenette
     pids = {record.load_summary(c.run_dir())["environment"]["pid"] for c in grid.configs()}
     assert len(pids) == 2 and os.getpid() not in pids
     assert reproduce(grid, inline=True, jobs=2, progress=False, report=False)["skipped"] == 2
+
+
+# ------------------------------------------------------------------------------ the GPU (#23)
+def fake_gpu(monkeypatch, capability, name, arch=("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")):
+    """torch.cuda as it answers on a machine with this GPU and a torch built for `arch` (no kernel runs)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch))
+
+
+def test_the_arch_list_decides_which_gpus_this_torch_runs_on():
+    built = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.14.1+cu130's list
+    assert device.arch_supported((7, 5), built) and device.arch_supported((8, 9), built)  # sm_86 runs on 8.9
+    assert not device.arch_supported((6, 0), built) and not device.arch_supported((7, 0), built)
+    assert device.arch_supported((6, 0), ["sm_50", "sm_60", "sm_70"]) and device.arch_supported((12, 0), ["sm_120a"])
+    assert not device.arch_supported((9, 0), ["sm_80"]) and device.arch_supported((9, 0), ["sm_80", "compute_80"])
+    assert device.arch_supported((6, 0), [])  # not known: not refused
+
+
+def test_a_gpu_this_torch_has_no_kernels_for_falls_back_to_the_cpu_naming_the_install(tiny_imagenette, tmp_path,
+                                                                                         monkeypatch):
+    """Kaggle's P100 under a build without sm_60: torch.cuda.is_available() is True and the first kernel
+    would fail with 'no kernel image is available'. device='auto' trains on the CPU (in fp32: amp 'auto'
+    follows the device) and says which build to install; device='cuda' is refused with the same words."""
+    fake_gpu(monkeypatch, (6, 0), "Tesla P100-PCIE-16GB")
+    with pytest.warns(UserWarning) as caught:
+        assert device.pick_device("auto") == torch.device("cpu")
+    message = str(caught[0].message)
+    assert "Tesla P100-PCIE-16GB (compute capability 6.0)" in message and "sm_60" in message
+    assert "pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu126" \
+        in message and "whose arch list includes sm_60" in message
+    with pytest.raises(ValueError, match="device='cuda': Tesla P100.*cu126"):
+        device.pick_device("cuda")
+    real_pick = device.pick_device
+
+    def on_the_p100(*args, **kwargs):  # the trainer asks for its device; the rest of this box has no driver
+        with monkeypatch.context() as there:
+            there.setattr(torch.cuda, "is_available", lambda: True)
+            return real_pick(*args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "pick_device", on_the_p100)
+    with pytest.warns(UserWarning, match="no kernels in this torch"):
+        run_dir = run(tiny(tiny_imagenette, tmp_path, epochs=1), progress=False)
+    monkeypatch.setattr(device, "pick_device", real_pick)
+    summary = record.load_summary(run_dir)
+    assert summary["status"] == "complete" and summary["precision"] == "fp32"
+    assert summary["environment"]["device"].startswith("CPU")
+    fake_gpu(monkeypatch, (6, 0), "Tesla P100-PCIE-16GB", arch=("sm_60", "sm_70", "sm_75"))
+    assert device.pick_device("auto") == torch.device("cuda", 0)
+
+
+def test_bf16_on_a_gpu_without_native_bf16_is_called_slow(monkeypatch):
+    fake_gpu(monkeypatch, (7, 5), "Tesla T4")
+    cuda = torch.device("cuda", 0)
+    assert "Tesla T4 (compute capability 7.5, no native bf16): emulated" in device.precision_note("bf16", cuda)
+    assert device.precision_note("fp16", cuda) is None
+    fake_gpu(monkeypatch, (8, 0), "NVIDIA A100-SXM4-40GB")
+    assert device.precision_note("bf16", cuda) is None
+
+
+class PutsInForward(torch.nn.Module):
+    """A model whose forward runs an op without a deterministic implementation on the CPU (put_)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        x.new_zeros(4).put_(torch.tensor([1, 1]), torch.ones(2, dtype=x.dtype))
+        return self.inner(x)
+
+
+def test_deterministic_runs_name_the_ops_that_have_no_deterministic_implementation(tiny_imagenette, tmp_path,
+                                                                                   monkeypatch):
+    """deterministic=True keeps warn_only (an op without a deterministic kernel still runs), so the record
+    says which ran: bit-repeatable exactly when nondeterministic_ops is empty."""
+    from lambdalib import models
+
+    plain = run(tiny(tiny_imagenette, tmp_path / "plain", epochs=1, deterministic=True), progress=False)
+    assert record.load_summary(plain)["nondeterministic_ops"] == [] and torch.are_deterministic_algorithms_enabled()
+    real = models.create
+    monkeypatch.setattr(models, "create", lambda *a, **k: PutsInForward(real(*a, **k)))
+    put = run(tiny(tiny_imagenette, tmp_path / "put", epochs=2, deterministic=True), progress=False)
+    assert record.load_summary(put)["nondeterministic_ops"] == ["put_"]
+    run(tiny(tiny_imagenette, tmp_path / "off", epochs=1), progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()  # the next run in this process is not held to it
+
+
+def test_the_device_data_path_trains_and_is_recorded(tiny_imagenette, tmp_path):
+    host = read_history(run(tiny(tiny_imagenette, tmp_path / "host", augment_on="host"), progress=False))
+    run_dir = run(tiny(tiny_imagenette, tmp_path / "device", augment_on="device"), progress=False)
+    summary, history = record.load_summary(run_dir), read_history(run_dir)
+    assert summary["status"] == "complete" and summary["augment_on"] == "device" and summary["loader"] == "cached"
+    assert all(r["finite"] for r in history) and history[0]["val_loss"] != host[0]["val_loss"]  # other crops
+    with pytest.raises(ValueError, match="augment_on='device' works on the decoded-image cache"):
+        run(tiny(tiny_imagenette, tmp_path / "no", augment_on="device", loader="workers"), progress=False)
