@@ -578,10 +578,11 @@ def batch_stats_order(n: int, batch_size: int, batches: int = 10) -> list[int]:
     the same in every run, so runs compare on the same images) cut to `batches` whole batches.
 
     Class-mixed batches are the point (#25): the CSV lists images class by class, so batches in file order
-    hold one or two classes, and train-mode BatchNorm on them (train.evaluate(batch_stats=True)) removes the class signal (the loss sat at or
-    above chance, ln 10, where the eval-mode loss was 1.34). A fixed subset every epoch rather than only
-    after an eval-mode spike, because claims.py compares a spike with the column's earlier values, which
-    must exist; ten batches cost about a sixth of a full Imagenette validation pass (62 batches of 64).
+    hold one or two classes, and train-mode BatchNorm on them (train.evaluate(batch_stats=True)) removes the
+    class signal (the loss sat at or above chance, ln 10, where the eval-mode loss was 1.34). A fixed subset
+    every epoch rather than only after an eval-mode spike, because claims.py compares a spike with the
+    column's earlier values, which must exist; ten batches cost about a sixth of a full Imagenette validation
+    pass (62 batches of 64).
     """
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     keep = min(n, batches * batch_size)

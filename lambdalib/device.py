@@ -376,11 +376,17 @@ class Checkpoints:
     def publish(self, force: bool = False) -> bool:
         """Copy what is pending into the run folder when due (or `force`); True when it holds the latest."""
         if self.pending and (force or time.monotonic() - self.copied >= self.every):
-            for name in self.pending:
-                copy = lambda tmp, source=self.folder / name: shutil.copyfile(source, tmp)  # noqa: E731
-                write = lambda path, copy=copy: atomic_write(path, copy)  # noqa: E731
-                keeping_previous(write, self.run_dir / name) if name == "last.pt" else write(self.run_dir / name)
-            self.pending, self.copied = [], time.monotonic()
+            self.copied = time.monotonic()
+            try:
+                for name in list(self.pending):
+                    copy = lambda tmp, source=self.folder / name: shutil.copyfile(source, tmp)  # noqa: E731
+                    write = lambda path, copy=copy: atomic_write(path, copy)  # noqa: E731
+                    keeping_previous(write, self.run_dir / name) if name == "last.pt" else write(self.run_dir / name)
+                    self.pending.remove(name)
+            except RecordError as err:  # a drive that hiccups: training goes on, the copy is tried again
+                if force:
+                    raise
+                warnings.warn(f"{err}; trying again in {self.every:.0f} s", stacklevel=2)
         return not self.pending
 
     def remove_last(self) -> None:

@@ -575,6 +575,8 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
                 raise KeyboardInterrupt
         else:
+            if config.checkpoints != "best+last":  # a finished run never resumes: its last.pt need not travel
+                store.pending = [name for name in store.pending if name != "last.pt"]
             write_record("complete", None, settle())
             if dist.is_main and config.checkpoints != "best+last":
                 store.remove_last()  # only needed to resume, and a finished run never resumes

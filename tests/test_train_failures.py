@@ -343,3 +343,32 @@ def test_amp_auto_continues_a_record_in_the_precision_it_started_in(tiny_imagene
     assert run_dir == started.run_dir() and "was started in amp=fp16, so it continues in fp16" in caplog.text
     assert [r["precision"] for r in read_history(run_dir)] == ["fp16"] * 3
     assert len(list((tmp_path / "runs").iterdir())) == 1 and existing_record(auto)["status"] == "complete"
+
+
+def test_a_drive_that_fails_a_copy_keeps_the_run_going_and_is_tried_again(tmp_path, monkeypatch):
+    import tempfile
+
+    run_dir = tmp_path / "drive" / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (tmp_path / "mounts").write_text(f"drive {tmp_path / 'drive'} fuse.drive rw 0 0\n")
+    monkeypatch.setattr(device, "MOUNTS", str(tmp_path / "mounts"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "local"))
+    store = device.Checkpoints(run_dir, every=0.0)
+    store.save("last.pt", {"history": [1]})
+    real, fails = device.atomic_write, [1]
+
+    def flaky(path, write):
+        if fails:
+            fails.pop()
+            raise files.RecordError(f"cannot write {path}: Transport endpoint is not connected")
+        real(path, write)
+
+    monkeypatch.setattr(device, "atomic_write", flaky)
+    with pytest.warns(UserWarning, match="Transport endpoint.*trying again"):
+        assert store.publish() is False and not (run_dir / "last.pt").exists()
+    assert store.publish() is True and torch.load(run_dir / "last.pt", weights_only=True) == {"history": [1]}
+    store.save("last.pt", {"history": [1, 2]})
+    fails.append(1)
+    with pytest.raises(files.RecordError):  # when the run stops, a failed copy is the run's error
+        store.publish(force=True)
+    assert torch.load(run_dir / "last.pt.prev", weights_only=True) == {"history": [1]}
