@@ -36,6 +36,7 @@ import common  # noqa: E402  (benchmarks/common.py: this script's folder is on s
 
 from lambdalib import cache as C  # noqa: E402
 from lambdalib import data as D  # noqa: E402
+from lambdalib import device  # noqa: E402
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette" / "sample"
 
@@ -94,9 +95,9 @@ def crop_error(train, images: C.DecodedImages, size: int, n: int = 100) -> float
 
     rows = np.linspace(0, len(train) - 1, num=min(n, len(train))).astype(int)
     sizes = torch.as_tensor(images.sizes[rows])
-    params = C.sample_crop_params(sizes[:, 0], sizes[:, 1], torch.Generator().manual_seed(0))
+    params = D.sample_crop_params(sizes[:, 0], sizes[:, 1], torch.Generator().manual_seed(0))
     pixels = torch.from_numpy(np.array(images.images[rows])).permute(0, 3, 1, 2)
-    ours = C.resized_crop_batch(pixels, C.stored_boxes(params, sizes, images.size), size).permute(0, 2, 3, 1)
+    ours = device.resized_crop_batch(pixels, D.stored_boxes(params, sizes, images.size), size).permute(0, 2, 3, 1)
     errors = []
     for k, row in enumerate(rows):
         with Image.open(train.paths[row]) as image:
