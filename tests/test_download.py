@@ -32,12 +32,6 @@ def one_line_naming(err: pytest.ExceptionInfo, *names) -> str:
     return message
 
 
-def test_data_reexports_the_moved_names():
-    for name in ("resolve_root", "prepare_archive", "check_root", "embedded_root", "ARCHIVES", "CSV_NAME", "SPLITS",
-                 "IntegrityError", "DataUnavailableError", "calculate_md5"):
-        assert getattr(D, name) is getattr(download, name)
-
-
 def test_verified_copy_is_reused(tiny_tgz, tmp_path, monkeypatch):
     archive, md5 = tiny_tgz
     folder = download.prepare_archive(archive, download_root=tmp_path)
