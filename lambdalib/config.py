@@ -37,7 +37,7 @@ PIPELINE = 1
 BASE_IDENTITY = ("model", "noise", "synthetic_noise", "preset", "epochs", "img_size", "batch_size", "lr",
                  "weight_decay", "t0", "t_mult", "eta_min", "grad_clip", "diverge_factor", "lc_scope", "seed", "data",
                  "train_per_class", "val_per_class", "amp", "world_size")
-ADDED_IDENTITY: tuple[str, ...] = ("data_digest",)
+ADDED_IDENTITY: tuple[str, ...] = ("data_digest", "lambda_layer")
 FLOAT_FIELDS = ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor")
 
 # Presets: the recipe (a RunConfig field); fields given explicitly win over the preset.
@@ -85,6 +85,12 @@ class RunConfig:
     lc_scope: int = _field(23, "scope r of the lc (lambda convolution) models, odd; 0 = scaled with the image: the "
                                "largest odd r <= 23 x img_size / 224, the share of the image the report's r=23 "
                                "covers at 224 px (not part of a non-lc model's identity)")
+    lambda_layer: str = _field("ours", "whose lambda layer a Lambda-ResNet uses: 'ours' (lambdalib.layers, "
+                                       "position table scaled to unit output), 'ours-n01' (ours with an N(0, 1) "
+                                       "position table, as lucidrains draws it), 'lucidrains' (the published "
+                                       "lambda-networks package the report used; lc at the report's r=23; pip install "
+                                       "'lambdalib[report-impl]')",
+                               ("ours", "ours-n01", "lucidrains"))
     seed: int = _field(0, "seed of the weights, the noise draw (synthetic) and the data order")
     data: str = _field("embedded", "'embedded', 'imagenette2-160', 'imagenette2-320', 'imagenette2', a folder in "
                                    "the imagenette2 layout, or an archive path / URL")
@@ -110,8 +116,8 @@ class RunConfig:
     device: str = _field("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", identity=False)
     channels_last: str = _field("auto", "channels-last memory format: 'auto' (CUDA with tensor cores), 'on', 'off'",
                                 ("auto", "on", "off"), identity=False)
-    deterministic: bool = _field(False, "deterministic cuDNN/cuBLAS algorithms for bit-repeatable GPU runs "
-                                        "(slower); off = cudnn.benchmark", identity=False)
+    deterministic: bool = _field(False, "torch's deterministic algorithms where it has them (slower); an op "
+                                        "without one is named in the record; off = cudnn.benchmark", identity=False)
     checkpoints: str = _field("best", "'best': best.pt (+ last.pt until complete); 'best+last'; 'none': last.pt "
                                       "until complete", ("best", "best+last", "none"), identity=False)
     compile: bool = _field(False, "run the model through torch.compile (Inductor; CUDA needs compute capability "
@@ -208,8 +214,10 @@ class RunConfig:
                       if getattr(config, name) != defaults[name]})
         ident["model"] = resolve_name(config.model)
         ident["data"] = data_slug(config.data)
-        if config.position() != "lc":
+        if config.position() != "lc" or config.lambda_layer == "lucidrains":
             ident.pop("lc_scope")  # computes nothing there: R18 or rpe runs keep their identity
+        if config.position() is None:
+            ident.pop("lambda_layer", None)  # a ResNet has no lambda layer
         for name in FLOAT_FIELDS:
             ident[name] = float(ident[name])
         if config.pipeline != 1:
@@ -252,7 +260,9 @@ class RunConfig:
             return {}  # a timm model: its own defaults
         kwargs: dict[str, Any] = dict(img_size=self.img_size)
         if self.position() == "lc":
-            kwargs["scope"] = self.resolved().lc_scope
+            kwargs["scope"] = 23 if self.lambda_layer == "lucidrains" else self.resolved().lc_scope
+        if self.position() and self.lambda_layer != "ours":
+            kwargs["lambda_layer"] = self.lambda_layer
         return kwargs
 
     # ---------------------------------------------------------------------------------- storage

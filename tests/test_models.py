@@ -294,3 +294,39 @@ def test_training_step_under_autocast(name):
     layer = next(m for m in model.modules() if isinstance(m, LambdaLayer))
     assert layer.pos_emb.grad is not None and layer.pos_emb.grad.dtype == torch.float32
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------- the report's own implementation as an arm
+@pytest.mark.parametrize("label", ["LR18_L2(rpe)", "LR18_L2(lc)"])
+def test_the_report_implementation_arms_build_and_train(label):
+    pytest.importorskip("lambda_networks")
+    from lambda_networks import LambdaLayer as Lucidrains
+
+    from lambdalib.config import RunConfig
+
+    built = {}
+    for arm in ("ours", "ours-n01", "lucidrains"):
+        config = RunConfig.from_params(model=label, img_size=64, lambda_layer=arm)
+        torch.manual_seed(0)
+        model = models.create(config.model, num_classes=10, **config.model_kwargs())
+        layers = [m for m in model.modules() if isinstance(m, (LambdaLayer, Lucidrains))]
+        assert len(layers) == 1 and isinstance(layers[0], Lucidrains if arm == "lucidrains" else LambdaLayer)
+        model(torch.randn(2, 3, 64, 64)).sum().backward()
+        built[arm] = layers[0]
+    assert built["ours-n01"].pos_emb.std() > 0.9 and built["ours"].pos_emb.std() < 0.2  # N(0, 1) vs unit output
+    if label.endswith("(lc)"):
+        assert built["lucidrains"].local_contexts and built["lucidrains"].pos_conv.kernel_size[-1] == 23  # report's r
+    else:
+        assert built["lucidrains"].rel_pos_emb.std() > 0.9  # N(0, 1), as drawn by lucidrains
+
+
+def test_the_implementation_is_part_of_a_lambda_runs_identity_only():
+    from lambdalib.config import RunConfig
+
+    ours = RunConfig.from_params(model="LR18_L2(rpe)")
+    assert RunConfig.from_params(model="LR18_L2(rpe)", lambda_layer="lucidrains").run_id != ours.run_id
+    assert "lambda_layer" not in ours.identity()  # the default renames no committed run
+    resnet = RunConfig.from_params(model="R18")
+    assert RunConfig.from_params(model="R18", lambda_layer="lucidrains").run_id == resnet.run_id
+    lc = RunConfig.from_params(model="LR18_L2(lc)", lambda_layer="lucidrains", lc_scope=5)
+    assert lc.model_kwargs()["scope"] == 23 and "lc_scope" not in lc.identity()
