@@ -103,6 +103,8 @@ def main() -> None:
 
         shapes_out = {k: tuple(m(x).shape) for k, m in mods.items()}
         assert len({shapes_out[k] for k in ("ours rpe", "ours lc", "lucid rpe", "lucid lc23")}) == 1, shapes_out
+        # ours hands on its input's memory format (#23): NCHW here, so the timing includes any layout copy
+        assert all(mods[k](x).is_contiguous() for k in ("ours rpe", "ours lc")), "ours: output not NCHW"
         flops = {k: common.forward_flops(lambda m=m: m(x)) for k, m in mods.items()}
         times = common.interleaved(timed, device, args.repeats, args.warmup, args.budget_s, args.wait_quiet)
         peak = {k: common.peak_memory(steps[k], lambda m=m: reset(m), device, common.tensor_bytes(x, dy, m))
@@ -111,7 +113,7 @@ def main() -> None:
         fastest = {k: min(v) for k, v in times.items()}
 
         print(f"\n== {channels} ch, {side}x{side}, batch {batch}: output {shapes_out['ours rpe']} for all "
-              f"(ours == lucidrains' shape: ok), {len(times['conv3x3'])} timed rounds ==")
+              f"(ours == lucidrains' shape: ok; ours NCHW in, NCHW out: ok), {len(times['conv3x3'])} timed rounds ==")
         common.print_table([dict(
             impl=k, GFLOP=flops[k] / 1e9, ms=ms[k], min_ms=fastest[k], max_ms=max(times[k]),
             others_pct=common.others_pct(k), peak_MB=peak[k] / 2**20,

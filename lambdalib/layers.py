@@ -20,12 +20,26 @@ How the position term is computed (the layer picks the cheaper, same result):
 Initialisation: position embeddings are N(0, 1/(|k| |u| m)) where m is the number of positions each
 query sees, so y has unit scale at init (lucidrains' N(0, 1) table gives std ~ 63 at 16x16, which a
 following BatchNorm hides in the forward pass but not in the gradients).
+
+Memory format: the output has the input's (NCHW in, NCHW out; channels-last in, channels-last out), so a
+layer inside an NCHW network does not switch the rest of it to channels-last.
+
+Leaving eager PyTorch (tests/test_export_paths.py): the layer is scriptable (``torch.jit.script``, and
+``torch.jit.save``-able), traceable (``torch.jit.trace``, the legacy ONNX exporter), symbolically traceable by
+``torch.fx`` (the shape-dependent work happens in two ``torch.fx.wrap``-ped functions, so fx records them as
+calls; timm's fx feature extraction treats the whole layer as a leaf, see ``lambdalib.models``), and works
+under ``torch.compile`` and ``torch.export`` (the dynamo ONNX exporter). Under TorchScript and tracing the
+position term runs as plain differentiable ops (same values, the q.e map kept for backward) instead of the
+memory-lean custom autograd Function, which neither can record. A traced layer refuses, in one line, a map
+size other than the one it was traced on (a trace records one size).
 """
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Literal, Optional, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -37,18 +51,33 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def relative_offsets_index(height: int, width: int, table_h: int, table_w: int) -> torch.Tensor:
+def relative_offsets_index(height: int, width: int, table_h: int, table_w: int,
+                           device: Optional[torch.device] = None) -> torch.Tensor:
     """Index (n, m) -> flat index into a (table_h, table_w) offset table centred on offset 0.
 
     Offsets (dy, dx) = position(m) - position(n) outside the table get index table_h * table_w,
-    which points at an extra zero row (the lambda convolution's zero padding).
+    which points at an extra zero row (the lambda convolution's zero padding). ``device`` None: the
+    default device (as torch.arange).
     """
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
+    pos = torch.arange(height * width, device=device)
+    ys, xs = torch.div(pos, width, rounding_mode="floor"), torch.remainder(pos, width)
     dy = ys[None, :] - ys[:, None] + table_h // 2  # [n, m]
     dx = xs[None, :] - xs[:, None] + table_w // 2
     inside = (dy >= 0) & (dy < table_h) & (dx >= 0) & (dx < table_w)
     return torch.where(inside, dy * table_w + dx, torch.full_like(dy, table_h * table_w))
+
+
+def _scope_window(scope: int, height: int, width: int) -> Tuple[int, int]:
+    """lc window actually usable on a (H, W) map: offsets beyond +-(side-1) only ever hit padding."""
+    return min(scope, 2 * height - 1), min(scope, 2 * width - 1)
+
+
+def refuses_larger_maps(position: str, feat_size: Optional[Tuple[int, int]], scope: int) -> bool:
+    """Whether a layer built so refuses maps larger than ``feat_size``: always for rpe (tied to its map; it
+    refuses smaller ones too), and for lc when its table is cropped (a map whose 2*side-1 is below r)."""
+    if position == "rpe":
+        return True
+    return feat_size is not None and _scope_window(scope, feat_size[0], feat_size[1]) != (scope, scope)
 
 
 class LambdaLayer(nn.Module):
@@ -61,10 +90,11 @@ class LambdaLayer(nn.Module):
             offsets that map can use: the layer then computes the exact lambda convolution on any map up to
             feat_size (in each direction) and raises ValueError on a larger one, whose r x r window needs
             offsets that were never stored (leave feat_size out to keep the full r x r table).
-        scope: lc window side r (odd).
+        scope: lc window side r (odd). An rpe layer's ``scope`` attribute is 0 (global scope).
         dim_k, heads, dim_u: |k|, |h|, |u| of the paper.
         stride: >1 average-pools the output (as timm does), since the lambda itself is per position.
         impl: "auto" (cheapest), "dense" or "conv" (lc only); all give the same result.
+        device, dtype: where and in what dtype parameters and buffers are created (as torch.nn's layers).
     """
 
     def __init__(
@@ -80,6 +110,8 @@ class LambdaLayer(nn.Module):
         dim_u: int = 1,
         stride: int = 1,
         impl: Impl = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         dim_out = dim if dim_out is None else dim_out
@@ -93,11 +125,14 @@ class LambdaLayer(nn.Module):
             raise ValueError(f"LambdaLayer: stride={stride} must be >= 1")
         self.dim, self.dim_out, self.position, self.impl = dim, dim_out, position, impl
         self.dim_k, self.heads, self.dim_u, self.dim_v = dim_k, heads, dim_u, dim_out // heads
+        self._dims: Tuple[int, int, int, int] = (heads, dim_k, dim_u, self.dim_v)
         self.feat_size = _pair(feat_size) if feat_size is not None else None
+        self._feat_hw: Tuple[int, int] = self.feat_size if self.feat_size is not None else (-1, -1)
 
         if position == "rpe":
             if self.feat_size is None:
                 raise ValueError("LambdaLayer: position='rpe' needs feat_size=(H, W), the map size it will see")
+            self.scope = 0  # global: every offset of the map
             height, width = self.feat_size
             table = (2 * height - 1, 2 * width - 1)
         else:
@@ -108,115 +143,221 @@ class LambdaLayer(nn.Module):
             if self.feat_size is not None:  # positions a map can never use are not stored
                 table = self._scope_on(self.feat_size)
 
+        factory = dict(device=device, dtype=dtype)
         # q, k, v by one bias-free 1x1 projection; batch norm on queries and values (the paper's choice)
-        self.qkv = nn.Conv2d(dim, heads * dim_k + dim_u * dim_k + dim_u * self.dim_v, 1, bias=False)
-        self.norm_q = nn.BatchNorm2d(heads * dim_k)
-        self.norm_v = nn.BatchNorm2d(dim_u * self.dim_v)
+        self.qkv = nn.Conv2d(dim, heads * dim_k + dim_u * dim_k + dim_u * self.dim_v, 1, bias=False, **factory)
+        self.norm_q = nn.BatchNorm2d(heads * dim_k, **factory)
+        self.norm_v = nn.BatchNorm2d(dim_u * self.dim_v, **factory)
         # one table for both modes: embedding of offset (dy, dx) for each (k, u), layout of a conv weight
-        self.pos_emb = nn.Parameter(torch.empty(dim_k, dim_u, *table))
+        self.pos_emb = nn.Parameter(torch.empty(dim_k, dim_u, *table, **factory))
         self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
-        self._index_cache: dict[tuple, torch.Tensor] = {}
+        # the dense path's (n, m) -> offset index for the map it was built for (not saved: derived), moved with
+        # the module; empty when that map takes the conv path (an lc model at a large size: n^2 entries)
+        index = torch.empty(0, dtype=torch.long)
+        if self.feat_size is not None and not self._use_conv(self.feat_size[0] * self.feat_size[1],
+                                                             table[0] * table[1]):
+            index = relative_offsets_index(*self.feat_size, *table, device="cpu").flatten()
+        self.register_buffer("offsets_index", index if device is None else index.to(device), persistent=False)
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------- set-up
     def _scope_on(self, size: tuple[int, int]) -> tuple[int, int]:
         """lc window actually usable on a (H, W) map: offsets beyond +-(side-1) only ever hit padding."""
-        return min(self.scope, 2 * size[0] - 1), min(self.scope, 2 * size[1] - 1)
+        return _scope_window(self.scope, size[0], size[1])
+
+    def refuses_larger_maps(self) -> bool:
+        """True when the layer refuses maps larger than feat_size (rpe; lc with a cropped table)."""
+        return refuses_larger_maps(self.position, self.feat_size, self.scope)
 
     def context_size(self) -> float:
-        """Mean number of positions each query sees (sets the init scale)."""
+        """Mean number of positions each query sees (sets the init scale). Counted on the CPU whatever the
+        layer's device (a meta-device layer has no values to count)."""
         if self.position == "rpe":
             return float(self.feat_size[0] * self.feat_size[1])
         if self.feat_size is None:
             return float(self.scope**2)
-        index = relative_offsets_index(*self.feat_size, *self.pos_emb.shape[-2:])
-        return (index < self.pos_emb.shape[-2] * self.pos_emb.shape[-1]).sum(1).float().mean().item()
+        table_h, table_w = self.pos_emb.shape[-2:]
+        index = relative_offsets_index(*self.feat_size, table_h, table_w, device="cpu")
+        return (index < table_h * table_w).sum(1).float().mean().item()
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.qkv.weight, std=self.dim**-0.5)
         nn.init.normal_(self.pos_emb, std=(self.dim_k * self.dim_u * self.context_size()) ** -0.5)
 
-    # ---------------------------------------------------------------------------------- forward
-    def _table_for(self, height: int, width: int) -> torch.Tensor:
-        """The (k, u, th, tw) offset table usable on this map (lc crops the window to the map)."""
-        if self.position == "rpe":
-            if (height, width) != self.feat_size:
-                raise ValueError(
-                    f"LambdaLayer(rpe) was built for a {self.feat_size[0]}x{self.feat_size[1]} feature map but got "
-                    f"{height}x{width}: rpe embeddings are tied to the map size; build the model with the "
-                    f"image size you feed it (img_size=...), or use position='lc'"
-                )
-            return self.pos_emb
-        th, tw = self._scope_on((height, width))
-        stored_h, stored_w = self.pos_emb.shape[-2:]
-        if th > stored_h or tw > stored_w:  # the r x r window reaches offsets the cropped table never stored
-            fh, fw = self.feat_size
-            raise ValueError(
-                f"LambdaLayer(lc) was built for a {fh}x{fw} feature map but got {height}x{width}: it stores only "
-                f"the {stored_h}x{stored_w} offsets a {fh}x{fw} map can use, and its scope-{self.scope} window "
-                f"needs {th}x{tw} on a {height}x{width} map; build the model with the image size you feed it "
-                f"(img_size=...) or no larger, or build the layer without feat_size to store the full "
-                f"{self.scope}x{self.scope} table"
-            )
-        top, left = (stored_h - th) // 2, (stored_w - tw) // 2
-        return self.pos_emb[..., top : top + th, left : left + tw]
-
     def _use_conv(self, n: int, table_area: int) -> bool:
-        if self.position == "rpe" or self.impl == "dense":
-            return False
-        if self.impl == "conv":
-            return True
-        dense_macs = self.heads * n * self.dim_u * (self.dim_k + self.dim_v)  # per query position
-        conv_macs = self.dim_k * self.dim_u * self.dim_v * table_area + self.heads * self.dim_k * self.dim_v
-        return conv_macs < dense_macs
+        return _use_conv(self.position, self.impl, n, table_area, self._dims)
 
-    def _offsets_index(self, height: int, width: int, th: int, tw: int, device: torch.device) -> torch.Tensor:
-        key = (height, width, th, tw, device)
-        if key not in self._index_cache:
-            self._index_cache[key] = relative_offsets_index(height, width, th, tw).flatten().to(device)
-        return self._index_cache[key]
-
+    # ---------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.dim:
-            raise ValueError(f"LambdaLayer expects (B, {self.dim}, H, W) input, got {tuple(x.shape)}")
-        b, _, height, width = x.shape
-        table = self._table_for(height, width)  # checks the map size first
-        n, hk, uk = height * width, self.heads * self.dim_k, self.dim_u * self.dim_k
-        q, k, v = self.qkv(x).split([hk, uk, self.dim_u * self.dim_v], dim=1)
-        # layouts chosen so every contraction below is one batched matmul with no big permute:
-        q_by_n = self.norm_q(q).reshape(b, self.heads, self.dim_k, n).permute(3, 0, 1, 2).contiguous()  # n b h k
-        k = k.reshape(b, self.dim_u, self.dim_k, n).softmax(dim=-1)  # b u k m, normalised over context
-        v = self.norm_v(v).reshape(b, self.dim_u, self.dim_v, n)  # b u v m
-
-        # content lambda K^T V, shared by all positions: y_c[b, n, h, :] = q[b, n, h, :] @ lambda_c[b]
-        v_cols = v.transpose(2, 3).reshape(b, self.dim_u * n, self.dim_v)  # b (u m) v
-        content_lambda = torch.bmm(k.transpose(1, 2).reshape(b, self.dim_k, self.dim_u * n), v_cols)  # b k v
-        q = q_by_n.transpose(0, 1).reshape(b, n * self.heads, self.dim_k)  # b (n h) k
-        y = torch.bmm(q, content_lambda).view(b, n, self.heads, self.dim_v)
-
-        th, tw = table.shape[-2:]
-        if self._use_conv(n, th * tw):
-            # position lambdas as a convolution of v with the table: lambda_p[b, n, k, v]
-            lam = F.conv2d(v.transpose(1, 2).reshape(b * self.dim_v, self.dim_u, height, width),
-                           table, padding=(th // 2, tw // 2))  # (b v) k H W
-            lam = lam.reshape(b, self.dim_v, self.dim_k, n)
-            y = y + torch.einsum("nbhk,bvkn->bnhv", q_by_n, lam)
-        else:
-            # e[n, k, (u m)] gathered from the table; offsets outside the lc scope hit a zero row
-            flat = torch.cat([table.flatten(2), table.new_zeros(self.dim_k, self.dim_u, 1)], dim=2)
-            index = self._offsets_index(height, width, th, tw, x.device)
-            emb = flat.permute(2, 0, 1).index_select(0, index)  # (n m) k u
-            emb = emb.view(n, n, self.dim_k, self.dim_u).permute(0, 2, 3, 1).reshape(n, self.dim_k, self.dim_u * n)
-            y = y + position_term(q_by_n, emb, v_cols)
-
-        # (b, n, h, v) is channels-last (b, H, W, C): hand it on as such, no copy
-        y = y.reshape(b, height, width, self.dim_out).permute(0, 3, 1, 2)
+        x = _checked_input(x, self.pos_emb, self.dim, self.position, self.scope, self._feat_hw)  # before any BN update
+        hk, uk = self.heads * self.dim_k, self.dim_u * self.dim_k
+        qkv = self.qkv(x)
+        q = self.norm_q(qkv[:, :hk])
+        k = qkv[:, hk : hk + uk]
+        v = self.norm_v(qkv[:, hk + uk :])
+        y = _lambda_output(x, q, k, v, self.pos_emb, self.offsets_index, position=self.position, impl=self.impl,
+                           scope=self.scope, feat_hw=self._feat_hw, dims=self._dims)
         return self.pool(y)
 
     def extra_repr(self) -> str:
         where = f"feat_size={self.feat_size}" if self.position == "rpe" else f"scope={self.scope}"
         return (f"{self.dim}, {self.dim_out}, position={self.position}, {where}, dim_k={self.dim_k}, "
                 f"heads={self.heads}, dim_u={self.dim_u}, impl={self.impl}")
+
+
+# ------------------------------------------------------------------------------ the computation
+# Free functions of tensors and plain numbers, so TorchScript compiles them and torch.fx records the two
+# wrapped ones as single calls (their Python `if`s on shapes cannot be traced symbolically).
+def _use_conv(position: str, impl: str, n: int, table_area: int, dims: Tuple[int, int, int, int]) -> bool:
+    """Whether the position term runs as a convolution; dims = (heads, |k|, |u|, |v|)."""
+    if position == "rpe" or impl == "dense":
+        return False
+    if impl == "conv":
+        return True
+    heads, dim_k, dim_u, dim_v = dims
+    dense_macs = heads * n * dim_u * (dim_k + dim_v)  # per query position
+    conv_macs = dim_k * dim_u * dim_v * table_area + heads * dim_k * dim_v
+    return conv_macs < dense_macs
+
+
+def _table_for(pos_emb: torch.Tensor, position: str, scope: int, feat_hw: Tuple[int, int], height: int,
+               width: int) -> torch.Tensor:
+    """The (k, u, th, tw) offset table usable on this map (lc crops the window to the map), or ValueError."""
+    fh, fw = feat_hw
+    if position == "rpe":
+        if height != fh or width != fw:
+            raise ValueError(
+                f"LambdaLayer(rpe) was built for a {fh}x{fw} feature map but got {height}x{width}: rpe embeddings "
+                f"are tied to the map size; build the model with the image size you feed it (img_size=...), or "
+                f"use position='lc'"
+            )
+        return pos_emb
+    th, tw = _scope_window(scope, height, width)
+    stored_h, stored_w = pos_emb.shape[-2], pos_emb.shape[-1]
+    if th > stored_h or tw > stored_w:  # the r x r window reaches offsets the cropped table never stored
+        raise ValueError(
+            f"LambdaLayer(lc) was built for a {fh}x{fw} feature map but got {height}x{width}: it stores only the "
+            f"{stored_h}x{stored_w} offsets a {fh}x{fw} map can use, and its scope-{scope} window needs {th}x{tw} "
+            f"on a {height}x{width} map; build the model with the image size you feed it (img_size=...) or no "
+            f"larger, or build the layer without feat_size to store the full {scope}x{scope} table"
+        )
+    top, left = (stored_h - th) // 2, (stored_w - tw) // 2
+    return pos_emb[:, :, top : top + th, left : left + tw]
+
+
+@torch.fx.wrap
+def _checked_input(x: torch.Tensor, pos_emb: torch.Tensor, dim: int, position: str, scope: int,
+                   feat_hw: Tuple[int, int]) -> torch.Tensor:
+    """x itself, after checking its shape and that the layer can compute its map size."""
+    if x.dim() != 4 or x.shape[1] != dim:
+        raise ValueError(f"LambdaLayer expects (B, {dim}, H, W) input, got {list(x.shape)}")
+    _table_for(pos_emb, position, scope, feat_hw, x.shape[2], x.shape[3])
+    if not torch.jit.is_scripting() and torch.jit.is_tracing():
+        x = _guard_traced_size(x)
+    return x
+
+
+def _traced_size_check(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if x.shape[2] != height or x.shape[3] != width:
+        raise ValueError(
+            f"LambdaLayer was traced (torch.jit.trace) on a {height}x{width} map but got {x.shape[2]}x{x.shape[3]}: "
+            f"a trace records one map size; trace with inputs of the size you feed it, or use torch.jit.script"
+        )
+    return x
+
+
+_SCRIPTED: dict = {}
+
+
+@torch.jit.unused
+def _guard_traced_size(x: torch.Tensor) -> torch.Tensor:
+    """Under torch.jit.trace, x passed through a scripted size check, which the trace records (a trace keeps no
+    Python `if`): the traced module then refuses another map size in one line instead of failing deep inside
+    or computing the wrong map. Left out of an ONNX export (which cannot hold the raise; ONNX Runtime checks the
+    input's static shape itself)."""
+    if torch.onnx.is_in_onnx_export():
+        return x
+    if "size_check" not in _SCRIPTED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
+            _SCRIPTED["size_check"] = torch.jit.script(_traced_size_check)
+    return _SCRIPTED["size_check"](x, x.shape[2], x.shape[3])
+
+
+@torch.fx.wrap
+def _lambda_output(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_emb: torch.Tensor,
+                   offsets_index: torch.Tensor, *, position: str, impl: str, scope: int, feat_hw: Tuple[int, int],
+                   dims: Tuple[int, int, int, int]) -> torch.Tensor:
+    """y = (content + position lambdas) applied to the queries, (b, heads*dim_v, H, W) in x's memory format.
+
+    q: normalised queries (b, h*k, H, W); k: keys (b, u*k, H, W); v: normalised values (b, u*v, H, W);
+    dims = (heads, |k|, |u|, |v|).
+    """
+    heads, dim_k, dim_u, dim_v = dims
+    b, height, width = q.shape[0], q.shape[2], q.shape[3]
+    n = height * width
+    table = _table_for(pos_emb, position, scope, feat_hw, height, width)
+    channels_last = _is_channels_last(x)
+    # layouts chosen so every contraction below is one batched matmul with no big permute:
+    q = q.reshape(b, heads, dim_k, n)
+    q_by_n = q.permute(3, 0, 1, 2).contiguous()  # n b h k
+    k = k.reshape(b, dim_u, dim_k, n).softmax(dim=-1)  # b u k m, normalised over context
+    v = v.reshape(b, dim_u, dim_v, n)  # b u v m
+
+    # content lambda K^T V, shared by all positions: y_c[b, n, h, :] = q[b, n, h, :] @ lambda_c[b]
+    v_cols = v.transpose(2, 3).reshape(b, dim_u * n, dim_v)  # b (u m) v
+    content_lambda = torch.bmm(k.transpose(1, 2).reshape(b, dim_k, dim_u * n), v_cols)  # b k v
+    if channels_last:  # y as (b, n, h, v) = (b, H, W, C)
+        y = torch.bmm(q_by_n.transpose(0, 1).reshape(b, n * heads, dim_k), content_lambda).view(b, n, heads, dim_v)
+    else:  # y as (b, h, v, n) = (b, C, H, W): lambda_c^T q per head
+        y = torch.matmul(content_lambda.transpose(1, 2).unsqueeze(1), q)
+
+    th, tw = table.shape[-2], table.shape[-1]
+    if _use_conv(position, impl, n, th * tw, dims):
+        # position lambdas as a convolution of v with the table: lambda_p[b, n, k, v]
+        if not torch.jit.is_scripting() and torch.compiler.is_dynamo_compiling():
+            # torch.compile: once the map size is dynamic (a second image size) inductor cannot lay out this
+            # conv's one-channel input (`1 < s0` undecidable, torch 2.14), so the conv runs outside the graph
+            lam = _conv_lambdas_outside_compile(v, table, height, width)
+        else:
+            lam = _conv_lambdas(v, table, height, width)
+        position_y = torch.einsum("nbhk,bvkn->bnhv", q_by_n, lam)
+    else:
+        # e[n, k, (u m)] gathered from the table; offsets outside the lc scope hit a zero row
+        flat = torch.cat([table.flatten(2), table.new_zeros(dim_k, dim_u, 1)], dim=2)
+        if height == feat_hw[0] and width == feat_hw[1] and offsets_index.numel() == n * n:
+            index = offsets_index  # the map the layer was built for
+        else:
+            index = relative_offsets_index(height, width, th, tw, device=x.device).flatten()
+        emb = flat.permute(2, 0, 1).index_select(0, index)  # (n m) k u
+        emb = emb.view(n, n, dim_k, dim_u).permute(0, 2, 3, 1).reshape(n, dim_k, dim_u * n)
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            position_y = _position_term_plain(q_by_n, emb, v_cols)
+        else:
+            position_y = position_term(q_by_n, emb, v_cols)  # (b, n, h, v)
+    if channels_last:  # (b, n, h, v) is channels-last (b, H, W, C): hand it on as such, no copy
+        return (y + position_y).reshape(b, height, width, heads * dim_v).permute(0, 3, 1, 2)
+    return (y + position_y.permute(0, 2, 3, 1)).reshape(b, heads * dim_v, height, width)
+
+
+def _conv_lambdas(v: torch.Tensor, table: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Position lambdas lambda_p[b, v, k, n] as a convolution of the values v (b, u, v, n) with the table."""
+    b, dim_u, dim_v = v.shape[0], v.shape[1], v.shape[2]
+    th, tw = table.shape[-2], table.shape[-1]
+    lam = F.conv2d(v.transpose(1, 2).reshape(b * dim_v, dim_u, height, width), table,
+                   padding=(th // 2, tw // 2))  # (b v) k H W
+    return lam.reshape(b, dim_v, table.shape[0], height * width)
+
+
+@torch.jit.unused
+@torch.compiler.disable
+def _conv_lambdas_outside_compile(v: torch.Tensor, table: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return _conv_lambdas(v, table, height, width)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """A channels-last 4-d tensor that is not also plain contiguous (C == 1 or 1x1 maps are both)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _chunk(total: int, per_item: int, device: torch.device) -> int:
@@ -269,11 +410,12 @@ class _PositionTerm(torch.autograd.Function):
 
 def _q_dot_e(q_chunk: torch.Tensor, emb_chunk: torch.Tensor) -> torch.Tensor:
     """(nc, b, h, k) x (nc, k, M) -> (b, nc*h, M): one matmul batched over positions, then one regroup."""
-    nc, b, h, k = q_chunk.shape
+    nc, b, h, k = q_chunk.shape[0], q_chunk.shape[1], q_chunk.shape[2], q_chunk.shape[3]
     qe = torch.bmm(q_chunk.reshape(nc, b * h, k), emb_chunk)  # nc (b h) M
     return qe.view(nc, b, h, -1).transpose(0, 1).reshape(b, nc * h, -1)
 
 
+@torch.jit.unused
 def position_term(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
     """sum_m (q_n . e_nm) v_m for every n: q_by_n (n,b,h,k), emb (n,k,M), v_cols (b,M,v) -> (b,n,h,v).
 
@@ -282,3 +424,12 @@ def position_term(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor)
     """
     dtype = q_by_n.dtype
     return _PositionTerm.apply(q_by_n, emb.to(dtype), v_cols.to(dtype))
+
+
+def _position_term_plain(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
+    """position_term as plain ops, for TorchScript and tracing (which cannot record the autograd Function):
+    the same products in one chunk, so autograd keeps the q.e map (b x n x h x m) for backward."""
+    n, b, h = q_by_n.shape[0], q_by_n.shape[1], q_by_n.shape[2]
+    dtype = q_by_n.dtype
+    qe = _q_dot_e(q_by_n, emb.to(dtype))  # (b, n h, M)
+    return torch.bmm(qe, v_cols.to(dtype)).view(b, n, h, v_cols.shape[-1])

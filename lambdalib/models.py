@@ -35,13 +35,15 @@ import warnings
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from .imagenette import EVAL_CROP_FRACTION
 from .layers import LambdaLayer
 from .registry import LOOKALIKES, SPECS, ModelSpec, resolve_name
+
+register_notrace_module(LambdaLayer)  # timm's fx feature extraction keeps the layer whole (a leaf module)
 
 DEFAULT_IMG_SIZE = 160
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # basic blocks per stage, as torchvision's resnet18/34
@@ -111,8 +113,15 @@ class ReportResNet(ResNet):
     ``lambda_conv`` (the site), ``scope``, ``dim_k``, ``heads``, ``dim_u``, ``impl`` (see LambdaLayer); the
     layer is sized for ``img_size`` (int or (H, W)). Everything else goes to timm's ``ResNet`` (``num_classes``,
     ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``drop_block_rate``, ``global_pool``, ``output_stride``, ...).
-    ``zero_init_last`` defaults to False, torchvision's init; True gives timm's.
+    ``zero_init_last`` defaults to False, torchvision's init; True gives timm's. ``device`` / ``dtype`` (timm's
+    ``create_model(..., device=, dtype=)``) reach the lambda layer too.
+
+    ``pretrained_cfg["fixed_input_size"]`` is True whenever the model refuses larger inputs
+    (``refuses_larger_inputs``), whatever the cfg it is given says: an lc layer whose table is cropped to its map
+    refuses them, as rpe does.
     """
+
+    __jit_unused_properties__ = ["pretrained_cfg"]  # a dict of anything: not for TorchScript
 
     def __init__(
         self,
@@ -143,7 +152,24 @@ class ReportResNet(ResNet):
             output_stride = kwargs.get("output_stride", 32)
             side = tuple(feature_size(s, lambda_stage, output_stride) for s in self.img_size)
             self._insert_lambda(lambda_stage, lambda_block, lambda_conv, side, dict(
-                position=position, scope=scope, dim_k=dim_k, heads=heads, dim_u=dim_u, impl=impl))
+                position=position, scope=scope, dim_k=dim_k, heads=heads, dim_u=dim_u, impl=impl,
+                device=kwargs.get("device"), dtype=kwargs.get("dtype")))
+
+    def refuses_larger_inputs(self) -> bool:
+        """True when an input larger than the model was built for is refused (an rpe layer refuses any other size;
+        an lc layer built for a map smaller than its window stores, and computes, only that map's offsets)."""
+        return any(m.refuses_larger_maps() for m in self.modules() if isinstance(m, LambdaLayer))
+
+    @property
+    def pretrained_cfg(self) -> dict | None:
+        return self.__dict__.get("_pretrained_cfg")
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, cfg: dict | None) -> None:
+        # timm's builder assigns the cfg it resolved (then copies it for a features_only wrapper): corrected in place
+        if isinstance(cfg, dict):
+            cfg["fixed_input_size"] = bool(cfg.get("fixed_input_size")) or self.refuses_larger_inputs()
+        self.__dict__["_pretrained_cfg"] = cfg
 
     def _insert_lambda(self, stage_index: int, block: int, conv_name: str, side: tuple[int, int], layer_args: dict):
         stage = getattr(self, f"layer{stage_index}")
@@ -164,9 +190,15 @@ class ReportResNet(ResNet):
 
 
 def _cfg(spec: ModelSpec, **kwargs) -> dict:
+    from .layers import refuses_larger_maps
+
+    # at the default size with the default scope: rpe is tied to its map; lc refuses larger maps when its map is
+    # smaller than its window (stage 3 at 160 px: 10x10, a 19x19 table of the 23x23 window)
+    fixed = spec.position is not None and refuses_larger_maps(
+        spec.position, (feature_size(DEFAULT_IMG_SIZE, spec.stage),) * 2, ReportResNet.__init__.__kwdefaults__["scope"])
     return dict(
         url="", num_classes=1000, input_size=(3, DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
-        pool_size=(feature_size(DEFAULT_IMG_SIZE, 4),) * 2, fixed_input_size=spec.position == "rpe",
+        pool_size=(feature_size(DEFAULT_IMG_SIZE, 4),) * 2, fixed_input_size=fixed,
         crop_pct=EVAL_CROP_FRACTION, interpolation="bilinear", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         first_conv="conv1", classifier="fc", description=describe(spec.name),
         notes=("no pretrained weights; input_size follows the model's img_size",), **kwargs,

@@ -220,3 +220,71 @@ def test_whole_layer_gradcheck(position):
     layer = LambdaLayer(4, 4, position=position, feat_size=(3, 3), scope=3, heads=2, dim_k=2, dim_u=2).double()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x,))
+
+
+# --------------------------------------------------------------------------- memory format (#23), device, dtype
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kwargs", [dict(position="rpe", feat_size=(6, 6)), dict(position="lc", scope=5),
+                                    dict(position="lc", scope=3, impl="conv")], ids=["rpe", "lc-dense", "lc-conv"])
+def test_output_keeps_the_input_memory_format(kwargs, stride):
+    """NCHW in, NCHW out (the layer used to hand on a channels-last view, switching the rest of an NCHW network
+    to NHWC: DDP's "Grad strides do not match bucket view strides"); channels-last in, channels-last out."""
+    torch.manual_seed(0)
+    layer = _nontrivial_norms(LambdaLayer(8, 16, heads=2, dim_k=4, stride=stride, **kwargs)).train()
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    y = layer(x)
+    assert y.is_contiguous(), y.stride()
+    y.backward(torch.randn_like(y))
+    assert x.grad.is_contiguous()
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    y_cl = layer(x_cl)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last) and not y_cl.is_contiguous(), y_cl.stride()
+    torch.testing.assert_close(y_cl, y)
+
+
+def test_nchw_model_stays_nchw_after_the_lambda_layer():
+    model = lambdalib.create("LR18_L3(lc)", num_classes=10, img_size=64)
+    layer = next(m for m in model.modules() if isinstance(m, LambdaLayer))
+    seen = []
+    hook = layer.register_forward_hook(lambda mod, args, out: seen.append(out))
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    hook.remove()
+    assert seen[0].is_contiguous()
+    assert all(p.grad.is_contiguous() for p in model.parameters())
+
+
+@pytest.mark.parametrize("position", ["rpe", "lc"])
+def test_layer_is_built_on_the_device_and_dtype_asked(position):
+    """device=/dtype= reach every tensor (timm's create_model(..., device=, dtype=)); under a meta-device context
+    the init still works (it used to call .item() on a meta tensor)."""
+    kwargs = dict(position=position, feat_size=(6, 6), scope=23, heads=2)
+    layer = LambdaLayer(8, 8, device="meta", dtype=torch.bfloat16, **kwargs)
+    tensors = dict(layer.named_parameters()) | dict(layer.named_buffers())
+    assert {k for k, t in tensors.items() if t.device.type != "meta"} == set()
+    assert {k for k, t in tensors.items() if t.is_floating_point() and t.dtype != torch.bfloat16} == set()
+    assert layer(torch.randn(2, 8, 6, 6, device="meta", dtype=torch.bfloat16)).shape == (2, 8, 6, 6)
+    with torch.device("meta"):
+        assert LambdaLayer(8, 8, **kwargs).pos_emb.is_meta
+    torch.manual_seed(0)
+    real = LambdaLayer(8, 8, dtype=torch.bfloat16, **kwargs)
+    assert real(torch.randn(2, 8, 6, 6, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_context_size_counts_the_positions_each_query_sees():
+    """The init scale's context size, counted on the CPU whatever the device, against a plain count."""
+    layer = LambdaLayer(8, 8, position="lc", feat_size=(5, 7), scope=5, heads=2, device="meta")
+    reach = 2  # scope 5: offsets -2..2
+    counts = [sum(abs(ym - yn) <= reach and abs(xm - xn) <= reach for ym in range(5) for xm in range(7))
+              for yn in range(5) for xn in range(7)]
+    assert layer.context_size() == pytest.approx(sum(counts) / len(counts), rel=1e-6)
+
+
+def test_offsets_index_is_derived_state():
+    """The dense path's offset index is a buffer (moves with .to(), seen by TorchScript) but not a weight: the
+    state_dict is what it was, and an lc layer that takes the conv path at its size stores none."""
+    dense = LambdaLayer(8, 8, position="lc", feat_size=(6, 6), scope=23, heads=2)
+    assert "offsets_index" not in dense.state_dict() and dense.offsets_index.numel() == 36 * 36
+    conv = LambdaLayer(8, 8, position="lc", feat_size=(6, 6), scope=5, heads=2, impl="conv")
+    assert conv.offsets_index.numel() == 0
+    assert set(dense.state_dict()) == {"qkv.weight", "pos_emb", *(f"norm_{n}.{k}" for n in "qv" for k in (
+        "weight", "bias", "running_mean", "running_var", "num_batches_tracked"))}
