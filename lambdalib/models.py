@@ -137,6 +137,7 @@ class ReportResNet(ResNet):
         heads: int = 4,
         dim_u: int = 1,
         impl: str = "auto",
+        lambda_layer: str = "ours",
         zero_init_last: bool = False,
         **kwargs,
     ):
@@ -144,8 +145,10 @@ class ReportResNet(ResNet):
             raise ValueError(f"depth={depth}; the report's ResNets are 18 or 34")
         if lambda_stage is not None and lambda_stage not in (1, 2, 3, 4):
             raise ValueError(f"lambda_stage={lambda_stage}; a ResNet has stages 1-4")
+        if lambda_layer not in LAMBDA_LAYERS:
+            raise ValueError(f"lambda_layer={lambda_layer!r}: expected one of {', '.join(LAMBDA_LAYERS)}")
         super().__init__(BasicBlock, STAGE_BLOCKS[depth], zero_init_last=zero_init_last, **kwargs)
-        self.depth = depth
+        self.depth, self.lambda_layer = depth, lambda_layer
         self.img_size = _pair(img_size)
         self.lambda_site: str | None = None
         if lambda_stage is not None:  # after the ResNet's init: the same random draws as torchvision + layer
@@ -183,10 +186,31 @@ class ReportResNet(ResNet):
                 f"replaces a stride-1 conv (use lambda_block=-1 or lambda_conv='conv2')"
             )
         feat = side[0] if side[0] == side[1] else side
-        layer = LambdaLayer(conv.in_channels, conv.out_channels, feat_size=feat, **layer_args)
+        layer = report_impl_layer(conv, side, layer_args) if self.lambda_layer == "lucidrains" else \
+            LambdaLayer(conv.in_channels, conv.out_channels, feat_size=feat, **layer_args)
+        if self.lambda_layer == "ours-n01":  # the position table as lucidrains draws it: N(0, 1)
+            nn.init.normal_(layer.pos_emb, std=1.0)
         setattr(stage[block_index], conv_name, layer)
         shape = f"{side[0]}x{side[1]}"
         self.lambda_site = f"layer{stage_index}.{block_index}.{conv_name} ({layer_args['position']}, {shape} map)"
+
+
+LAMBDA_LAYERS = ("ours", "ours-n01", "lucidrains")  # whose layer: see RunConfig.lambda_layer
+
+
+def report_impl_layer(conv: nn.Conv2d, side: tuple[int, int], args: dict) -> nn.Module:
+    """The report's own lambda layer: lucidrains' lambda-networks (rpe: an N(0, 1) table over the side x side map;
+    lc: an r x r Conv3d context with PyTorch's default init). Square maps only, as that package."""
+    try:
+        from lambda_networks import LambdaLayer as LucidrainsLambda
+    except ImportError:
+        raise ValueError("lambda_layer='lucidrains' needs the lambda-networks package: pip install "
+                         "'lambdalib[report-impl]'") from None
+    if side[0] != side[1]:
+        raise ValueError(f"lambda_layer='lucidrains' takes square maps only, not {side[0]}x{side[1]}")
+    where = dict(r=args["scope"]) if args["position"] == "lc" else dict(n=side[0])
+    return LucidrainsLambda(dim=conv.in_channels, dim_out=conv.out_channels, dim_k=args["dim_k"], heads=args["heads"],
+                            dim_u=args["dim_u"], **where)
 
 
 def _cfg(spec: ModelSpec, **kwargs) -> dict:
