@@ -430,7 +430,10 @@ def _trained_attention(out: Path) -> list[str]:
         return []
     from .attention import attention_table_markdown  # late: torch and grad-cam only when there is a figure
 
-    text = caption.read_text().strip() + "\n\n" if caption.exists() else ""
+    # the caption file embeds its PNG by a path relative to figures/: the README embeds it once, above
+    lines = caption.read_text().splitlines() if caption.exists() else []
+    text = "\n".join(line for line in lines if not line.startswith("![")).strip()
+    text = text + "\n\n" if text else ""
     return ["## FullGrad maps of our trained models (the report's figure 7)\n\n"
             "Drawn by `lambdalib attention --trained` from the best checkpoints of the runs named below "
             "([csv](tables/attention_trained.csv)).\n\n"

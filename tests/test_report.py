@@ -499,3 +499,10 @@ def test_report_is_swapped_in_whole_and_a_killed_build_is_cleaned_up(tmp_path):
                      if p.is_file() and p.parts[len(tmp_path.parts)] in ("tables", "figures", "README.md")
                      and p.name not in (".report-files", "attention_trained.png"))
     assert listed == on_disk
+
+
+def test_every_image_the_committed_report_embeds_exists_once():
+    results = Path(__file__).resolve().parents[1] / "results"
+    targets = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (results / "README.md").read_text())
+    assert targets and len(targets) == len(set(targets))
+    assert [t for t in targets if not (results / t).is_file()] == []
