@@ -91,6 +91,9 @@ def pick_device(choice: str, local_rank: int = 0, distributed: bool = False) -> 
                           stacklevel=2)
         return cpu
     device = torch.device(choice)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={choice!r}: this machine has no Apple GPU that torch can use (MPS); use "
+                         "device='auto' or 'cpu'")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={choice!r} but CUDA is not available here; use device='auto' or 'cpu'")

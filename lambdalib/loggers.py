@@ -10,6 +10,8 @@ each epoch's history row and the config so the usual dashboards show the runs:
 from __future__ import annotations
 
 import math
+import netrc
+import os
 from pathlib import Path
 
 from .config import RunConfig
@@ -72,6 +74,16 @@ class WandbLogger(NullLogger):
 def _wandb_id(run_id: str) -> str:
     """W&B run ids allow letters, digits, '-' and '_' only (up to 128)."""
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in run_id)[:128]
+
+
+def check_logger(config: RunConfig) -> None:
+    """Before a run folder exists: a logger that cannot start says so in one line (W&B online without a key)."""
+    if config.logger != "wandb" or os.environ.get("WANDB_MODE", "online") in ("offline", "disabled", "dryrun"):
+        return
+    hosts = netrc.netrc().hosts if Path("~/.netrc").expanduser().is_file() else {}
+    if not os.environ.get("WANDB_API_KEY") and "api.wandb.ai" not in hosts:
+        raise ValueError('logger="wandb": no W&B API key here; run `wandb login` (or set WANDB_API_KEY), or log '
+                         "locally with WANDB_MODE=offline")
 
 
 def open_logger(config: RunConfig, run_dir: Path) -> NullLogger:

@@ -57,3 +57,24 @@ def test_a_data_folder_changed_in_place_is_another_experiment(tmp_path):
 def test_the_embedded_set_keeps_its_committed_name():
     config = RunConfig.from_params(model="R18", data="embedded")
     assert config.resolved().data_digest == "" and "data_digest" not in config.identity()
+
+
+def test_a_device_this_machine_lacks_is_one_line_and_leaves_no_folder(tiny_imagenette, tmp_path, capsys):
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    assert main(train_args(tiny_imagenette, tmp_path, "--device", "mps")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "device='mps'" in err and "no Apple GPU" in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_wandb_without_a_key_is_one_line_and_leaves_no_folder(tiny_imagenette, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a key
+    assert main(train_args(tiny_imagenette, tmp_path / "results", "--logger", "wandb")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "wandb login" in err and "WANDB_MODE=offline" in err
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
