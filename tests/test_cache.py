@@ -432,3 +432,17 @@ def test_a_data_root_on_a_network_drive_keeps_its_cache_on_local_disk(tiny_image
     assert C.cache_folder(root).parent == tmp_path / "project" / "data" / C.CACHE_DIRNAME  # not on the drive
     mounts.write_text("/dev/vda / ext4 rw 0 0\n")
     assert C.cache_folder(root) == root / C.CACHE_DIRNAME
+
+
+def test_a_cache_changed_on_disk_anywhere_is_rebuilt(tiny_imagenette, tmp_path):
+    """Every row is checked on open (#24), not a sample: one overwritten row the old sampled check never read."""
+    train_set, _ = splits(tiny_imagenette)
+    first = C.dataset_images(train_set, "train", 32, cache_dir=tmp_path, progress=False)
+    first_pixels = np.array(first.images)
+    stored = np.lib.format.open_memmap(first.path, mode="r+")
+    stored[13] = 255  # row 13: between the rows the old eight-row sample read (0, 5, 11, 16, ...)
+    stored.flush()
+    del stored
+    again = C.dataset_images(train_set, "train", 32, cache_dir=tmp_path, progress=False)
+    assert again.decoded == len(train_set)  # found and rebuilt from the JPEGs
+    assert np.array_equal(np.asarray(again.images), first_pixels)
