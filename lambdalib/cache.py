@@ -104,15 +104,19 @@ def cache_bytes(n_train: int, n_val: int, img_size: int, store_size: int | None 
 
 
 def choose_loader(choice: str, n_train: int, n_val: int, img_size: int, store_size: int | None = None,
-                  fraction: float = MEMORY_FRACTION) -> str:
-    """'cached' or 'workers' for a RunConfig.loader value: 'auto' = 'cached' when the decoded images
-    (`cache_bytes`) fit in `fraction` of the available RAM, else 'workers' (the JPEG DataLoader path)."""
+                  fraction: float = MEMORY_FRACTION, root: Path | None = None) -> str:
+    """'cached' or 'workers' for a RunConfig.loader value: 'auto' = 'cached' when the decoded images fit in
+    `fraction` of the available RAM and a cache folder for `root` can be written, else 'workers' (JPEGs)."""
     if choice not in LOADERS:
         raise ValueError(f"loader={choice!r}; use one of {list(LOADERS)}.")
-    if choice != "auto":
-        return choice
-    return "cached" if cache_bytes(n_train, n_val, img_size, store_size) <= fraction * dev.available_memory() \
-        else "workers"
+    if choice != "auto" or cache_bytes(n_train, n_val, img_size, store_size) > fraction * dev.available_memory():
+        return "workers" if choice == "auto" else choice
+    try:
+        root is None or cache_folder(root)  # raises when no folder for the cache can be written
+    except OSError as err:
+        warnings.warn(f"{err} Using the JPEG loader (loader='workers') instead.", stacklevel=2)
+        return "workers"
+    return "cached"
 
 
 def choose_augment(choice: str, device: torch.device, nbytes: int, fraction: float = DEVICE_FRACTION) -> str:

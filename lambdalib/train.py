@@ -333,7 +333,7 @@ def _prepare_data(ctx: Context) -> Data:
                 data_lib.NoisyImagenette(root, "val", transform=data_lib.val_transform(config.img_size), **args))
 
     train_set, val_set = splits(False)
-    loader = cache_lib.choose_loader(config.loader, len(train_set), len(val_set), config.img_size)
+    loader = cache_lib.choose_loader(config.loader, len(train_set), len(val_set), config.img_size, root=root)
     if config.augment_on == "device":
         if config.loader == "workers":
             raise ValueError("augment_on='device' works on the decoded-image cache: use loader='cached' or 'auto'")

@@ -78,3 +78,17 @@ def test_wandb_without_a_key_is_one_line_and_leaves_no_folder(tiny_imagenette, t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "wandb login" in err and "WANDB_MODE=offline" in err
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
+
+
+def test_read_only_data_without_a_writable_cache_folder_trains_on_the_jpeg_loader(tmp_path, monkeypatch, capsys):
+    from lambdalib import cache
+
+    data = make_tiny_imagenette(tmp_path / "data", train_per_class=2, val_per_class=1)
+
+    def nowhere(root, cache_dir=None):
+        raise OSError(f"no writable folder for the decoded-image cache of {root}.")
+
+    monkeypatch.setattr(cache, "cache_folder", nowhere)  # read-only data, data/ and ~/.cache alike
+    with pytest.warns(UserWarning, match="JPEG loader"):
+        assert main(train_args(data, tmp_path / "results")) == 0
+    assert "complete" in capsys.readouterr().out
