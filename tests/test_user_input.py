@@ -92,3 +92,17 @@ def test_read_only_data_without_a_writable_cache_folder_trains_on_the_jpeg_loade
     with pytest.warns(UserWarning, match="JPEG loader"):
         assert main(train_args(data, tmp_path / "results")) == 0
     assert "complete" in capsys.readouterr().out
+
+
+def test_running_out_of_memory_is_one_line(tiny_imagenette, tmp_path, capsys, monkeypatch):
+    from lambdalib import train
+
+    def huge(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried "
+                           "to allocate 824633720832 bytes.")
+
+    monkeypatch.setattr(train, "_train", huge)
+    assert main(train_args(tiny_imagenette, tmp_path, "--img-size", "4096")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out of memory" in err and "--img-size" in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no folder left
