@@ -1,9 +1,7 @@
 """Training: one function, `run(config)`, that leaves a run record every table and figure is built from.
 
-Run record (results/runs/<run_id>/):
-    config.json    the RunConfig
-    history.csv    one row per epoch (HISTORY_COLUMNS)
-    summary.json   status, best losses/accuracy and their epochs, times, params, FLOPs, environment
+Run record (results/runs/<run_id>/): config.json (the RunConfig; written again with every epoch's record, so
+a results folder removed mid-run gets a whole record back), history.csv (one row per epoch), summary.json, and:
     last.pt        model, optimizer, scheduler, grad-scaler and history after the last good epoch (the one
                    before: last.pt.prev); kept once the run is complete only with checkpoints="best+last"
     best.pt        model weights at the best validation loss (not with checkpoints="none")
@@ -523,6 +521,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
             return
         if config.deterministic:
             extra["nondeterministic_ops"] = sorted(nondeterministic)
+        config.save(run_dir / "config.json")
         record.write_history(run_dir, shown)
         summary = summarize(shown, status, diverged_at, extra)
         summary["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -106,3 +106,19 @@ def test_running_out_of_memory_is_one_line(tiny_imagenette, tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out of memory" in err and "--img-size" in err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no folder left
+
+
+def test_a_results_folder_removed_mid_run_gets_a_whole_record_back(tiny_imagenette, tmp_path, monkeypatch, capsys):
+    from lambdalib import runs, train
+
+    results, real = tmp_path / "results", train._run_epoch
+
+    def epoch_then_remove(*args, **kwargs):
+        row = real(*args, **kwargs)
+        shutil.rmtree(results, ignore_errors=True)  # the user (or a cleaner) deletes it while training
+        return row
+
+    monkeypatch.setattr(train, "_run_epoch", epoch_then_remove)
+    assert main(train_args(tiny_imagenette, results, "--epochs", "2")) == 0
+    found = runs.collect(results)
+    assert list(found["status"]) == ["complete"] and list(found["epochs_done"]) == [2]
