@@ -11,6 +11,7 @@ skipped, an interrupted one resumes (train.run picks up its last.pt). The report
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -29,6 +30,8 @@ from .notebook import notebook_fields
 from .paths import project_root
 from .record import FINISHED
 from .registry import SPECS, resolve_name
+
+log = logging.getLogger(__name__)
 
 REPORT_NOISE = (0.0, 0.05, 0.25, 0.5)
 REPORT_NOTEBOOK = "06_report.ipynb"
@@ -134,6 +137,20 @@ def default_jobs() -> int:
     return max(1, torch_cuda_count())
 
 
+def warm_caches(configs: list[RunConfig]) -> None:
+    """Decode each (data, image size) of the grid once, here, before `jobs` processes would each decode the
+    same images at once (every run then opens the finished cache)."""
+    from . import cache, data, download
+
+    for data_arg, img_size in dict.fromkeys((c.data, c.img_size) for c in configs if c.loader != "workers"):
+        try:
+            root = download.resolve_root(data_arg)
+            splits = [data.NoisyImagenette(root, split, on_error="skip") for split in ("train", "val")]
+            cache.cached_loaders(*splits, img_size=img_size, batch_size=2, progress=False)
+        except (ValueError, OSError) as err:  # each run then meets (and reports) the same problem itself
+            log.warning("could not decode %s at %s px ahead of the runs: %s", data_arg, img_size, err)
+
+
 def reproduce(grid: Grid | list[Grid], *, inline: bool = False, report: bool = True, progress: bool = True,
               jobs: int = 1) -> dict[str, int]:
     """Run every config of the grid that is not finished, then build the report.
@@ -194,6 +211,7 @@ def reproduce(grid: Grid | list[Grid], *, inline: bool = False, report: bool = T
         bar.update(1)
 
     if jobs > 1:
+        warm_caches([c for c, _ in todo])
         with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on their subprocess
             for future in [pool.submit(one, c, p) for c, p in todo]:
                 future.result()

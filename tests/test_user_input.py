@@ -122,3 +122,22 @@ def test_a_results_folder_removed_mid_run_gets_a_whole_record_back(tiny_imagenet
     assert main(train_args(tiny_imagenette, results, "--epochs", "2")) == 0
     found = runs.collect(results)
     assert list(found["status"]) == ["complete"] and list(found["epochs_done"]) == [2]
+
+
+def test_jobs_find_the_decoded_cache_built_once_before_they_start(tmp_path, monkeypatch):
+    """reproduce --jobs N decodes each data set once in the parent, not N times at once in N processes (#23)."""
+    from lambdalib import sweep
+
+    data = make_tiny_imagenette(tmp_path / "data", train_per_class=2, val_per_class=1)
+    params = dict(data=str(data), results=str(tmp_path / "results"), epochs=1, img_size=32, batch_size=8,
+                  workers=0, preset="fast")
+    seen = []
+
+    def fake_run(config, inline, slot, jobs):
+        seen.append(sorted(p.name for p in (data / ".lambdalib-cache").rglob("*.npy")))
+
+    monkeypatch.setattr(sweep, "_run_in_subprocess", fake_run)
+    counts = sweep.reproduce(sweep.Grid(models=["R18", "LR18_L2(rpe)"], noise=[0.0], params=params), inline=True,
+                             jobs=2, progress=False, report=False)
+    assert counts["failed"] == 0 and len(seen) == 2
+    assert all(len(names) == 2 for names in seen)  # the train and val caches were there before any run began
