@@ -103,7 +103,7 @@ def cache_bytes(n_train: int, n_val: int, img_size: int, store_size: int | None 
     return 3 * (n_train * side * side + n_val * img_size * img_size)
 
 
-def choose_loader(choice: str, n_train: int, n_val: int, img_size: int, store_size: int | None = None,
+def choose_loader(choice: str, n_train: int, n_val: int, img_size: int, *, store_size: int | None = None,
                   fraction: float = MEMORY_FRACTION, root: Path | None = None) -> str:
     """'cached' or 'workers' for a RunConfig.loader value: 'auto' = 'cached' when the decoded images fit in
     `fraction` of the available RAM and a cache folder for `root` can be written, else 'workers' (JPEGs)."""
