@@ -55,6 +55,10 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinish
     history = rec.history
 
     out = Path(out) if out is not None else run_dir / "export"
+    theirs = [p.name for p in out.glob("*")] if out.is_dir() and not (out / "model.safetensors").exists() else []
+    if theirs:  # a folder of the user's, not an earlier export: its README.md would be overwritten
+        raise FileExistsError(f"{out} holds files export did not write ({', '.join(sorted(theirs)[:3])}); choose "
+                              "a new or empty --out folder")
     record.make_run_dir(out)
     _save_safetensors(weights, out / "model.safetensors")
     hub = hub_config(model, name, classes, args, config.img_size)

@@ -247,6 +247,14 @@ def test_cli_export(exported, tmp_path, capsys):
     assert (tmp_path / "out" / "model.safetensors").is_file() and str(tmp_path / "out") in capsys.readouterr().out
     assert cli.main(["export", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback
+    mine = tmp_path / "mine"  # a folder of the user's: its README.md is never overwritten (#24)
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes\n")
+    assert cli.main(["export", str(run_dir), "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did not write" in err and (mine / "README.md").read_text() == "my notes\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["README.md"]
+    assert cli.main(["export", str(run_dir), "--out", str(tmp_path / "out")]) == 0  # an earlier export: rewritten
 
 
 def test_license_and_citation_files():
