@@ -40,3 +40,16 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared (the full Imagenette copy) is not beside this checkout")
     return SHARED
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty Hugging Face cache, whatever this machine has."""
+    from huggingface_hub import constants
+
+    from lambdalib import fullgrad
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(fullgrad, "_hub_reachable", lambda timeout=3.0: False)

@@ -45,16 +45,6 @@ def _panel_texts(figure) -> list[str]:
     return [text.get_text() for ax in figure.axes for text in ax.texts]
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network and an empty Hugging Face cache, whatever this machine has."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(fullgrad, "_hub_reachable", lambda timeout=3.0: False)
-
 
 @pytest.fixture(scope="module")
 def trained_home(tiny_imagenette, tmp_path_factory):

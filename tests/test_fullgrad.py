@@ -204,16 +204,6 @@ def test_run_record_checkpoint_gives_a_map(run_home):
         fullgrad.load_model("nowhere/best.pt")
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network and an empty Hugging Face cache, whatever this machine has."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(fullgrad, "_hub_reachable", lambda timeout=3.0: False)
-
 
 def test_offline_pretrained_says_so(offline):
     with pytest.raises(fullgrad.WeightsUnavailableError, match="resnet18: pretrained weights unavailable"):

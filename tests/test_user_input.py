@@ -47,7 +47,6 @@ def test_a_data_folder_changed_in_place_is_another_experiment(tmp_path):
     data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
     before = RunConfig.from_params(model="R18", data=str(data)).run_id
     shutil.rmtree(data / "train" / sorted(p.name for p in (data / "train").iterdir())[0])
-    make_tiny_imagenette(tmp_path / "fresh", train_per_class=2, val_per_class=1)  # unrelated folder
     from lambdalib.imagenette import data_fingerprint
 
     data_fingerprint.cache_clear()
@@ -141,3 +140,30 @@ def test_jobs_find_the_decoded_cache_built_once_before_they_start(tmp_path, monk
                              jobs=2, progress=False, report=False)
     assert counts["failed"] == 0 and len(seen) == 2
     assert all(len(names) == 2 for names in seen)  # the train and val caches were there before any run began
+
+
+def test_reproduce_jobs_take_a_free_gpu_and_honour_cuda_visible_devices(tmp_path, monkeypatch):
+    """A run gets a GPU when a worker frees one (never one still busy), among the inherited visible ones (#23)."""
+    import threading
+    import time
+
+    from lambdalib import sweep
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert sweep.visible_gpus() == ["3", "5"]
+    busy, clashes, lock = set(), [], threading.Lock()
+
+    def fake_run(config, inline, slot, jobs):
+        with lock:
+            clashes.extend([slot] if slot in busy else [])
+            busy.add(slot)
+        time.sleep(0.4 if config.model == "R18" else 0.05)  # the first run holds its GPU longest
+        with lock:
+            busy.discard(slot)
+
+    monkeypatch.setattr(sweep, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(sweep, "warm_caches", lambda configs: None)
+    grid = sweep.Grid(models=["R18", "LR18_L2(rpe)", "LR18_L2(lc)", "LR18_L3(rpe)"], noise=[0.0],
+                      params=dict(results=str(tmp_path)))
+    counts = sweep.reproduce(grid, inline=True, jobs=2, progress=False, report=False)
+    assert counts["failed"] == 0 and clashes == []
