@@ -41,7 +41,7 @@ from torch import nn
 
 from .imagenette import EVAL_CROP_FRACTION
 from .layers import LambdaLayer
-from .registry import LOOKALIKES, SPECS, ModelSpec, resolve_name
+from .registry import LAMBDA_LAYERS, LOOKALIKES, SPECS, ModelSpec, resolve_name
 
 register_notrace_module(LambdaLayer)  # timm's fx feature extraction keeps the layer whole (a leaf module)
 
@@ -195,7 +195,6 @@ class ReportResNet(ResNet):
         self.lambda_site = f"layer{stage_index}.{block_index}.{conv_name} ({layer_args['position']}, {shape} map)"
 
 
-LAMBDA_LAYERS = ("ours", "ours-n01", "lucidrains")  # whose layer: see RunConfig.lambda_layer
 
 
 def report_impl_layer(conv: nn.Conv2d, side: tuple[int, int], args: dict) -> nn.Module:

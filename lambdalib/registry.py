@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 DEPTHS = (18, 34)
+# whose lambda layer a Lambda-ResNet uses (RunConfig.lambda_layer); the first is the default, lambdalib.layers
+LAMBDA_LAYERS = ("ours", "ours-n01", "lucidrains")
 
 
 @dataclass(frozen=True)
