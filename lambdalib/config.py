@@ -237,7 +237,8 @@ class RunConfig:
         if "lc_scope" in ident:
             model += f"-r{ident['lc_scope']}"
         if "lambda_layer" in ident:  # another implementation of the layer (lucidrains' lc: the report's r=23)
-            model += f"-{ident['lambda_layer']}" + ("-r23" if self.position() == "lc" and "lc_scope" not in ident else "")
+            lucidrains_lc = self.position() == "lc" and "lc_scope" not in ident
+            model += f"-{ident['lambda_layer']}" + ("-r23" if lucidrains_lc else "")
         noise = f"{self.noise * 100:g}".replace(".", "p") + ("syn" if self.synthetic_noise else "")
         return f"{model}_noise{noise}_{self.preset}_e{self.epochs}_{self.img_size}px_{ident['data']}_{digest}"
 

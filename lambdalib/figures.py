@@ -40,6 +40,7 @@ from .data import NoisyImagenette
 from .imagenette import CLASS_NAMES, CLASSES, data_slug
 
 OKABE_ITO = registry.OKABE_ITO
+IMPL_COLOURS = {"ours-n01": OKABE_ITO[4], "lucidrains": OKABE_ITO[2]}  # the other lambda layers, in every family
 SECOND_COLOUR = OKABE_ITO[4]  # the second model of a panel whose models share a family colour (R34 beside R18)
 DPI = 150
 NO_RUNS = "No runs yet."  # the report's empty tables say so; a figure without runs is not drawn
@@ -159,24 +160,28 @@ def _seeds_text(counts: set[int]) -> str:
 def curve_blocks(runs: pd.DataFrame, family: registry.Family) -> list[tuple[list[str], str | None]]:
     """What a family's figure draws, per block of rows: (the model labels with runs, the reference of its
     difference row or None). Baselines: one block, R34 − R18 when both have runs. A Lambda family: one block per
-    depth with runs of its Lambda model: the ResNet of that depth (when it has runs) beside it."""
+    depth with runs of its Lambda model (each lambda layer implementation that has runs, ours first): the ResNet
+    of that depth (when it has runs) beside them."""
     have = set(runs["label"]) if not runs.empty else set()
     if family.position is None:
         models = [family.label(d) for d in family.depths if family.label(d) in have]
         return [(models, models[0] if len(models) > 1 else None)] if models else []
     blocks = []
     for depth in family.depths:
-        twin, base = family.label(depth), registry.SPECS[family.name(depth)].baseline
-        if twin in have:
-            blocks.append(([base, twin], base) if base in have else ([twin], None))
+        base = registry.SPECS[family.name(depth)].baseline
+        twins = sorted((m for m in have if registry.split_label(m)[0] == family.label(depth)), key=registry.model_rank)
+        if twins:
+            blocks.append(([base, *twins], base) if base in have else (twins, None))
     return blocks
 
 
 def _colours(models: list[str]) -> dict[str, str]:
+    """The family's colour; another lambda layer implementation its own (IMPL_COLOURS); a second model of the same
+    colour SECOND_COLOUR."""
     colours = {}
     for label in models:
-        family = registry.family_of(label)
-        colour = family.colour if family else OKABE_ITO[4]
+        family, impl = registry.family_of(label), registry.split_label(label)[1]
+        colour = IMPL_COLOURS.get(impl) or (family.colour if family else OKABE_ITO[4])
         colours[label] = SECOND_COLOUR if colour in colours.values() else colour
     return colours
 
@@ -236,14 +241,14 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
     rows share one y-axis, set by the epochs after the first when epoch 1 would stretch it (its losses then run
     off the top); dotted lines mark the lr's warm restarts. A noise level without runs of the block's subject
     draws nothing. No runs: ValueError."""
-    runs = runs[runs["label"].isin([family.label(d) for d in family.depths]
-                                   + [f"R{d}" for d in family.depths])] if not runs.empty else runs
+    mine = {family.label(d) for d in family.depths} | {f"R{d}" for d in family.depths}
+    runs = runs[[registry.split_label(m)[0] in mine for m in runs["label"]]] if not runs.empty else runs
     blocks = curve_blocks(runs, family)
     if not blocks:
         raise ValueError(f"no runs of {family.title} (Table {family.table}) to draw")
 
-    def subject(models):  # whose runs make a panel: a Lambda family's own model, or any baseline
-        return models if family.position is None else models[-1:]
+    def subject(models):  # whose runs make a panel: a Lambda family's own models, or any baseline
+        return models if family.position is None else [m for m in models if registry.family_of(m) == family]
 
     noises = sorted({n for models, _ in blocks for n in runs.loc[runs["label"].isin(subject(models)), "noise"]})
     rows = [(i, kind) for i, (_, ref) in enumerate(blocks) for kind in ("train_loss", "val_loss", "delta")

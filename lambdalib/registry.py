@@ -110,7 +110,7 @@ def model_names() -> list[str]:
 
 
 def family_of(name_or_label: str) -> Family | None:
-    spec = SPECS.get(resolve_name(name_or_label))
+    spec = SPECS.get(resolve_name(split_label(name_or_label)[0]))
     return FAMILIES[spec.family] if spec else None
 
 
@@ -155,6 +155,19 @@ def report_label(name: str) -> str:
     return SPECS[name].label if name in SPECS else name
 
 
+def run_label(model: str, lambda_layer: str = LAMBDA_LAYERS[0]) -> str:
+    """A run's label: the report label, with the lambda layer's implementation in brackets when it is not ours
+    ('LR18_L2(lc)[lucidrains]'): runs of one model with two implementations are two rows of a table."""
+    label, spec = report_label(model), SPECS.get(resolve_name(model))
+    return f"{label}[{lambda_layer}]" if spec and spec.position and lambda_layer != LAMBDA_LAYERS[0] else label
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """run_label's inverse: 'LR18_L2(lc)[lucidrains]' -> ('LR18_L2(lc)', 'lucidrains'); 'R18' -> ('R18', 'ours')."""
+    match = re.fullmatch(r"(.+)\[([\w-]+)\]", label)
+    return (match[1], match[2]) if match and match[2] in LAMBDA_LAYERS else (label, LAMBDA_LAYERS[0])
+
+
 def family_label(position: str | None, depth: int, stage: int | None = None) -> str:
     """The report label for a notebook's (family, depth, stage): ("rpe", 18, 2) -> "LR18_L2(rpe)"."""
     try:
@@ -173,9 +186,9 @@ def family_label(position: str | None, depth: int, stage: int | None = None) -> 
 
 
 def model_rank(label: str) -> int:
-    """A label's place in the report's order (unknown models last)."""
-    labels = [s.label for s in SPECS.values()]
-    return labels.index(label) if label in labels else len(labels)
+    """A label's place in the report's order, each model's implementations in LAMBDA_LAYERS order (unknown last)."""
+    labels, (base, impl) = [s.label for s in SPECS.values()], split_label(label)
+    return (labels.index(base) if base in labels else len(labels)) * len(LAMBDA_LAYERS) + LAMBDA_LAYERS.index(impl)
 
 
 def published():

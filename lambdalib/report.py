@@ -206,7 +206,7 @@ def figure_panels(runs: pd.DataFrame | None = None) -> dict[str, tuple[registry.
     """figure stem -> (model family, title): one loss-curves figure per report table that has finished runs in
     `runs` (one set-up's; None: every table). Table 1's shows R18/R34 at each noise level, a Lambda table's its
     models beside the ResNet of the same depth (figures.curves_figure); a table without runs has no figure."""
-    have = set() if runs is None or runs.empty else set(runs["label"])
+    have = set() if runs is None or runs.empty else {registry.split_label(label)[0] for label in runs["label"]}
     return {f.figure_stem: (f, f"Table {n}: {f.title}" + ("" if f.position is None else " vs ResNet")
                             + " — loss per epoch")
             for n, f in tables().items() if runs is None or have & {f.label(d) for d in f.depths}}

@@ -23,8 +23,9 @@ from . import fmt, paths, record, registry
 from .config import PRESETS, RunConfig
 from .record import FINISHED
 
-# identity fields that vary inside a set-up (the seed also inside a cell); every other one defines the set-up
-CELL_FIELDS = ("model", "noise", "seed")
+# identity fields that vary inside a set-up (the seed also inside a cell; the lambda layer's implementation is
+# part of the label, so a Lambda-ResNet of each implementation sits beside the ResNet); the others define the set-up
+CELL_FIELDS = ("model", "lambda_layer", "noise", "seed")
 # identity fields every set-up label states; the others are named only when they differ from the preset's value
 SCALE_FIELDS = ("preset", "data", "train_per_class", "val_per_class", "epochs", "img_size")
 # what 'auto' / 0 stand for in a label: a single process in full precision (a record holds the resolved values)
@@ -163,11 +164,11 @@ def _row(rec: Record) -> dict:
     setup = setup_of(config)
     spec = registry.SPECS.get(summary.get("model"))
     env = summary.get("environment") or {}
-    label = summary.get("label") or registry.report_label(config.model)
+    label = registry.run_label(config.model, config.lambda_layer)  # records before #26 hold the report label only
     noise = summary.get("noise", config.noise)
     return dict(
         summary, **setup, experiment_id=config.experiment_id, seed=config.seed, status=rec.status,
-        model_order=list(registry.SPECS).index(spec.name) if spec else len(registry.SPECS),
+        model_order=registry.model_rank(label),
         family=spec.family if spec else None, label=label, noise=noise,
         architecture=fmt.architecture(label, noise),
         data_desc=f"{setup['data']} ({summary.get('train_images', '?')} train / "

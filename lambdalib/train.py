@@ -498,7 +498,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     data = _prepare_data(ctx)
     trainee = _build(ctx, len(data.classes))
     history = recorded = trainee.history  # recorded: what the record shows, never more than last.pt holds
-    label = registry.report_label(config.model)
+    label = registry.run_label(config.model, config.lambda_layer)
     extra = dict(
         run_id=config.run_id, experiment_id=config.experiment_id, model=registry.resolve_name(config.model),
         label=label, architecture=models.describe(config.model),

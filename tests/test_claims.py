@@ -19,17 +19,19 @@ from lambdalib.config import RunConfig
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 12  # > LATE_EPOCH + 1, so the late oscillation exists
 SEEDS = (0, 1, 2)
+KEYS = [str(k) for k in range(1, 13)] + ["12b"] + [str(k) for k in range(13, 19)]  # the report's order
 R, NR, C, CT = claims.REPRODUCED, claims.NOT_REPRODUCED, claims.CONTRADICTED, claims.CANNOT_TELL
 
 
 def write_run(results: Path, model: str, noise: float, seed: int, *, train: list[float], val: list[float],
               epoch_time: float = 1.0, grad: list[float] | None = None, batch_stats: list[float] | None = None,
               lr: list[float] | None = None, preset: str = "fast", status: str = "complete",
-              device: str = "CPU (test)", old_record: bool = False) -> Path:
+              device: str = "CPU (test)", old_record: bool = False, lambda_layer: str = "ours") -> Path:
     """One run record as the trainer writes it (config.json, history.csv, summary.json), from given curves.
     old_record: history.csv written without the val_loss_batch_stats column (records from before it)."""
     config = RunConfig.from_params(model=model, noise=noise, seed=seed, preset=preset, epochs=len(val), img_size=64,
-                                   batch_size=64, data="embedded", results=str(results)).resolved()
+                                   batch_size=64, data="embedded", results=str(results),
+                                   lambda_layer=lambda_layer).resolved()
     run_dir = config.run_dir()
     record.make_run_dir(run_dir)
     config.save(run_dir / "config.json")
@@ -264,6 +266,29 @@ def test_train_loss_claim_against_the_reports_own_gap(runs):
     assert alone.comparisons == [] and alone.verdict == claims.NO_RUNS
 
 
+def test_the_reports_own_lambda_layers_are_judged_in_their_own_row(tmp_path):
+    """Runs of one Lambda-ResNet with another lambda layer share the ResNet's set-up, carry the layer in their
+    label and are compared with it in row 12b (δ: the report's own gap for the model), never in row 12."""
+    train = {("R18", "ours"): 2.3, ("LR18_L2(rpe)", "ours"): 2.28, ("LR18_L2(rpe)", "lucidrains"): 1.5,
+             ("LR18_L2(lc)", "ours-n01"): 2.0}
+    for (model, layer), final in train.items():
+        for seed in SEEDS:
+            write_run(tmp_path, model, 0.0, seed, train=falling(final + 0.01 * seed * (layer != "ours")),
+                      val=falling(2.2), preset="report", lambda_layer=layer)
+    found = run_records.collect(tmp_path)
+    assert set(found["label"]) == {"R18", "LR18_L2(rpe)", "LR18_L2(rpe)[lucidrains]", "LR18_L2(lc)[ours-n01]"}
+    assert found["setup"].nunique() == 1
+    judged_here = by_key(claims.evaluate_claims(found))
+    assert [c.what for c in judged_here["12"].comparisons] == ["LR18_L2(rpe) − R18"]
+    row = judged_here["12b"]
+    assert [c.what for c in row.comparisons] == ["LR18_L2(rpe)[lucidrains] − R18", "LR18_L2(lc)[ours-n01] − R18"]
+    published = registry.published().set_index(["label", "noise"])["best_train_loss"]
+    lucid = comparison(row, "LR18_L2(rpe)[lucidrains]", "report, 0 % noise")
+    assert lucid.delta == pytest.approx(published["R18", 0.0] - published["LR18_L2(rpe)", 0.0])
+    check(lucid, [-0.8, -0.79, -0.78], 2, R if lucid.delta <= 0.78 else NR)
+    assert not judged_here["13"].comparisons  # lc − rpe with our layer only: no [ours-n01] rpe runs here
+
+
 def test_report_own_effect_against_its_claim_falls_back_to_its_smallest(runs):
     claim = by_key(claims.evaluate_claims(runs))["13"]  # lc − rpe train loss; the report's LR18 0 % goes the other way
     published = registry.published().set_index(["label", "noise"])["best_train_loss"]
@@ -420,7 +445,7 @@ def test_no_runs_and_unfinished_runs(tmp_path):
     (tmp_path / "runs").mkdir()
     empty = run_records.collect(tmp_path)
     found = claims.evaluate_claims(empty, results_dir=tmp_path)  # no sweep, no maps there either
-    assert [c.row.key for c in found] == [str(k) for k in range(1, 19)]
+    assert [c.row.key for c in found] == KEYS
     assert all(c.verdict == claims.NO_RUNS for c in found)
     text = claims.claims_markdown(empty, results_dir=tmp_path)
     assert text.startswith("## Claims\n") and "no finished runs here" in text
@@ -436,7 +461,7 @@ def test_markdown_section(runs, study):
     assert text == claims.claims_markdown(run_records.collect(study))  # deterministic
     assert text.startswith("## Claims\n") and "**Multiplicity:**" in text and "Bonferroni" in text
     table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| #")]
-    assert [row.split(" | ")[0] for row in table] == [f"| {k}" for k in range(1, 19)]
+    assert [row.split(" | ")[0] for row in table] == [f"| {k}" for k in KEYS]
     assert all(row.count(" | ") == 5 for row in table)  # six columns: any '|' inside a cell is escaped
     assert "mean \\|epoch-to-epoch change" in text and "### The report's recipe" in text
     assert str(study) not in text  # no absolute paths

@@ -85,6 +85,22 @@ def test_lambda_figure_puts_the_resnet_beside_its_twin_and_marks_restarts(study)
     assert figures.BAND in legend and any("warm restart (epoch 6, 16)" in t for t in legend)
 
 
+def test_each_lambda_layer_implementation_is_its_own_line_beside_the_resnet(study):
+    others = [dict(_run("LR18_L2(rpe)", 0.0, s, _curve(s + 7, 0.1)), label=f"LR18_L2(rpe)[{impl}]")
+              for impl in ("lucidrains", "ours-n01") for s in (0, 1, 2)]
+    runs = pd.concat([study, pd.DataFrame(others)], ignore_index=True)
+    assert figures.curve_blocks(runs, L2_RPE) == [
+        (["R18", "LR18_L2(rpe)", "LR18_L2(rpe)[ours-n01]", "LR18_L2(rpe)[lucidrains]"], "R18")]
+    fig = figures.curves_figure(runs, L2_RPE, "Table 2")
+    val = {name: line for name, line in _lines(fig, "val mean").items() if "|val_loss/" in name}
+    assert {name.split("/")[1] for name in val} == {"R18 val mean", "LR18_L2(rpe) val mean",
+                                                      "LR18_L2(rpe)[ours-n01] val mean",
+                                                      "LR18_L2(rpe)[lucidrains] val mean"}
+    colours = {line.get_color() for line in val.values()}
+    assert len(colours) == 4  # one colour per line, whoever's layer
+    assert figures.curve_blocks(runs[runs["label"] != "LR18_L2(rpe)"], registry.FAMILIES["L2_lc"]) == []
+
+
 def test_means_bands_and_the_paired_difference_are_the_seeds(study):
     fig = figures.curves_figure(study, L2_RPE, "Table 2")
     val = {(row["label"], row["seed"]): np.array([r["val_loss"] for r in row["_history"]])

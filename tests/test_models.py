@@ -330,3 +330,7 @@ def test_the_implementation_is_part_of_a_lambda_runs_identity_only():
     assert RunConfig.from_params(model="R18", lambda_layer="lucidrains").run_id == resnet.run_id
     lc = RunConfig.from_params(model="LR18_L2(lc)", lambda_layer="lucidrains", lc_scope=5)
     assert lc.model_kwargs()["scope"] == 23 and "lc_scope" not in lc.identity()
+    # the folder says whose layer (and lucidrains' lc its r=23) before the hash
+    n01 = RunConfig.from_params(model="LR18_L2(rpe)", lambda_layer="ours-n01")
+    assert n01.run_id.startswith("LR18-L2-rpe-ours-n01_")
+    assert lc.run_id.startswith("LR18-L2-lc-lucidrains-r23_") and ours.run_id.startswith("LR18-L2-rpe_noise")

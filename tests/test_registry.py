@@ -44,3 +44,17 @@ def test_family_labels_take_papermill_strings():
     assert registry.family_label(None, 34) == "R34"
     with pytest.raises(ValueError, match="depth"):
         registry.family_label(None, 50)
+
+
+def test_a_run_label_names_another_lambda_layer_and_reads_back():
+    assert registry.run_label("LR18_L2(lc)", "lucidrains") == "LR18_L2(lc)[lucidrains]"
+    assert registry.run_label("lambda_resnet18_l2_rpe", "ours") == "LR18_L2(rpe)"
+    assert registry.run_label("R18", "lucidrains") == "R18"  # a ResNet has no lambda layer
+    for label in ("LR18_L2(lc)[lucidrains]", "LR18_L2(rpe)[ours-n01]", "R18", "resnet50"):
+        base, impl = registry.split_label(label)
+        assert registry.run_label(base, impl) == label if base != "resnet50" else (base, impl) == (label, "ours")
+    assert registry.split_label("LR18_L2(lc)[somebody]") == ("LR18_L2(lc)[somebody]", "ours")  # not a layer of ours
+    assert registry.family_of("LR18_L2(lc)[lucidrains]").key == "L2_lc"
+    ranked = sorted(["LR18_L2(rpe)[lucidrains]", "R18", "LR18_L2(rpe)", "LR18_L2(rpe)[ours-n01]", "resnet50"],
+                    key=registry.model_rank)
+    assert ranked == ["R18", "LR18_L2(rpe)", "LR18_L2(rpe)[ours-n01]", "LR18_L2(rpe)[lucidrains]", "resnet50"]
