@@ -1,4 +1,5 @@
-"""ResNet18/34 and the eight Lambda-ResNets of the report, timm-native and registered with timm.
+"""ResNet18/34 and the eight Lambda-ResNets of the report (and LR18_L3x4(rpe), four lambda layers), timm-native and
+registered with timm.
 
     import lambdalib  # registers the models
     timm.create_model("lambda_resnet18_l2_rpe", num_classes=10, img_size=160)
@@ -7,7 +8,9 @@
 Architecture: torchvision's ResNet18/34 exactly (basic blocks), with one 3x3 convolution replaced by a
 LambdaLayer. The report says "stage 2 or 3" but not which block; we replace ``conv2`` of the *last*
 basic block of the stage (block index 1 in ResNet18's stage, 3 or 5 in ResNet34's), where the stride is
-1 and the map size is the stage's. ``lambda_block`` / ``lambda_conv`` choose another site.
+1 and the map size is the stage's. ``lambda_block`` / ``lambda_conv`` choose another site. With
+``lambda_layers=n`` the n blocks counted backward from that one (across stage boundaries) each get a lambda layer
+in that conv, sized for its own stage's map (``lambda_sites``).
 
 Built as timm's own ``ResNet`` / ``BasicBlock`` through ``build_model_with_cfg`` with ``default_cfgs``, so the
 ten behave like any timm model: ``drop_rate`` (dropout before ``fc``), ``drop_path_rate`` (stochastic depth
@@ -80,8 +83,12 @@ def describe(name: str) -> str:
         return lookalike_note(name) or f"{name}: timm's {name} (timm's architecture and init, not one of the report's)"
     if spec.stage is None:
         return f"{spec.label} ({name}): torchvision's ResNet{spec.depth} exactly (layout, parameters, initialisation)"
-    return (f"{spec.label} ({name}): torchvision's ResNet{spec.depth} with conv2 of the last block of stage "
-            f"{spec.stage} a LambdaLayer ({spec.position})")
+    if spec.lambda_layers == 1:
+        return (f"{spec.label} ({name}): torchvision's ResNet{spec.depth} with conv2 of the last block of stage "
+                f"{spec.stage} a LambdaLayer ({spec.position})")
+    blocks = ", ".join(f"layer{s}.{b}" for s, b in lambda_sites(spec.depth, spec.stage, spec.lambda_layers))
+    return (f"{spec.label} ({name}): torchvision's ResNet{spec.depth} with conv2 of {spec.lambda_layers} blocks "
+            f"({blocks}) LambdaLayers ({spec.position})")
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -105,13 +112,29 @@ def feature_size(img_size: int, stage: int, output_stride: int = 32) -> int:
     return side
 
 
+def lambda_sites(depth: int, stage: int, lambda_layers: int = 1, block: int = -1) -> list[tuple[int, int]]:
+    """The (stage, block index) pairs that get a lambda layer, in network order: ``lambda_layers`` basic blocks
+    counted backward from block ``block`` of ``stage``, across stage boundaries (ResNet18, stage 3, 4 layers ->
+    layer2.0, layer2.1, layer3.0, layer3.1)."""
+    blocks = STAGE_BLOCKS[depth]
+    if not -blocks[stage - 1] <= block < blocks[stage - 1]:
+        raise ValueError(f"lambda_block={block}: stage {stage} of ResNet{depth} has {blocks[stage - 1]} blocks")
+    everything = [(s, b) for s in range(1, stage + 1) for b in range(blocks[s - 1])]  # network order
+    upto = everything[:sum(blocks[:stage - 1]) + block % blocks[stage - 1] + 1]
+    if not 1 <= lambda_layers <= len(upto):
+        raise ValueError(f"lambda_layers={lambda_layers}: expected 1 to {len(upto)}, the basic blocks of ResNet{depth} "
+                         f"up to layer{stage}.{upto[-1][1]}")
+    return upto[-lambda_layers:]
+
+
 class ReportResNet(ResNet):
     """The report's ResNet18/34: timm's ``ResNet`` of ``BasicBlock``s laid out and initialised as torchvision's
     resnet18/34, optionally with one 3x3 conv of stage ``lambda_stage`` replaced by a ``LambdaLayer``.
 
     Lambda arguments: ``lambda_stage`` (1-4, None for none), ``position`` ("rpe"/"lc"), ``lambda_block``,
-    ``lambda_conv`` (the site), ``scope``, ``dim_k``, ``heads``, ``dim_u``, ``impl`` (see LambdaLayer); the
-    layer is sized for ``img_size`` (int or (H, W)). Everything else goes to timm's ``ResNet`` (``num_classes``,
+    ``lambda_conv`` (the site), ``lambda_layers`` (how many blocks, counted backward from the site, get one:
+    ``lambda_sites``), ``scope``, ``dim_k``, ``heads``, ``dim_u``, ``impl`` (see LambdaLayer); each layer is sized
+    for its stage's map at ``img_size`` (int or (H, W)). Everything else goes to timm's ``ResNet`` (``num_classes``,
     ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``drop_block_rate``, ``global_pool``, ``output_stride``, ...).
     ``zero_init_last`` defaults to False, torchvision's init; True gives timm's. ``device`` / ``dtype`` (timm's
     ``create_model(..., device=, dtype=)``) reach the lambda layer too.
@@ -132,6 +155,7 @@ class ReportResNet(ResNet):
         position: str = "rpe",
         lambda_block: int = -1,
         lambda_conv: str = "conv2",
+        lambda_layers: int = 1,
         scope: int = 23,
         dim_k: int = 16,
         heads: int = 4,
@@ -150,13 +174,16 @@ class ReportResNet(ResNet):
         super().__init__(BasicBlock, STAGE_BLOCKS[depth], zero_init_last=zero_init_last, **kwargs)
         self.depth, self.lambda_layer = depth, lambda_layer
         self.img_size = _pair(img_size)
-        self.lambda_site: str | None = None
-        if lambda_stage is not None:  # after the ResNet's init: the same random draws as torchvision + layer
+        self.lambda_site: str | None = None  # "layer2.1.conv2 (rpe, 8x8 map)"; several joined by "; "
+        if lambda_stage is not None:  # after the ResNet's init: the same random draws as torchvision + layers
             output_stride = kwargs.get("output_stride", 32)
-            side = tuple(feature_size(s, lambda_stage, output_stride) for s in self.img_size)
-            self._insert_lambda(lambda_stage, lambda_block, lambda_conv, side, dict(
-                position=position, scope=scope, dim_k=dim_k, heads=heads, dim_u=dim_u, impl=impl,
-                device=kwargs.get("device"), dtype=kwargs.get("dtype")))
+            layer_args = dict(position=position, scope=scope, dim_k=dim_k, heads=heads, dim_u=dim_u, impl=impl,
+                              device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+            sites = []
+            for stage_index, block_index in lambda_sites(depth, lambda_stage, lambda_layers, lambda_block):
+                side = tuple(feature_size(s, stage_index, output_stride) for s in self.img_size)  # its stage's map
+                sites.append(self._insert_lambda(stage_index, block_index, lambda_conv, side, layer_args))
+            self.lambda_site = "; ".join(sites)
 
     def refuses_larger_inputs(self) -> bool:
         """True when an input larger than the model was built for is refused (an rpe layer refuses any other size;
@@ -174,9 +201,10 @@ class ReportResNet(ResNet):
             cfg["fixed_input_size"] = bool(cfg.get("fixed_input_size")) or self.refuses_larger_inputs()
         self.__dict__["_pretrained_cfg"] = cfg
 
-    def _insert_lambda(self, stage_index: int, block: int, conv_name: str, side: tuple[int, int], layer_args: dict):
+    def _insert_lambda(self, stage_index: int, block_index: int, conv_name: str, side: tuple[int, int],
+                       layer_args: dict) -> str:
+        """Replace one conv by a lambda layer; returns the site as lambda_site names it."""
         stage = getattr(self, f"layer{stage_index}")
-        block_index = block % len(stage)
         conv = getattr(stage[block_index], conv_name, None)
         if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3):
             raise ValueError(f"layer{stage_index}[{block_index}].{conv_name} is not a 3x3 convolution")
@@ -192,9 +220,7 @@ class ReportResNet(ResNet):
             nn.init.normal_(layer.pos_emb, std=1.0)
         setattr(stage[block_index], conv_name, layer)
         shape = f"{side[0]}x{side[1]}"
-        self.lambda_site = f"layer{stage_index}.{block_index}.{conv_name} ({layer_args['position']}, {shape} map)"
-
-
+        return f"layer{stage_index}.{block_index}.{conv_name} ({layer_args['position']}, {shape} map)"
 
 
 def report_impl_layer(conv: nn.Conv2d, side: tuple[int, int], args: dict) -> nn.Module:
@@ -216,9 +242,12 @@ def _cfg(spec: ModelSpec, **kwargs) -> dict:
     from .layers import refuses_larger_maps
 
     # at the default size with the default scope: rpe is tied to its map; lc refuses larger maps when its map is
-    # smaller than its window (stage 3 at 160 px: 10x10, a 19x19 table of the 23x23 window)
-    fixed = spec.position is not None and refuses_larger_maps(
-        spec.position, (feature_size(DEFAULT_IMG_SIZE, spec.stage),) * 2, ReportResNet.__init__.__kwdefaults__["scope"])
+    # smaller than its window (stage 3 at 160 px: 10x10, a 19x19 table of the 23x23 window); with several layers,
+    # when any of them does
+    scope = ReportResNet.__init__.__kwdefaults__["scope"]
+    fixed = spec.position is not None and any(
+        refuses_larger_maps(spec.position, (feature_size(DEFAULT_IMG_SIZE, stage),) * 2, scope)
+        for stage, _ in lambda_sites(spec.depth, spec.stage, spec.lambda_layers))
     return dict(
         url="", num_classes=1000, input_size=(3, DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
         pool_size=(feature_size(DEFAULT_IMG_SIZE, 4),) * 2, fixed_input_size=fixed,
@@ -270,12 +299,14 @@ def build_resnet(depth: int, **kwargs) -> nn.Module:
     """
     if depth not in STAGE_BLOCKS:
         raise ValueError(f"depth={depth}; the report's ResNets are 18 or 34")
-    stage, position = kwargs.get("lambda_stage"), kwargs.get("position", "rpe")
-    variant = f"lambda_resnet{depth}_l{stage}_{position}" if stage is not None else f"lambdalib_resnet{depth}"
-    if variant not in SPECS:  # a site outside the report's ten: built on the baseline's cfg, described as it is
+    stage, position, n = kwargs.get("lambda_stage"), kwargs.get("position", "rpe"), kwargs.get("lambda_layers", 1)
+    variant = next((s.name for s in SPECS.values() if (s.depth, s.stage, s.lambda_layers) == (depth, stage, n)
+                    and s.position == (position if stage is not None else None)), None)
+    if variant is None:  # a site outside the report's ten: built on the baseline's cfg, described as it is
         overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-        overlay.setdefault("description", f"ResNet{depth} with a {position} lambda layer in stage {stage} (not one "
-                                          f"of the report's ten)")
+        layers = f"a {position} lambda layer in" if n == 1 else f"{n} {position} lambda layers up to"
+        overlay.setdefault("description", f"ResNet{depth} with {layers} stage {stage} (not one of the report's "
+                                          f"ten)")
         kwargs["pretrained_cfg_overlay"], variant = overlay, f"lambdalib_resnet{depth}"
     return _build(variant, depth, **kwargs)
 
@@ -286,6 +317,7 @@ def _entrypoint(spec: ModelSpec):
         if spec.stage is not None:
             kwargs.setdefault("lambda_stage", spec.stage)
             kwargs.setdefault("position", spec.position)
+            kwargs.setdefault("lambda_layers", spec.lambda_layers)
         return _build(spec.name, spec.depth, pretrained, **kwargs)
 
     create_fn.__name__ = spec.name

@@ -6,6 +6,8 @@ for a new kind of network. Like timm's _registry.py, this knows names, not netwo
     baselines   1      R18 -> lambdalib_resnet18, R34 -> lambdalib_resnet34
     L2_rpe      2      LR18_L2(rpe) -> lambda_resnet18_l2_rpe, LR34_L2(rpe) -> lambda_resnet34_l2_rpe
     L3_rpe      3      ...           L2_lc 4, L3_lc 5
+    L3x4_rpe    6      LR18_L3x4(rpe) -> lambda_resnet18_l3x4_rpe  (4 lambda layers: every block of stages 2-3;
+                       not a table of the report, it tests its "more than two lambda layers explode")
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ class Family:
     position: str | None = None  # "rpe" | "lc" | None (the baselines)
     stage: int | None = None  # 1-4: where the lambda layer sits
     depths: tuple[int, ...] = DEPTHS
+    # how many lambda layers: conv2 of the last `lambda_layers` basic blocks, counted backward from the last block
+    # of `stage` across stage boundaries (R18, stage 3, 4 -> layer3[1], layer3[0], layer2[1], layer2[0])
+    lambda_layers: int = 1
 
     @property
     def table_stem(self) -> str:
@@ -41,11 +46,16 @@ class Family:
         return f"curves_{self.key}"
 
     def label(self, depth: int) -> str:
-        return f"R{depth}" if self.position is None else f"LR{depth}_L{self.stage}({self.position})"
+        if self.position is None:
+            return f"R{depth}"
+        layers = f"x{self.lambda_layers}" if self.lambda_layers > 1 else ""  # one layer: the report's labels
+        return f"LR{depth}_L{self.stage}{layers}({self.position})"
 
     def name(self, depth: int) -> str:
-        return f"lambdalib_resnet{depth}" if self.position is None else \
-            f"lambda_resnet{depth}_l{self.stage}_{self.position}"
+        if self.position is None:
+            return f"lambdalib_resnet{depth}"
+        layers = f"x{self.lambda_layers}" if self.lambda_layers > 1 else ""
+        return f"lambda_resnet{depth}_l{self.stage}{layers}_{self.position}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class ModelSpec:
     family: str = field(default="baselines")
     stage: int | None = None  # where the lambda layer sits (None for ResNets)
     position: str | None = None  # "rpe" or "lc"
+    lambda_layers: int = 1  # see Family.lambda_layers
 
     @property
     def baseline(self) -> str | None:
@@ -75,7 +86,8 @@ def register_family(family: Family) -> Family:
         raise ValueError(f"model family {family.key!r} is already registered")
     FAMILIES[family.key] = family
     for depth in family.depths:
-        spec = ModelSpec(family.name(depth), family.label(depth), depth, family.key, family.stage, family.position)
+        spec = ModelSpec(family.name(depth), family.label(depth), depth, family.key, family.stage, family.position,
+                         family.lambda_layers)
         SPECS[spec.name] = spec
         _BY_LABEL[spec.label.lower()] = spec.name
     _ordered()
@@ -96,10 +108,13 @@ for _family in (
     Family("L3_rpe", 3, "LambdaResNet Layer3 rpe", OKABE_ITO[5], "03_lambda_rpe.ipynb", "rpe", 3),
     Family("L2_lc", 4, "LambdaResNet Layer2 lc", OKABE_ITO[3], "04_lambda_lc.ipynb", "lc", 2),
     Family("L3_lc", 5, "LambdaResNet Layer3 lc", OKABE_ITO[1], "04_lambda_lc.ipynb", "lc", 3),
+    # not one of the report's tables: a model for its "more than two lambda layers explode" (Tol's wine colour)
+    Family("L3x4_rpe", 6, "LambdaResNet 4 lambda layers (stages 2-3) rpe", "#882255", "03_lambda_rpe.ipynb", "rpe", 3,
+           depths=(18,), lambda_layers=4),
 ):
     register_family(_family)
 
-REPORT_MODELS = tuple(SPECS)  # the report's ten, baselines first
+REPORT_MODELS = tuple(n for n, s in SPECS.items() if s.lambda_layers == 1)  # the report's ten, baselines first
 # timm names that read like a report baseline but are timm's networks: timm name -> the report's model
 LOOKALIKES = {"resnet18": "lambdalib_resnet18", "resnet34": "lambdalib_resnet34"}
 
@@ -168,20 +183,32 @@ def split_label(label: str) -> tuple[str, str]:
     return (match[1], match[2]) if match and match[2] in LAMBDA_LAYERS else (label, LAMBDA_LAYERS[0])
 
 
-def family_label(position: str | None, depth: int, stage: int | None = None) -> str:
-    """The report label for a notebook's (family, depth, stage): ("rpe", 18, 2) -> "LR18_L2(rpe)"."""
+def family_label(position: str | None, depth: int, stage: int | None = None, lambda_layers: int = 1) -> str:
+    """The report label for a notebook's (family, depth, stage, lambda_layers): ("rpe", 18, 2) -> "LR18_L2(rpe)",
+    ("rpe", 18, 3, 4) -> "LR18_L3x4(rpe)"."""
     try:
-        depth = int(depth)  # papermill's -r hands over strings
+        depth, lambda_layers = int(depth), int(lambda_layers)  # papermill's -r hands over strings
         stage = None if stage is None else int(stage)
     except (TypeError, ValueError):
-        raise ValueError(f"depth={depth!r}, stage={stage!r}: expected whole numbers") from None
+        raise ValueError(f"depth={depth!r}, stage={stage!r}, lambda_layers={lambda_layers!r}: expected whole "
+                         "numbers") from None
     for family in FAMILIES.values():
-        if family.position == position and (position is None or family.stage == stage) and depth in family.depths:
+        site = position is None or (family.stage, family.lambda_layers) == (stage, lambda_layers)
+        if family.position == position and site and depth in family.depths:
             return family.label(depth)
     if depth not in DEPTHS:
         raise ValueError(f"depth={depth!r}: the report's ResNets are 18 or 34")
     if position not in (None, "rpe", "lc"):
         raise ValueError(f"position={position!r}: expected 'rpe' or 'lc'")
+    counts = sorted({f.lambda_layers for f in FAMILIES.values() if f.position == position and depth in f.depths})
+    if lambda_layers not in counts:
+        raise ValueError(f"lambda_layers={lambda_layers!r}: {position} ResNet{depth}s have "
+                         f"{' or '.join(map(str, counts))} lambda layers")
+    if lambda_layers > 1:
+        models = [f.label(depth) for f in FAMILIES.values()
+                  if (f.position, f.lambda_layers) == (position, lambda_layers) and depth in f.depths]
+        raise ValueError(f"stage={stage!r}, lambda_layers={lambda_layers}: the models with {lambda_layers} {position} "
+                         f"lambda layers are {', '.join(models)}")
     raise ValueError(f"stage={stage!r}: the report puts the lambda layer in stage 2 or 3")
 
 

@@ -81,8 +81,8 @@ def notebook_parameters(config: RunConfig) -> dict[str, Any]:
     if Path(config.data).expanduser().exists():
         params["data"] = str(Path(config.data).expanduser().resolve())
     params["depth"] = spec.depth
-    if spec.stage is not None:
-        params["stage"] = spec.stage
+    if spec.stage is not None:  # the lambda notebooks' own parameters (the baselines' takes neither)
+        params["stage"], params["lambda_layers"] = spec.stage, spec.lambda_layers
     return params
 
 

@@ -78,7 +78,9 @@ FAMILIES = {
                            "(the report's Table 1)."),
     "03_lambda_rpe.ipynb": ("rpe", "Lambda-ResNets with relative position embeddings (rpe)",
                             "One 3x3 convolution of the last block of stage 2 or 3 replaced by a lambda layer with "
-                            "global relative position embeddings (|k|=16, |h|=4); the report's Tables 2 and 3."),
+                            "global relative position embeddings (|k|=16, |h|=4); the report's Tables 2 and 3. "
+                            "`-p stage 3 -p lambda_layers 4` trains LR18_L3x4(rpe), conv2 of every block of "
+                            "stages 2-3 a lambda layer (the report's \"more than two lambda layers\")."),
     "04_lambda_lc.ipynb": ("lc", "Lambda-ResNets with lambda convolution (lc)",
                            "The same site with a lambda convolution of scope r=23; the report's Tables 4 and 5."),
 }
@@ -109,8 +111,11 @@ def family_notebook(position, title, blurb):
     model = [Param("depth", "int", 18, "ResNet depth: 18 or 34")]
     if position is not None:
         model.append(Param("stage", "int", 2, "the stage whose last block gets the lambda layer: 2 or 3"))
+        # LR18_L3x4(rpe): 4 = conv2 of every block of stages 2-3, counted backward from the last of `stage`
+        model.append(Param("lambda_layers", "int", 1, "how many blocks, counted back from that one, get a lambda "
+                                                      "layer: 1 (the report's) or 4 (rpe, stage 3)"))
     names = ", ".join(repr(p.name) for p in model)
-    label = f"family_label({position!r}, depth{', stage' if position else ''})"
+    label = f"family_label({position!r}, depth{', stage, lambda_layers' if position else ''})"
     return notebook([
         new_markdown_cell(f"# {title}\n\n{blurb}\n\nRun with papermill, e.g. "
                           f"`papermill {next(k for k, v in FAMILIES.items() if v[0] == position)} out.ipynb "

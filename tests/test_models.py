@@ -20,7 +20,9 @@ PARAMS_160PX_10_CLASSES = {
     "R18": 11_181_642, "R34": 21_289_802,
     "LR18_L2(rpe)": 11_073_050, "LR18_L3(rpe)": 10_634_714, "LR18_L2(lc)": 11_057_178, "LR18_L3(lc)": 10_634_714,
     "LR34_L2(rpe)": 21_181_210, "LR34_L3(rpe)": 20_742_874, "LR34_L2(lc)": 21_165_338, "LR34_L3(lc)": 20_742_874,
+    "LR18_L3x4(rpe)": 9_870_602,  # four lambda layers (not a model of the report's tables)
 }
+FOUR_SITES = ["layer2.0.conv2", "layer2.1.conv2", "layer3.0.conv2", "layer3.1.conv2"]  # LR18_L3x4(rpe)'s, in order
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,7 +49,8 @@ def test_summary_table_pins_parameters_and_counts_flops():
     assert rows["R34"]["lambda_site"] == "-"
 
 
-@pytest.mark.parametrize("label,depth", [("R18", 18), ("R34", 34), ("LR18_L2(rpe)", 18), ("LR34_L3(lc)", 34)])
+@pytest.mark.parametrize("label,depth", [("R18", 18), ("R34", 34), ("LR18_L2(rpe)", 18), ("LR34_L3(lc)", 34),
+                                         ("LR18_L3x4(rpe)", 18)])
 def test_initialisation_is_torchvisions(label, depth):
     """Same seed -> the same tensors as torchvision's resnet18/34, bit for bit, outside the lambda layer."""
     torch.manual_seed(0)
@@ -58,8 +61,8 @@ def test_initialisation_is_torchvisions(label, depth):
     ours = _lambda_keys(model)
     assert bool(ours) == label.startswith("LR")
     assert set(state) - ours <= set(reference)
-    replaced = {model.lambda_site.split()[0] + ".weight"} if ours else set()
-    assert set(reference) - set(state) == replaced  # the 3x3 conv the lambda layer took the place of
+    replaced = {site.split()[0] + ".weight" for site in model.lambda_site.split("; ")} if ours else set()
+    assert set(reference) - set(state) == replaced  # the 3x3 convs the lambda layers took the place of
     for key in set(state) - ours:
         assert torch.equal(state[key], reference[key]), key
     if not ours:  # the baselines: every key, so torchvision checkpoints load strictly
@@ -87,7 +90,7 @@ def test_timms_resnet18_is_initialised_differently():
 
 
 # ------------------------------------------------------------------------------- timm's model contract
-@pytest.mark.parametrize("name", registry.REPORT_MODELS)
+@pytest.mark.parametrize("name", [*registry.REPORT_MODELS, "lambda_resnet18_l3x4_rpe"])
 def test_timm_contract(name):
     """What timm's own model tests check, on each of the ten (one model built per phase to keep it fast):
     forward/backward (with the trainer's drop_rate and drop_path_rate), default cfg + forward_features /
@@ -96,12 +99,13 @@ def test_timm_contract(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, img_size=IMG, drop_rate=0.2, drop_path_rate=0.1)
     lambdas = [m for m in model.modules() if isinstance(m, LambdaLayer)]
-    assert len(lambdas) == (1 if spec.stage else 0)
+    assert len(lambdas) == (spec.lambda_layers if spec.stage else 0)
     if spec.stage:
-        layer = lambdas[0]
-        assert layer.position == spec.position and (layer.dim_k, layer.heads) == (16, 4)
-        assert model.get_submodule(model.lambda_site.split()[0]) is layer
-        assert model.lambda_site.startswith(f"layer{spec.stage}.")
+        sites = model.lambda_site.split("; ")
+        for layer, site in zip(lambdas, sites, strict=True):
+            assert layer.position == spec.position and (layer.dim_k, layer.heads) == (16, 4)
+            assert model.get_submodule(site.split()[0]) is layer
+        assert sites[-1].startswith(f"layer{spec.stage}.")
     assert model.drop_rate == 0.2
     assert sum(isinstance(m, DropPath) for m in model.modules()) == sum(models.STAGE_BLOCKS[spec.depth]) - 1
     x = torch.randn(2, 3, IMG, IMG)
@@ -274,6 +278,59 @@ def test_feature_size_matches_a_real_forward():
         for stage in (1, 2, 3, 4):
             x = getattr(net, f"layer{stage}")(x)
             assert x.shape[-1] == models.feature_size(img, stage)
+
+
+def test_four_lambda_layers_sit_in_every_block_of_stages_2_and_3():
+    """LR18_L3x4(rpe): conv2 of layer2.0, 2.1, 3.0, 3.1 are lambda layers, each sized for its own stage's map
+    (8x8 and 4x4 at 64 px); it trains, and timm builds it from its name."""
+    torch.manual_seed(0)
+    model = models.create("LR18_L3x4(rpe)", num_classes=10, img_size=64)
+    lambdas = {n: m for n, m in model.named_modules() if isinstance(m, LambdaLayer)}
+    assert list(lambdas) == FOUR_SITES
+    assert [m.feat_size for m in lambdas.values()] == [(8, 8), (8, 8), (4, 4), (4, 4)]
+    assert model.lambda_site == ("layer2.0.conv2 (rpe, 8x8 map); layer2.1.conv2 (rpe, 8x8 map); "
+                                 "layer3.0.conv2 (rpe, 4x4 map); layer3.1.conv2 (rpe, 4x4 map)")
+    assert model.pretrained_cfg["fixed_input_size"] is True
+    assert "layer2.0, layer2.1, layer3.0, layer3.1" in model.pretrained_cfg["description"]
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    for name, layer in lambdas.items():  # each of the four takes part in the backward pass
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+                   for p in layer.parameters() if p.requires_grad), name
+    via_timm = timm.create_model("lambda_resnet18_l3x4_rpe", num_classes=10, img_size=64)
+    assert [n for n, m in via_timm.named_modules() if isinstance(m, LambdaLayer)] == FOUR_SITES
+    assert via_timm.lambda_site == model.lambda_site and via_timm(x).shape == (4, 10)
+
+
+def test_one_lambda_layer_is_the_report_model_unchanged():
+    model = models.create("LR18_L3(rpe)", num_classes=10, img_size=64)
+    assert model.lambda_site == "layer3.1.conv2 (rpe, 4x4 map)"
+    assert [n for n, m in model.named_modules() if isinstance(m, LambdaLayer)] == ["layer3.1.conv2"]
+    torch.manual_seed(0)
+    explicit = models.build_resnet(18, num_classes=10, img_size=64, lambda_stage=3, lambda_layers=1)
+    torch.manual_seed(0)
+    default = models.build_resnet(18, num_classes=10, img_size=64, lambda_stage=3)
+    for (key, a), b in zip(explicit.state_dict().items(), default.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    assert explicit.pretrained_cfg["architecture"] == "lambda_resnet18_l3_rpe"
+
+
+@pytest.mark.parametrize("layers", [0, 7])
+def test_lambda_layers_beyond_the_blocks_are_refused(layers):
+    with pytest.raises(ValueError, match=rf"^lambda_layers={layers}: expected 1 to 6, the basic blocks of ResNet18 "
+                                         r"up to layer3\.1$"):
+        models.build_resnet(18, lambda_stage=3, lambda_layers=layers, img_size=64)
+    with pytest.raises(ValueError, match="lambda_layers=5: expected 1 to 4"):
+        timm.create_model("lambda_resnet18_l2_rpe", img_size=64, lambda_layers=5)
+
+
+def test_lambda_layers_cross_stage_boundaries_with_the_other_site_arguments():
+    net = models.build_resnet(34, num_classes=10, img_size=IMG, lambda_stage=3, lambda_block=1, lambda_layers=3,
+                              position="lc", scope=5)
+    assert [n for n, m in net.named_modules() if isinstance(m, LambdaLayer)] == \
+        ["layer2.3.conv2", "layer3.0.conv2", "layer3.1.conv2"]
+    assert "3 lc lambda layers up to stage 3 (not one of the report's ten)" in net.pretrained_cfg["description"]
 
 
 def test_output_stride_dilates_and_sizes_the_lambda_layer():

@@ -73,7 +73,7 @@ def test_generator_writes_to_another_folder(tmp_path):
 @pytest.mark.parametrize("name", sorted({f.notebook for f in registry.FAMILIES.values()}))
 def test_training_notebooks_parameters_are_runconfigs_defaults(name):
     parsed = papermill.inspect_notebook(str(NOTEBOOKS / name))
-    family = ["depth"] + (["stage"] if name != registry.FAMILIES["baselines"].notebook else [])
+    family = ["depth"] + (["stage", "lambda_layers"] if name != registry.FAMILIES["baselines"].notebook else [])
     assert list(parsed) == family + list(notebook_fields())
     assert all(p["help"] for p in parsed.values())  # one line of help each
     defaults = notebook_defaults(name)
@@ -118,7 +118,8 @@ def test_family_notebooks_take_every_parameter_the_sweep_passes():
     for name in {f.notebook for f in registry.FAMILIES.values()}:
         declared = set(papermill.inspect_notebook(str(NOTEBOOKS / name)))
         assert set(NOTEBOOK_FIELDS) <= declared, name
-    assert {"depth", "stage"} <= set(papermill.inspect_notebook(str(NOTEBOOKS / "03_lambda_rpe.ipynb")))
+    rpe = set(papermill.inspect_notebook(str(NOTEBOOKS / "03_lambda_rpe.ipynb")))
+    assert {"depth", "stage", "lambda_layers"} <= rpe
 
 
 def test_notebooks_are_committed_without_outputs():
@@ -252,3 +253,13 @@ def test_sweep_passes_every_field_to_the_notebooks():
         dict(weight_decay=1e-4, t0=3, on_error="skip", depth=18, stage=3)
     declared = set(papermill.inspect_notebook(str(NOTEBOOKS / registry.FAMILIES["L2_rpe"].notebook)))
     assert set(params) == declared
+    assert params["lambda_layers"] == 1
+
+
+def test_the_four_layer_model_goes_through_the_rpe_notebook():
+    """LR18_L3x4(rpe): the sweep passes stage 3 and 4 lambda layers to the rpe notebook, whose label reads them back."""
+    params = notebook_parameters(RunConfig.from_params(model="LR18_L3x4(rpe)"))
+    assert registry.FAMILIES["L3x4_rpe"].notebook == "03_lambda_rpe.ipynb"
+    assert (params["depth"], params["stage"], params["lambda_layers"]) == (18, 3, 4)
+    assert registry.family_label("rpe", params["depth"], params["stage"], params["lambda_layers"]) == "LR18_L3x4(rpe)"
+    assert "lambda_layers" not in notebook_parameters(RunConfig.from_params(model="R18"))  # the baselines' has none

@@ -10,7 +10,7 @@ from lambdalib.registry import Family
 
 @pytest.fixture
 def made_up_family():
-    family = registry.register_family(Family("L4_rpe", 6, "LambdaResNet Layer4 rpe (made up)", registry.OKABE_ITO[2],
+    family = registry.register_family(Family("L4_rpe", 7, "LambdaResNet Layer4 rpe (made up)", registry.OKABE_ITO[2],
                                              "03_lambda_rpe.ipynb", "rpe", 4, depths=(18,)))
     yield family
     registry.FAMILIES.pop(family.key)
@@ -32,11 +32,11 @@ def test_a_registered_family_gets_its_table_and_figure_in_the_report(made_up_fam
         for seed in (0, 1):
             write_record(tmp_path, model=model, seed=seed, loss=2.0 + 0.1 * seed)
     readme = report.build(tmp_path, quiet=True).read_text()
-    table = pd.read_csv(tmp_path / "tables" / "table6_L4_rpe.csv")
+    table = pd.read_csv(tmp_path / "tables" / "table7_L4_rpe.csv")
     assert list(table["label"]) == ["LR18_L4(rpe)"]
-    assert "### Table 6: LambdaResNet Layer4 rpe (made up)" in readme
+    assert "### Table 7: LambdaResNet Layer4 rpe (made up)" in readme
     assert list(tmp_path.glob("figures/*/curves_L4_rpe.png"))
-    assert report.tables()[6] is made_up_family
+    assert report.tables()[7] is made_up_family
 
 
 def test_family_labels_take_papermill_strings():
@@ -44,6 +44,32 @@ def test_family_labels_take_papermill_strings():
     assert registry.family_label(None, 34) == "R34"
     with pytest.raises(ValueError, match="depth"):
         registry.family_label(None, 50)
+    assert registry.family_label("rpe", "18", "3", "4") == "LR18_L3x4(rpe)"
+    assert registry.family_label("rpe", 18, 3, 1) == registry.family_label("rpe", 18, 3) == "LR18_L3(rpe)"
+    with pytest.raises(ValueError, match="lambda_layers=4: lc ResNet18s have 1 lambda layers"):
+        registry.family_label("lc", 18, 3, 4)
+    with pytest.raises(ValueError, match="lambda_layers"):
+        registry.family_label("rpe", 34, 3, 4)  # the four-layer family is ResNet18 only
+    with pytest.raises(ValueError, match=r"stage=2, lambda_layers=4: .* are LR18_L3x4\(rpe\)"):
+        registry.family_label("rpe", 18, 2, 4)
+
+
+def test_the_four_lambda_layer_family_is_named_and_read_back():
+    family = registry.FAMILIES["L3x4_rpe"]
+    assert (family.table, family.position, family.stage, family.lambda_layers) == (6, "rpe", 3, 4)
+    assert (family.label(18), family.name(18)) == ("LR18_L3x4(rpe)", "lambda_resnet18_l3x4_rpe")
+    for spelling in ("LR18_L3x4(rpe)", "lr18_l3x4(RPE)", "lambda_resnet18_l3x4_rpe"):
+        assert registry.resolve_name(spelling) == "lambda_resnet18_l3x4_rpe"
+    spec = registry.SPECS["lambda_resnet18_l3x4_rpe"]
+    assert (spec.label, spec.lambda_layers, spec.baseline, spec.family) == ("LR18_L3x4(rpe)", 4, "R18", "L3x4_rpe")
+    assert registry.report_label("lambda_resnet18_l3x4_rpe") == "LR18_L3x4(rpe)"
+    assert registry.split_label(registry.run_label("LR18_L3x4(rpe)", "lucidrains")) == ("LR18_L3x4(rpe)", "lucidrains")
+    # one layer: the report's labels and names, unchanged
+    assert [registry.SPECS[n].label for n in registry.REPORT_MODELS] == [
+        "R18", "R34", "LR18_L2(rpe)", "LR18_L3(rpe)", "LR18_L2(lc)", "LR18_L3(lc)",
+        "LR34_L2(rpe)", "LR34_L3(rpe)", "LR34_L2(lc)", "LR34_L3(lc)"]
+    assert all(registry.SPECS[n].lambda_layers == 1 for n in registry.REPORT_MODELS)
+    assert registry.model_names().index("lambda_resnet18_l3x4_rpe") == 6  # after LR18_L3(lc), before the LR34s
 
 
 def test_a_run_label_names_another_lambda_layer_and_reads_back():
