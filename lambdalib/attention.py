@@ -283,10 +283,13 @@ def _render(panels: list[Panel], rows: list[Row], caption: str, dpi: int, metada
     return fig, buffer.getvalue()
 
 
+CAPTION_START = "![{path.stem}]({path.name})"  # the caption file beside a figure begins so (files.figure_target)
+
+
 def _save(png: bytes, path: Path, caption: str) -> Path:
     files.make_dir(path.parent)
     files.atomic_write_bytes(path, png)
-    files.atomic_write_text(path.with_suffix(".md"), f"![{path.stem}]({path.name})\n\n{caption}\n")
+    files.atomic_write_text(path.with_suffix(".md"), f"{CAPTION_START.format(path=path)}\n\n{caption}\n")
     return path.with_suffix(".md")
 
 
@@ -416,6 +419,9 @@ def attention_figure(models: list, image: str | Path | None = None, *, method: s
     from . import __version__
 
     key = fullgrad.method_key(method)
+    # a bad --out or a file of the user's in the way fails before any model is loaded
+    path = files.figure_target(out, results_dir() / "figures" / f"attention_{key.replace('+', 'pp')}.png",
+                               companions={".md": CAPTION_START})
     row = Row.of(image)  # a missing image fails before any model is loaded
     loaded, missing = [], []
     for entry in (list(models) if models else list(REPORT_MODELS)):
@@ -445,7 +451,6 @@ def attention_figure(models: list, image: str | Path | None = None, *, method: s
         "Weights: " + "; ".join(f"{p.info.label}: {p.info.weights}" for p in panels) + "."])
     fig, png = _render(panels, [row], caption, dpi, {"Title": title, "Description": caption,
                                                       "Software": f"lambdalib {__version__}"})
-    path = Path(out) if out else results_dir() / "figures" / f"attention_{key.replace('+', 'pp')}.png"
     return AttentionFigure(path, caption, _save(png, path, caption), panels, fig)
 
 
@@ -513,6 +518,20 @@ def attention_table_markdown(csv_path: str | Path) -> str:
     return "\n".join(lines) + "\n\n" + legend + ". Maps are FullGrad's, min-max scaled to [0, 1] at the image's size.\n"
 
 
+def trained_targets(folder: Path) -> tuple[Path, Path]:
+    """(figures/attention_trained.png, tables/attention_trained.csv) under `folder`, after checking that nothing
+    there but lambdalib's own earlier output would be overwritten (ValueError in one line)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder}: with --trained, --out is the folder for figures/ and tables/, not a file")
+    path = files.figure_target(None, folder / "figures" / f"{TRAINED_NAME}.png", companions={".md": CAPTION_START})
+    table = folder / "tables" / f"{TRAINED_NAME}.csv"
+    for file, start in ((path, "\x89PNG"), (table, "model,noise,image,"), (table.with_suffix(".md"), "| model |")):
+        if file.is_dir() or file.exists() and not files.begins_with(file, start):
+            raise ValueError(f"--out {folder}: {file} exists and is not a file lambdalib wrote; it is left as it is: "
+                             "choose another folder")
+    return path, table
+
+
 def trained_figure(results: str | Path | None = None, out: str | Path | None = None, *, labels=TRAINED_LABELS,
                    noise=TRAINED_NOISE, images: list[str | Path] | None = None, method: str = "fullgrad",
                    dpi: int = 150) -> AttentionFigure:
@@ -528,6 +547,8 @@ def trained_figure(results: str | Path | None = None, out: str | Path | None = N
     from . import __version__
 
     key = fullgrad.method_key(method)
+    folder = Path(out).expanduser() if out else _runs_folder(results).parent
+    path, table = trained_targets(folder)  # before any map: a file of the user's in the way is refused
     frame = _with_best(results)
     picks = pick_runs(results, labels, noise, frame=frame)
     if not picks:
@@ -553,8 +574,6 @@ def trained_figure(results: str | Path | None = None, out: str | Path | None = N
                                            pick_rule=PICK_RULE), sort_keys=True),
                 "Software": f"lambdalib {__version__}"}
     fig, png = _render(panels, rows, caption, dpi, metadata)
-    folder = Path(out).expanduser() if out else _runs_folder(results).parent
-    path, table = folder / "figures" / f"{TRAINED_NAME}.png", folder / "tables" / f"{TRAINED_NAME}.csv"
     text, table_rows = _csv_text(panels)
     files.make_dir(table.parent)
     files.atomic_write_text(table, text)

@@ -17,19 +17,28 @@ from scipy import stats
 
 from . import fmt, paths, registry
 from .config import RunConfig
+from .curves import (
+    CHANCE_MARGIN,
+    CYCLE_END_LR,
+    GRAD_BURST_FACTOR,
+    LATE_EPOCH,
+    SPIKE_EXPLOSION,
+    SPIKE_FACTOR,
+    TRAIN_RISE_FACTOR,
+    _finite,
+    _float,
+    batch_stats_reliable,
+    ends_cycle,
+    find_spikes,
+    late_oscillation,
+    val_loss_rise,
+)
 from .imagenette import CHANCE_LOSS, FULL_IMAGENETTE
 from .runs import finished_runs
 
 REPRODUCED, NOT_REPRODUCED, CONTRADICTED = "reproduced", "not reproduced", "contradicted"
 CANNOT_TELL, NO_RUNS = "cannot tell", "no runs for this here"
 ALPHA = 0.05  # family-wise error of a claim: each of its k intervals is at 1 − ALPHA/k (Bonferroni)
-LATE_EPOCH = 10  # the report: "after about 10 epochs"
-# a spike: val loss > SPIKE_FACTOR x its lowest so far (or not finite; far above noise near ln 10, far below the
-# report's 42 to 71622); an explosion: grad norm > GRAD_BURST_FACTOR x the run's median or train loss risen 1.5x
-SPIKE_FACTOR, GRAD_BURST_FACTOR, TRAIN_RISE_FACTOR = 2.0, 10.0, 1.5
-CHANCE_MARGIN = 0.1  # "well below chance": under (1 − 0.1) ln 10; "near chance": within 0.1 ln 10 of it
-AT_CHANCE = 0.95  # a loss >= 0.95 ln 10 is at (or above) chance
-CYCLE_END_LR = 0.1  # a run ends a cosine cycle when its last epoch's lr is its lowest and <= 10 % of its peak
 UNIFORM_ENTROPY = 0.95  # a FullGrad map of normalised entropy >= 0.95 is nearly uniform
 HARDWARE = ("device", "world_size", "jobs", "cpu_share", "threads")  # environment keys a time comparison pairs on
 OVERFIT_DELTA = 0.1  # nats: the report prints no curve values; a rise under 0.1 nat is no visible "over-fit"
@@ -38,10 +47,6 @@ OURS_PREFIX, ATTENTION_IMPL = "ours", "attn naive"  # the attention sweep's lamb
 REPORT_GPU = "a P100"
 SCHEDULE = (f"the schedule makes it so: every run ends a cosine cycle (last-epoch lr ≤ {CYCLE_END_LR:.0%} of its peak),"
             " which favours the last epoch by construction")
-SPIKE_EXPLOSION, SPIKE_BN, SPIKE_WEIGHTS = ("gradient explosion", "BatchNorm running statistics",
-                                           "weights (spikes with batch statistics too; gradients calm)")
-SPIKE_UNCLASSIFIED, SPIKE_UNRELIABLE = ("unclassified (no val_loss_batch_stats in this record)",
-                                        "unclassified (val_loss_batch_stats unreliable in this run)")
 RULES = (
     "Comparisons pair runs by seed inside one set-up and noise level (same data order; a ResNet and its Lambda twin "
     "also share the initial weights of every common layer); ratios are compared as logs. Each claim states its "
@@ -55,17 +60,6 @@ RULES = (
     f"comparisons uses Bonferroni intervals, each at confidence 1 − {ALPHA:g}/k (Student-t over seed pairs, "
     f"Clopper-Pearson for shares), so that all k hold together with at least {100 * (1 - ALPHA):g} %; the claim "
     "takes the verdict they agree on (contradicted and not reproduced together: not reproduced), else *cannot tell*.")
-
-
-def _finite(value) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _float(value) -> float:
-    return float(value) if _finite(value) else math.nan
 
 
 def interval(values, confidence: float = 1 - ALPHA, kind: str = "t") -> tuple[float, float, float]:
@@ -84,65 +78,6 @@ def interval(values, confidence: float = 1 - ALPHA, kind: str = "t") -> tuple[fl
         return mean, math.nan, math.nan
     half = float(stats.t.ppf(1 - a / 2, n - 1)) * float(xs.std(ddof=1)) / math.sqrt(n)
     return mean, mean - half, mean + half
-
-
-def _column(history: list[dict], name: str) -> list[float]:
-    return [float(r[name]) for r in history if _finite(r.get(name))]
-
-
-def val_loss_rise(history: list[dict]) -> float:
-    """Overfitting: the last finite val loss minus the lowest one (0 when the last is the lowest)."""
-    losses = _column(history, "val_loss")
-    return losses[-1] - min(losses) if losses else math.nan
-
-
-def late_oscillation(history: list[dict], after: int = LATE_EPOCH) -> float:
-    """Instability: mean |val_loss(e) − val_loss(e−1)| over epochs e > `after` with both losses finite."""
-    val = {int(r["epoch"]): r["val_loss"] for r in history if _finite(r.get("val_loss"))}
-    steps = [abs(val[e] - val[e - 1]) for e in sorted(val) if e > after and e - 1 in val]
-    return float(np.mean(steps)) if steps else math.nan
-
-
-def ends_cycle(history: list[dict]) -> bool:
-    """The run's last epoch has its lowest learning rate, <= CYCLE_END_LR of its peak (a cosine cycle's end)."""
-    lrs = _column(history, "lr")
-    return bool(lrs) and lrs[-1] <= min(lrs) and lrs[-1] <= CYCLE_END_LR * max(lrs)
-
-
-def batch_stats_reliable(history: list[dict]) -> bool:
-    """False when val_loss_batch_stats never gets below chance (>= AT_CHANCE ln 10) while the eval-mode val loss
-    gets well below it: such a column (records computed on class-sorted batches) says nothing about the weights."""
-    batch, val = _column(history, "val_loss_batch_stats"), _column(history, "val_loss")
-    return not (batch and val and min(batch) >= AT_CHANCE * CHANCE_LOSS
-                and min(val) < (1 - CHANCE_MARGIN) * CHANCE_LOSS)
-
-
-def find_spikes(history: list[dict]) -> list[dict]:
-    """Val-loss spikes of one run (dicts: epoch, val_loss, factor, batch_stats, grad_norm_max, grad_median,
-    train_loss, cause). Cause: SPIKE_EXPLOSION when gradients or train loss went too; else by the same weights on
-    batch statistics: SPIKE_BN when that loss does not spike, SPIKE_WEIGHTS when it does; SPIKE_UNCLASSIFIED without
-    the column, SPIKE_UNRELIABLE when it is unreliable (`batch_stats_reliable`)."""
-    grads = _column(history, "grad_norm_max")
-    median, reliable = float(np.median(grads)) if grads else math.nan, batch_stats_reliable(history)
-    best_val = best_train = best_batch = math.inf
-    spikes = []
-    for row in history:
-        val, train = _float(row.get("val_loss")), _float(row.get("train_loss"))
-        batch, grad = _float(row.get("val_loss_batch_stats")), _float(row.get("grad_norm_max"))
-        if math.isfinite(best_val) and not val <= SPIKE_FACTOR * best_val:  # NaN counts as a spike
-            burst = math.isfinite(median) and not grad <= GRAD_BURST_FACTOR * median
-            rise = not math.isfinite(train) or (math.isfinite(best_train) and train > TRAIN_RISE_FACTOR * best_train)
-            reference = best_batch if math.isfinite(best_batch) else best_val
-            cause = (SPIKE_EXPLOSION if burst or rise else SPIKE_UNCLASSIFIED if not math.isfinite(batch)
-                     else SPIKE_UNRELIABLE if not reliable else SPIKE_BN if batch <= SPIKE_FACTOR * reference
-                     else SPIKE_WEIGHTS)
-            spikes.append(dict(epoch=int(row["epoch"]), val_loss=val, factor=val / best_val if math.isfinite(val)
-                               else math.inf, batch_stats=batch, grad_norm_max=grad, grad_median=median,
-                               train_loss=train, cause=cause))
-        best_val = min(best_val, val) if math.isfinite(val) else best_val
-        best_train = min(best_train, train) if math.isfinite(train) else best_train
-        best_batch = min(best_batch, batch) if math.isfinite(batch) else best_batch
-    return spikes
 
 
 @dataclass(frozen=True)
@@ -212,6 +147,12 @@ def _baseline(label: str) -> str | None:
     """'LR18_L2(rpe)' -> 'R18'; '' for one of the report's ResNets; None for a model that is not the report's."""
     base = registry.split_label(label)[0]
     return next((s.baseline or "" for s in registry.SPECS.values() if s.label == base), None)
+
+
+def _lambda_layers(label: str) -> int:
+    """How many lambda layers the model of a run label has (0: a ResNet or a model that is not the report's)."""
+    spec = registry.SPECS.get(registry.resolve_name(registry.split_label(label)[0]))
+    return 0 if spec is None or spec.position is None else spec.lambda_layers
 
 
 def _done(runs: pd.DataFrame) -> pd.DataFrame:
@@ -306,14 +247,18 @@ def _paired(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]:
 
 
 def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]:
-    """Row 11: share of LR34_L3 runs with a gradient explosion; 14: share of those that overfit before exploding."""
+    """Row 2: share of runs with more than two lambda layers with a gradient explosion; 11: share of LR34_L3 runs with
+    one; 14: share of those that overfit before exploding."""
     groups, spikes, unreliable = {}, [], 0
     for _, run in ctx.done.iterrows():
         where, history = f"{run['where_setup']}, {fmt.noise(run['noise'])} noise", run["_history"]
         mine = [dict(s, label=run["label"], seed=int(run["seed"]), where=where) for s in find_spikes(history)]
         spikes, unreliable = spikes + mine, unreliable + (not batch_stats_reliable(history))
         first = next((s["epoch"] for s in mine if s["cause"] == SPIKE_EXPLOSION), None)
-        if row.key == "11" and run["label"].startswith("LR34_L3"):
+        if row.key == "2" and _lambda_layers(run["label"]) > 2:
+            groups.setdefault(("every set-up", "runs with more than two lambda layers"), []).append(
+                (run, first is not None))
+        elif row.key == "11" and run["label"].startswith("LR34_L3"):
             groups.setdefault((run["where_setup"], run["label"]), []).append((run, first is not None))
         elif row.key == "14" and first is not None:
             before = val_loss_rise([r for r in history if r["epoch"] < first])
@@ -379,8 +324,11 @@ CLAIMS: tuple[Row, ...] = (  # the report's words in its order; sign, δ and mea
         "side of benchmarks/attention_sweep.csv where both ran (exact)", "×0.5, typed in (\"greatly\"; the report "
         "measures nothing)", _memory, sign=-1, delta=TWICE, scale="ratio"),
     Row("2", "\"any LambdaResNet with more than two lambda layers would lead to gradient explosion after several "
-        "epochs in this small dataset, which is indicated by the Nan validation loss\" (§2)", "runs of models with "
-        "more than two lambda layers", "—", None, why_none="every model here has one lambda layer"),
+        "epochs in this small dataset, which is indicated by the Nan validation loss\" (§2)", "share of the runs of "
+        "models with more than two lambda layers (every set-up and noise level together) with a gradient explosion: "
+        f"a val-loss spike (a non-finite loss included) with a grad norm > {GRAD_BURST_FACTOR:g} × the run's median "
+        f"or train loss > {TRAIN_RISE_FACTOR:g} × its lowest", "1/2, typed in (\"any ... would\": more often than not)",
+        _explosions, delta=0.5, scale="share", why_none="no runs of a model with more than two lambda layers here"),
     Row("3", "\"the R18 has similar loss curves for four different noisy labels and converges to similar loss\" "
         "(§3.1)", "R18's best val loss at the set-up's highest noise − at noise 0", f"±{OWN} (Table 1)",
         Paired(keep=lambda lab: lab == "R18", across_noise=True, alone=True), sign=0, column="best_val_loss"),

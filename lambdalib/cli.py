@@ -5,7 +5,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -94,17 +93,17 @@ def _run_line(summary: dict) -> str:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from . import data, figures
+    from . import data, figures, files
     from .paths import results_dir
 
     if args.samples < 1:
         raise ValueError(f"--samples {args.samples}: the sample grid needs at least 1 image")
     data.noise_column(args.noise, synthetic_hint=False)  # a bad --noise fails before anything is printed
+    out = files.figure_target(args.out, results_dir() / "figures" / f"samples_noise{args.noise * 100:g}.png")
     info = data.overview(args.data)
     print(f"data: {info['root']}\n")
     print(info["classes"].to_string(), "\n")
     print(info["noise"].to_string())
-    out = Path(args.out) if args.out else results_dir() / "figures" / f"samples_noise{args.noise * 100:g}.png"
     figures.plot_samples(info["root"], args.noise, n=args.samples, path=out)
     print(f"\nsample grid (clean vs noisy labels): {out}")
     return 0
@@ -261,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="embedded", help="'embedded', 'imagenette2-160', a folder or an archive")
     p.add_argument("--noise", type=float, default=0.25, help="noise level of the sample grid")
     p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--out", help="where to save the sample grid (default results/figures/)")
+    p.add_argument("--out", help="the sample grid: a .png path or a folder (default results/figures/)")
     p.set_defaults(func=_cmd_data)
 
     for name, quick_default in (("reproduce", False), ("demo", True)):
@@ -305,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="image path (default: data/images/both.png)")
     p.add_argument("--method", default="fullgrad", help="fullgrad, gradcam, gradcam++, scorecam, ...")
     p.add_argument("--target", help="class index or name (default: each model's top prediction)")
-    p.add_argument("--out", help="figure path (default: results/figures/attention_<method>.png); with --trained, "
-                                 "the folder for figures/ and tables/ (default: the results folder)")
+    p.add_argument("--out", help="a .png path or a folder for the figure (default: "
+                                 "results/figures/attention_<method>.png); with --trained, the folder for figures/ "
+                                 "and tables/ (default: the results folder)")
     p.add_argument("--allow-random", action="store_true",
                    help="show models without weights, titled 'random init (no weights available)'")
     p.add_argument("--trained", action="store_true",

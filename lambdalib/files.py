@@ -67,6 +67,39 @@ def make_dir(folder: Path) -> None:
         raise RecordError(describe_os_error(err, folder)) from err
 
 
+def figure_target(out: Path | str | None, default: Path, *, flag: str = "--out",
+                  companions: dict[str, str] | None = None) -> Path:
+    """Where a figure the user named with `flag` goes: `default` without one; a folder (existing, or written with
+    a trailing slash) gets default's file name inside it; a file must be a .png. companions: suffix -> how the file
+    lambdalib writes there begins (`{path}` the figure's path; a caption beside the PNG): a file of that name that
+    does not begin so is the user's, and is refused rather than overwritten. Raises ValueError in one line."""
+    if out is None or str(out) == "":
+        path = Path(default)
+    else:
+        path = Path(out).expanduser()
+        if path.is_dir() or str(out).endswith(("/", os.sep)):
+            path = path / Path(default).name
+        elif path.suffix.lower() != ".png":
+            raise ValueError(f"{flag} {out}: a figure is written as .png; give a .png path or a folder")
+    for suffix, first_line in (companions or {}).items():
+        beside = path.with_suffix(suffix)
+        if beside.is_dir() or beside.exists() and not begins_with(beside, first_line.format(path=path)):
+            raise ValueError(f"{flag} {out}: {beside} exists and is not a file lambdalib wrote; it is left as it "
+                             "is: choose another name or folder")
+    if path.is_dir():
+        raise ValueError(f"{flag} {out}: {path} is a folder; give a .png path")
+    return path
+
+
+def begins_with(path: Path, text: str) -> bool:
+    """Whether the file at `path` begins with `text` (False when it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(len(text)) == text
+    except OSError:
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` exists on this machine; True when that cannot be told (another user's
     process, a pid <= 0), so that nobody's files are taken over or removed on a guess."""

@@ -41,26 +41,27 @@ def study_grids() -> list["Grid"]:
     """report preset (lr 1e-5, the published recipe): R18 against LR18_L2 (rpe) and (lc), each with our layer, ours
     with an N(0, 1) position table and lucidrains' (the report's own implementation), for the train-loss gap;
     fast preset (lr 1e-3): the R18 / LR18_L2 pairs of the overfitting, oscillation, noise and time claims at noise 0
-    and 50 %, with 5 seeds (the seed spread is what limits those verdicts)."""
-    report = Grid(models=["R18", "LR18_L2(rpe)", "LR18_L2(lc)"], noise=[0.0], seeds=[0, 1, 2],
-                  lambda_layers=list(LAMBDA_LAYERS), params=dict(PROFILES["study"], preset="report"))
-    fast = Grid(models=["R18", "LR18_L2(rpe)", "LR18_L2(lc)"], noise=[0.0, 0.5], seeds=[0, 1, 2, 3, 4],
-                params=dict(PROFILES["study"], preset="fast"))
-    return [report, fast]
+    and 50 %, with 5 seeds (the seed spread is what limits those verdicts); both presets: LR18_L3x4(rpe), four
+    lambda layers, for "more than two lambda layers ... gradient explosion"."""
+    report, fast = (dict(PROFILES["study"], preset=preset) for preset in ("report", "fast"))
+    return [Grid(models=["R18", "LR18_L2(rpe)", "LR18_L2(lc)"], noise=[0.0], seeds=[0, 1, 2],
+                 impls=list(LAMBDA_LAYERS), params=report),
+            Grid(models=["R18", "LR18_L2(rpe)", "LR18_L2(lc)"], noise=[0.0, 0.5], seeds=[0, 1, 2, 3, 4], params=fast),
+            *(Grid(models=["LR18_L3x4(rpe)"], noise=[0.0], seeds=[0, 1, 2], params=p) for p in (report, fast))]
 
 
 @dataclass
 class Grid:
-    models: list[str] = field(default_factory=lambda: [s.label for s in SPECS.values()])
+    models: list[str] = field(default_factory=lambda: [SPECS[name].label for name in registry.REPORT_MODELS])
     noise: list[float] = field(default_factory=lambda: list(REPORT_NOISE))
     seeds: list[int] = field(default_factory=lambda: [0])
     params: dict[str, Any] = field(default_factory=dict)  # shared RunConfig fields (epochs, data, ...)
-    lambda_layers: list[str] | None = None  # each Lambda-ResNet once per implementation (None: params' one)
+    impls: list[str] | None = None  # each Lambda-ResNet once per lambda layer implementation (None: params' one)
 
     def configs(self) -> list[RunConfig]:
         def layers(model: str) -> list[str | None]:
             spec = SPECS.get(resolve_name(model))
-            return self.lambda_layers if self.lambda_layers and spec and spec.position else [None]
+            return self.impls if self.impls and spec and spec.position else [None]
 
         return [RunConfig.from_params(model=m, noise=n, seed=s, **self.params,
                                       **({"lambda_layer": impl} if impl else {}))

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lambdalib import claims, record, registry
+from lambdalib import claims, curves, record, registry
 from lambdalib import runs as run_records
 from lambdalib.config import RunConfig
 
@@ -60,7 +60,7 @@ def falling(final: float, epochs: int = EPOCHS) -> list[float]:
 
 def val_curve(rise: float, amp: float, epochs: int = EPOCHS) -> list[float]:
     """Val loss: 2.5 falling to 1.9 at epoch 6, then rising by `rise` per epoch, alternating ±amp after epoch 10."""
-    return [max(1.9, 2.5 - 0.1 * e) + rise * max(0, e - 6) + (amp if e % 2 else -amp) * (e > claims.LATE_EPOCH)
+    return [max(1.9, 2.5 - 0.1 * e) + rise * max(0, e - 6) + (amp if e % 2 else -amp) * (e > curves.LATE_EPOCH)
             for e in range(1, epochs + 1)]
 
 
@@ -201,40 +201,40 @@ def _history(val, train=None, grad=None, batch=None):
 
 def test_run_statistics_on_hand_made_histories():
     history = [dict(epoch=e, val_loss=v) for e, v in enumerate([3.0, 2.0, 1.5, 2.5, math.nan, 2.0], 1)]
-    assert claims.val_loss_rise(history) == pytest.approx(0.5)  # last finite 2.0 − lowest 1.5
-    assert claims.late_oscillation(history, after=2) == pytest.approx((0.5 + 1.0) / 2)  # |1.5−2|, |2.5−1.5|
-    assert math.isnan(claims.late_oscillation(history, after=10)) and math.isnan(claims.val_loss_rise([]))
+    assert curves.val_loss_rise(history) == pytest.approx(0.5)  # last finite 2.0 − lowest 1.5
+    assert curves.late_oscillation(history, after=2) == pytest.approx((0.5 + 1.0) / 2)  # |1.5−2|, |2.5−1.5|
+    assert math.isnan(curves.late_oscillation(history, after=10)) and math.isnan(curves.val_loss_rise([]))
     cosine = [dict(lr=0.5 * (1 + math.cos(math.pi * e / 15))) for e in range(15)]
-    assert claims.ends_cycle(cosine) and not claims.ends_cycle(cosine[:10]) and not claims.ends_cycle([dict(lr=1)] * 3)
+    assert curves.ends_cycle(cosine) and not curves.ends_cycle(cosine[:10]) and not curves.ends_cycle([dict(lr=1)] * 3)
 
 
 def test_spikes_are_told_apart_both_ways():
     calm = [2.3, 2.1, 2.0, 2.0]
-    assert claims.find_spikes(_history(calm, batch=calm)) == []
+    assert curves.find_spikes(_history(calm, batch=calm)) == []
 
     def causes(**kw):
-        return [(s["epoch"], s["cause"]) for s in claims.find_spikes(_history(**kw))]
-    bn = claims.find_spikes(_history([2.3, 2.1, 400.0, 2.0], batch=[2.4, 2.2, 2.3, 2.1]))
-    assert [(s["epoch"], s["cause"]) for s in bn] == [(3, claims.SPIKE_BN)]
+        return [(s["epoch"], s["cause"]) for s in curves.find_spikes(_history(**kw))]
+    bn = curves.find_spikes(_history([2.3, 2.1, 400.0, 2.0], batch=[2.4, 2.2, 2.3, 2.1]))
+    assert [(s["epoch"], s["cause"]) for s in bn] == [(3, curves.SPIKE_BN)]
     assert bn[0]["factor"] == pytest.approx(400 / 2.1)
     assert causes(val=[2.3, 2.1, 400.0, 2.0], grad=[2.0, 2.0, 100.0, 2.0], batch=[2.4, 2.2, 2.3, 2.1]) == [
-        (3, claims.SPIKE_EXPLOSION)]  # gradients 50x their median
+        (3, curves.SPIKE_EXPLOSION)]  # gradients 50x their median
     assert causes(val=[2.3, 2.1, 9.0, 2.0], train=[2.0, 1.0, 1.6, 1.0], batch=[2.4, 2.2, 2.3, 2.1]) == [
-        (3, claims.SPIKE_EXPLOSION)]  # the train loss rises with it
-    assert causes(val=[2.3, math.nan], train=[2.0, math.nan]) == [(2, claims.SPIKE_EXPLOSION)]
-    assert causes(val=[2.3, 2.1, 9.0], batch=[2.4, 2.2, 8.0]) == [(3, claims.SPIKE_WEIGHTS)]
-    assert causes(val=[2.3, 2.1, 9.0]) == [(3, claims.SPIKE_UNCLASSIFIED)]  # an old record: no batch statistics
-    assert claims.find_spikes(_history([50.0, 2.1, 2.1 * claims.SPIKE_FACTOR])) == []  # not above the factor
+        (3, curves.SPIKE_EXPLOSION)]  # the train loss rises with it
+    assert causes(val=[2.3, math.nan], train=[2.0, math.nan]) == [(2, curves.SPIKE_EXPLOSION)]
+    assert causes(val=[2.3, 2.1, 9.0], batch=[2.4, 2.2, 8.0]) == [(3, curves.SPIKE_WEIGHTS)]
+    assert causes(val=[2.3, 2.1, 9.0]) == [(3, curves.SPIKE_UNCLASSIFIED)]  # an old record: no batch statistics
+    assert curves.find_spikes(_history([50.0, 2.1, 2.1 * curves.SPIKE_FACTOR])) == []  # not above the factor
 
 
 def test_batch_statistics_at_chance_do_not_classify_spikes():
     # eval-mode val loss well below chance, the batch-statistics column never below it (class-sorted batches)
     val, batch = [2.0, 1.2, 1.0, 9.0, 1.0], [2.4, 2.35, 2.4, 2.3, 2.4]
-    assert not claims.batch_stats_reliable(_history(val, batch=batch))
-    assert [s["cause"] for s in claims.find_spikes(_history(val, batch=batch))] == [claims.SPIKE_UNRELIABLE]
+    assert not curves.batch_stats_reliable(_history(val, batch=batch))
+    assert [s["cause"] for s in curves.find_spikes(_history(val, batch=batch))] == [curves.SPIKE_UNRELIABLE]
     near_chance = [2.3, 2.25, 2.2, 9.0, 2.2]  # a run near chance: the column is not contradicted, it classifies
-    assert claims.batch_stats_reliable(_history(near_chance, batch=batch))
-    assert [s["cause"] for s in claims.find_spikes(_history(near_chance, batch=batch))] == [claims.SPIKE_BN]
+    assert curves.batch_stats_reliable(_history(near_chance, batch=batch))
+    assert [s["cause"] for s in curves.find_spikes(_history(near_chance, batch=batch))] == [curves.SPIKE_BN]
 
 
 # ------------------------------------------------------------------------------ claims from records
@@ -289,6 +289,30 @@ def test_the_reports_own_lambda_layers_are_judged_in_their_own_row(tmp_path):
     assert not judged_here["13"].comparisons  # lc − rpe with our layer only: no [ours-n01] rpe runs here
 
 
+def test_more_than_two_lambda_layers_explode_is_a_share_of_their_runs(tmp_path, runs):
+    """Row 2: the runs of a model with more than two lambda layers, every set-up together; a run counts when a
+    val-loss spike (a NaN one too) comes with a gradient burst or a train-loss rise."""
+    assert by_key(claims.evaluate_claims(runs))["2"].verdict == claims.NO_RUNS  # none in the study above
+
+    def row2(explode: set) -> claims.Claim:
+        for preset in ("report", "fast"):
+            for seed in SEEDS:
+                val, train, grad = val_curve(0.0, 0.0), falling(1.0), [2.0] * EPOCHS
+                if (preset, seed) in explode:
+                    val[7], train[7], grad[7] = math.nan, math.nan, 500.0
+                write_run(tmp_path / str(sorted(explode)), "LR18_L3x4(rpe)", 0.0, seed, train=train, val=val,
+                          grad=grad, preset=preset, status="diverged" if (preset, seed) in explode else "complete")
+        return by_key(claims.evaluate_claims(run_records.collect(tmp_path / str(sorted(explode)))))["2"]
+
+    calm = row2(set())
+    (c,) = calm.comparisons
+    assert (c.what, c.where, c.values) == ("runs with more than two lambda layers", "every set-up", (0.0,) * 6)
+    assert c.high == pytest.approx(expected([0.0] * 6, 1, "share")[2]) and calm.verdict == NR  # 0/6: at most 0.46
+    every = row2({(p, s) for p in ("report", "fast") for s in SEEDS})
+    assert every.comparisons[0].values == (1.0,) * 6 and every.verdict == R  # 6/6: at least 0.54
+    assert row2({("report", 0), ("fast", 1)}).verdict == CT
+
+
 def test_report_own_effect_against_its_claim_falls_back_to_its_smallest(runs):
     claim = by_key(claims.evaluate_claims(runs))["13"]  # lc − rpe train loss; the report's LR18 0 % goes the other way
     published = registry.published().set_index(["label", "noise"])["best_train_loss"]
@@ -307,8 +331,8 @@ def test_degenerate_statistics_say_why(runs, tmp_path):
     floor = comparison(found["5"], "LR34_L3(rpe) − R34", "fast, 0 % noise")
     assert floor.verdict == CT and floor.reason == "degenerate: at its floor (0) in every run of both arms"
     check(comparison(found["5"], "LR18_L2(rpe) − R18", "fast, 0 % noise"),
-          [claims.val_loss_rise([dict(val_loss=v) for v in val_curve(RISE["LR18_L2(rpe)"][s], AMP["LR18_L2(rpe)"][s])])
-           - claims.val_loss_rise([dict(val_loss=v) for v in val_curve(RISE["R18"][s], AMP["R18"][s])])
+          [curves.val_loss_rise([dict(val_loss=v) for v in val_curve(RISE["LR18_L2(rpe)"][s], AMP["LR18_L2(rpe)"][s])])
+           - curves.val_loss_rise([dict(val_loss=v) for v in val_curve(RISE["R18"][s], AMP["R18"][s])])
            for s in SEEDS], 6, R)
     # identical late curves (LR18_L2(lc) and R18): the ratio is 1 in every seed, no spread to judge
     same = comparison(found["7"], "LR18_L2(lc) / R18", "fast, 0 % noise")
@@ -362,9 +386,9 @@ def test_explosion_claims_classify_and_count(runs):
     found = by_key(claims.evaluate_claims(runs))
     claim = found["11"]
     causes = {(s["label"], s["where"], s["seed"], s["epoch"]): s["cause"] for s in claim.spikes}
-    assert causes == {("LR34_L3(rpe)", "fast, 0 % noise", 0, 8): claims.SPIKE_EXPLOSION,
-                      ("LR34_L3(rpe)", "fast, 0 % noise", 1, 9): claims.SPIKE_BN,
-                      ("R18", "fast, 50 % noise", 2, 9): claims.SPIKE_WEIGHTS}
+    assert causes == {("LR34_L3(rpe)", "fast, 0 % noise", 0, 8): curves.SPIKE_EXPLOSION,
+                      ("LR34_L3(rpe)", "fast, 0 % noise", 1, 9): curves.SPIKE_BN,
+                      ("R18", "fast, 50 % noise", 2, 9): curves.SPIKE_WEIGHTS}
     share = comparison(claim, "LR34_L3(rpe)", "fast")  # 1 of its 6 runs explodes; the report: 3 of 4 rows
     assert share.values == (1.0, 0.0, 0.0, 0.0, 0.0, 0.0) and share.delta == 0.75
     assert np.allclose([share.mean, share.low, share.high], expected(share.values, 1, "share"))
@@ -380,10 +404,10 @@ def test_unreliable_batch_statistics_in_records(tmp_path):
     write_run(tmp_path, "LR34_L3(rpe)", 0.0, 0, train=falling(1.0), val=val, batch_stats=[2.4] * EPOCHS)
     write_run(tmp_path / "old", "LR34_L3(rpe)", 0.0, 0, train=falling(1.0), val=val, old_record=True)
     claim = by_key(claims.evaluate_claims(run_records.collect(tmp_path)))["11"]
-    assert [s["cause"] for s in claim.spikes] == [claims.SPIKE_UNRELIABLE]
+    assert [s["cause"] for s in claim.spikes] == [curves.SPIKE_UNRELIABLE]
     assert "well below it in 1 runs: not used to classify spikes" in claim.note
     old = by_key(claims.evaluate_claims(run_records.collect(tmp_path / "old")))["11"]
-    assert [s["cause"] for s in old.spikes] == [claims.SPIKE_UNCLASSIFIED]
+    assert [s["cause"] for s in old.spikes] == [curves.SPIKE_UNCLASSIFIED]
 
 
 def write_sweep(path: Path, ours: float, lc: float, attention: float) -> Path:

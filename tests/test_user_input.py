@@ -167,3 +167,46 @@ def test_reproduce_jobs_take_a_free_gpu_and_honour_cuda_visible_devices(tmp_path
                       params=dict(results=str(tmp_path)))
     counts = sweep.reproduce(grid, inline=True, jobs=2, progress=False, report=False)
     assert counts["failed"] == 0 and clashes == []
+
+
+def test_a_figure_path_names_a_png_or_a_folder_and_never_the_users_files(tmp_path):
+    from lambdalib import files
+
+    default = tmp_path / "results" / "figures" / "attention_fullgrad.png"
+    assert files.figure_target(None, default) == default
+    (tmp_path / "mine").mkdir()
+    assert files.figure_target(tmp_path / "mine", default) == tmp_path / "mine" / default.name
+    assert files.figure_target(f"{tmp_path}/new/", default) == tmp_path / "new" / default.name
+    assert files.figure_target(tmp_path / "fig.PNG", default) == tmp_path / "fig.PNG"
+    with pytest.raises(ValueError, match=r"--out .*fig\.txt: a figure is written as \.png"):
+        files.figure_target(tmp_path / "fig.txt", default)
+    start = {".md": "![{path.stem}]({path.name})"}
+    (tmp_path / "README.md").write_text("# my notes\n")
+    with pytest.raises(ValueError, match="README.md exists and is not a file lambdalib wrote"):
+        files.figure_target(tmp_path / "README.png", default, companions=start)
+    (tmp_path / "fig.md").write_text("![fig](fig.png)\n\nan earlier caption\n")  # our own: written over
+    assert files.figure_target(tmp_path / "fig.png", default, companions=start) == tmp_path / "fig.png"
+
+
+def test_attention_out_never_overwrites_a_users_file(tmp_path, capsys):
+    (tmp_path / "README.md").write_text("# my notes\n")
+    assert main(["attention", "--allow-random", "R18", "--out", str(tmp_path / "README.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "README.md exists and is not a file lambdalib wrote" in err
+    assert (tmp_path / "README.md").read_text() == "# my notes\n" and not (tmp_path / "README.png").exists()
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert main(["attention", "--trained", "--results", str(tmp_path), "--out", str(tmp_path / "notes.txt")]) == 2
+    assert "not a file" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine\n"
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "attention_trained.png").write_text("my own picture\n")
+    assert main(["attention", "--trained", "--results", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "attention_trained.png exists and is not a file lambdalib wrote" in capsys.readouterr().err
+    assert (tmp_path / "figures" / "attention_trained.png").read_text() == "my own picture\n"
+
+
+def test_data_out_takes_a_folder_or_a_png(tiny_imagenette, tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine\n")
+    assert main(["data", "--data", str(tiny_imagenette), "--out", str(tmp_path / "keep.txt")]) == 2
+    assert "a figure is written as .png" in capsys.readouterr().err and (tmp_path / "keep.txt").read_text() == "mine\n"
+    assert main(["data", "--data", str(tiny_imagenette), "--out", str(tmp_path), "--samples", "2"]) == 0
+    assert [p.name for p in tmp_path.glob("*.png")] == ["samples_noise25.png"]  # the default --noise 0.25
