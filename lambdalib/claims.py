@@ -271,7 +271,8 @@ def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dic
                               ids=tuple(dict.fromkeys(r["experiment_id"] for r, _ in runs)))
                    for (where, what), runs in groups.items()]
     causes = ", ".join(f"{n} {cause}" for cause, n in Counter(s["cause"] for s in spikes).items())
-    return comparisons, (f"{len(spikes)} val-loss spikes in {len(ctx.done)} runs" + (f" ({causes})" * bool(spikes)) + (
+    seen = f"{fmt.plural(len(spikes), 'val-loss spike')} in {fmt.plural(len(ctx.done), 'run')}"
+    return comparisons, (seen + (f" ({causes})" * bool(spikes)) + (
         f"; val_loss_batch_stats at or above chance while the eval-mode val loss is well below it in {unreliable} "
         "runs: not used to classify spikes" if unreliable else "")), spikes
 
@@ -370,9 +371,9 @@ CLAIMS: tuple[Row, ...] = (  # the report's words in its order; sign, δ and mea
         column="best_train_loss"),
     Row("12b", "the same words, with the report's own lambda layers", "best train loss, Lambda − ResNet of its depth, "
         "Lambda-ResNets built with lucidrains' lambda-networks (the layer the report used: rpe over the whole map, lc "
-        "at its r=23) or with ours drawing the position table from N(0, 1) as lucidrains does (the init alone), "
-        "[label] naming the layer", f"{OWN} (Tables 1-5)", Paired(partner=_baseline, report_layers=True), sign=-1,
-        column="best_train_loss", why_none="no runs with another lambda layer here (RunConfig.lambda_layer)"),
+        "at its r=23) or with ours drawing the position table from N(0, 1) as lucidrains does (the init alone); "
+        "the label's [suffix] names the layer", f"{OWN} (Tables 1-5)", Paired(partner=_baseline, report_layers=True),
+        sign=-1, column="best_train_loss", why_none="no runs with another lambda layer here (RunConfig.lambda_layer)"),
     Row("13", "\"the LC models have improved in terms of training loss compare to the RPE and baseline models\" "
         "(§3.2.2)", "best train loss, lc − rpe of the same depth and stage", f"{OWN} (Tables 2, 4)", sign=-1,
         measure=Paired(partner=lambda lab: lab.replace("(lc)", "(rpe)"), keep=lambda lab: "(lc)" in lab),

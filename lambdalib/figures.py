@@ -307,7 +307,8 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
             if r not in labelled:  # the first panel of a row names it
                 labelled.add(r)
                 ylabel = {"train_loss": "train loss", "val_loss": "val loss"}.get(kind)
-                ax.set_ylabel(ylabel or f"Δ val loss\n{' / '.join(m for m in models if m != ref)} − {ref}")
+                others = [m for m in models if m != ref]
+                ax.set_ylabel(ylabel or f"Δ val loss\n{others[0] if len(others) == 1 else 'each'} − {ref}")
     _epoch_axis(fig.axes[0], max(int(e) for e in runs["epochs"]))
     for (i, kind), group in axes.items():
         _scale(group, values.get((i, kind), []), log_above=4.0 if kind == "loss" else None)
