@@ -311,7 +311,7 @@ def _figure7(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]
                        degenerate=uniform if (g["normalised_entropy"] >= UNIFORM_ENTROPY).all() else "")
             for label, g in maps.groupby("model", sort=False)
             if (bool(_baseline(label)) if lambdas else _baseline(label) == "")], \
-        "ours: checkpoints trained on Imagenette at 32 px, not timm's ImageNet-pretrained models", []
+        "ours: our own checkpoints (named in tables/attention_trained.csv), not timm's pretrained models", []
 
 
 def _oscillation(run: pd.Series) -> float:

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lambdalib {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("models", help="table of the report's ten models: parameters, FLOPs, lambda site")
+    p = sub.add_parser("models", help="the report's ten models and LR18_L3x4(rpe): parameters, FLOPs, lambda sites")
     p.add_argument("--img-size", type=int, default=160)
     p.add_argument("--num-classes", type=int, default=10)
     p.set_defaults(func=_cmd_models)
