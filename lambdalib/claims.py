@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from . import fmt, paths, registry
-from .config import RunConfig
+from .config import PROFILES, RunConfig
 from .curves import (
     CHANCE_MARGIN,
     CYCLE_END_LR,
@@ -396,6 +396,26 @@ CLAIMS: tuple[Row, ...] = (  # the report's words in its order; sign, δ and mea
         "structured set of context elements\" (§4)", "—", "—", None, why_none="nothing here measures long-range "
         "interactions: a FullGrad map (tables/attention_trained.csv) shows where a model looks, not what interacts"),
 )
+# what the committed study's scale (PROFILES["study"]: 1,600 images, 20 epochs, 64 px) can decide of each claim
+SCALE_DECIDES = {
+    "1": "all of it: the layer's own memory, measured up to the sweep's largest map",
+    "2": "whether four lambda layers explode within 20 epochs on 1,600 images; not after a longer schedule",
+    "3": "R18's noise 0 → 50 % gap on 1,600 images (the report's is on 9,469)",
+    "4": "nothing: no R34 runs (a 34-layer run costs about twice an 18-layer one)",
+    "5": "a rise after the minimum within 20 epochs (the last is not best by construction); the report's \"after 10 "
+         "epochs\" is about 59 of ours in images seen",
+    "6": "the sign and size of the paired gap at both presets; not the report's absolute losses",
+    "7": "epoch-to-epoch swings over epochs 11-20 on 700 validation images (noisier than the report's 3,925)",
+    "8": "the relative cost of an epoch on one CPU in bf16; not hours on a P100",
+    "9": "the noise effect at 50 %, Lambda against ResNet; not at 5 or 25 %",
+    "10": "nothing: no 34-layer runs", "11": "nothing: no LR34_L3 runs",
+    "12": "the gap after 500 steps at lr 1e-5 (the report: about 5,000) and at lr 1e-3",
+    "12b": "whether the report's own layer, or its N(0, 1) init alone, opens the gap in the same 500 steps; a gap that "
+           "needs ten times the steps would be missed",
+    "13": "lc (scope 5) against global rpe on an 8×8 map, our layer",
+    "14": "only what explosions occur here", "15": "nothing: one data-set size", "18": "nothing",
+    "16": "maps of our 64 px checkpoints; the report's are ImageNet-pretrained timm models", "17": "as for 16",
+}
 RECIPE = Row("recipe", "Table 1 shows: the ResNets' best val loss is 2.233 to 2.348 at lr 1e-5, chance being ln 10 = "
              f"{CHANCE_LOSS:.3f}", "best val loss − ln 10 of our ResNets under preset report", f"near chance: within ±"
              f"{CHANCE_MARGIN:g} ln 10", Paired(keep=lambda lab: _baseline(lab) == "", alone=True,
@@ -516,11 +536,16 @@ def claims_markdown(runs: pd.DataFrame, attention_sweep: Path | str | None = Non
                     results_dir: Path | str | None = None) -> str:
     """The README's "## Claims" section: RULES, the table, the numbers behind it, the recipe, the scale (no paths)."""
     claims, mine = evaluate_claims(runs, attention_sweep, results_dir), recipe(runs)
+    done, scale = _done(runs), PROFILES["study"]  # SCALE_DECIDES speaks of the committed study's scale only
+    study = bool(len(done)) and all((done[k] == scale.get(k, 0)).all() for k in
+                                    ("data", "epochs", "img_size", "train_per_class", "val_per_class"))
     lines = ["## Claims\n", f"Each claim of the report, checked against the run records above (`lambdalib.claims`). "
-             f"{RULES}\n", "| # | The report's words | Tested here | Effect of interest δ | Our evidence | Verdict |",
-             "|---|:---|:---|:---|:---|:---|"]
+             f"{RULES}\n", "| # | The report's words | Tested here | Effect of interest δ | "
+             + "What this study's scale can decide | " * study + "Our evidence | Verdict |",
+             "|---" + "|:---" * (5 + study) + "|"]
     lines += [f"| {c.row.key} | {_cell(c.row.words)} | {_cell(c.row.tested)} | {_cell(c.row.effect)} | "
-              f"{_cell(_evidence(c))} | **{c.verdict}** ({_cell(c.reason)}) |" for c in claims]
+              + f"{_cell(SCALE_DECIDES.get(c.row.key, '—'))} | " * study
+              + f"{_cell(_evidence(c))} | **{c.verdict}** ({_cell(c.reason)}) |" for c in claims]
     lines.append("\n### How each claim is measured, and the numbers behind it\n")
     for c in claims:
         lines += [f"- **{c.row.key}.** {c.row.tested}; δ: {c.row.effect}. **{c.verdict}** ({c.reason})."]

@@ -313,6 +313,18 @@ def test_more_than_two_lambda_layers_explode_is_a_share_of_their_runs(tmp_path, 
     assert row2({("report", 0), ("fast", 1)}).verdict == CT
 
 
+def test_what_the_study_scale_decides_is_said_only_of_the_studys_scale(tmp_path, runs):
+    header = "What this study's scale can decide"
+    assert header not in claims.claims_markdown(runs)  # 12 epochs: not the committed study's scale
+    for model in ("R18", "LR18_L2(rpe)"):
+        for seed in SEEDS:  # PROFILES["study"]: the embedded set, 64 px, 20 epochs
+            write_run(tmp_path, model, 0.0, seed, train=falling(1.0, 20), val=val_curve(0.0, 0.0, 20))
+    text = claims.claims_markdown(run_records.collect(tmp_path))
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert header in table[0] and all(len(line.split(" | ")) == 7 for line in table[2:])
+    assert claims.SCALE_DECIDES["4"] in next(line for line in table if line.startswith("| 4 |"))
+
+
 def test_report_own_effect_against_its_claim_falls_back_to_its_smallest(runs):
     claim = by_key(claims.evaluate_claims(runs))["13"]  # lc − rpe train loss; the report's LR18 0 % goes the other way
     published = registry.published().set_index(["label", "noise"])["best_train_loss"]
