@@ -127,7 +127,7 @@ def _no_runs_message(results: str | Path | None, frame: pd.DataFrame, labels, no
     return (f"no run record with a best.pt under {_runs_folder(results)} for "
             f"{','.join(registry.report_label(str(label)) for label in labels)} at noise "
             f"{','.join(f'{float(n):g}' for n in noise)}{seen}. Train them first: `lambdalib reproduce --study` (the "
-            f"committed study, best.pt kept; about 80 min on a 2-core CPU) or one model, e.g. `lambdalib train "
+            f"committed study, best.pt kept; about 100 min on a 2-core bf16 CPU) or one model, e.g. `lambdalib train "
             f"--model R18 --noise 0 --preset fast --img-size 64` (the default --checkpoints best keeps best.pt; "
             f"`lambdalib demo`/--quick runs save none)")
 
@@ -525,7 +525,7 @@ def trained_targets(folder: Path) -> tuple[Path, Path]:
         raise ValueError(f"--out {folder}: with --trained, --out is the folder for figures/ and tables/, not a file")
     path = files.figure_target(None, folder / "figures" / f"{TRAINED_NAME}.png", companions={".md": CAPTION_START})
     table = folder / "tables" / f"{TRAINED_NAME}.csv"
-    for file, start in ((path, "\x89PNG"), (table, "model,noise,image,"), (table.with_suffix(".md"), "| model |")):
+    for file, start in ((path, b"\x89PNG"), (table, "model,noise,image,"), (table.with_suffix(".md"), "| model |")):
         if file.is_dir() or file.exists() and not files.begins_with(file, start):
             raise ValueError(f"--out {folder}: {file} exists and is not a file lambdalib wrote; it is left as it is: "
                              "choose another folder")

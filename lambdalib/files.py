@@ -91,11 +91,12 @@ def figure_target(out: Path | str | None, default: Path, *, flag: str = "--out",
     return path
 
 
-def begins_with(path: Path, text: str) -> bool:
-    """Whether the file at `path` begins with `text` (False when it cannot be read)."""
+def begins_with(path: Path, start: str | bytes) -> bool:
+    """Whether the file at `path` begins with `start` (text as UTF-8; False when it cannot be read)."""
+    start = start.encode() if isinstance(start, str) else start
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(len(text)) == text
+        with open(path, "rb") as handle:
+            return handle.read(len(start)) == start
     except OSError:
         return False
 

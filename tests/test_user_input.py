@@ -202,6 +202,10 @@ def test_attention_out_never_overwrites_a_users_file(tmp_path, capsys):
     assert main(["attention", "--trained", "--results", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "attention_trained.png exists and is not a file lambdalib wrote" in capsys.readouterr().err
     assert (tmp_path / "figures" / "attention_trained.png").read_text() == "my own picture\n"
+    (tmp_path / "figures" / "attention_trained.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # an earlier figure 7: ours
+    from lambdalib import attention
+
+    assert attention.trained_targets(tmp_path)[0] == tmp_path / "figures" / "attention_trained.png"
 
 
 def test_data_out_takes_a_folder_or_a_png(tiny_imagenette, tmp_path, capsys):
