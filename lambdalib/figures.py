@@ -450,22 +450,25 @@ def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
     if cells.empty:
         raise ValueError("no cell with a best val top-1 to draw")
     levels = sorted(cells["noise"].astype(float).unique())
-    present = [m for m in registry.model_names() if m in set(cells["model"])]
-    present += sorted(set(cells["model"]) - set(present))  # timm models outside the report's ten
-    fig = Figure(figsize=(max(7.0, 2.0 + 2.4 * len(levels) + 0.25 * len(present)), 5.6), layout="constrained")
+    # one point per run label: a model with another lambda layer ('LR18_L2(rpe)[lucidrains]') is a point of its own
+    present = sorted(set(cells["label"]), key=lambda label: (registry.model_rank(label), label))
+    legend_width = min(len(present) + 2, 4) * (0.6 + 0.085 * max(map(len, present)))  # 4 columns of labels, inches
+    fig = Figure(figsize=(max(7.0, 2.0 + 2.4 * len(levels) + 0.25 * len(present), legend_width), 5.6),
+                 layout="constrained")
     ax = fig.subplots()
     step = 0.8 / len(present)
     tops, bottoms = [], []
-    for i, model in enumerate(present):
-        spec = registry.SPECS.get(model)
-        mine = cells[cells["model"] == model].sort_values("noise")
+    for i, label in enumerate(present):
+        mine = cells[cells["label"] == label].sort_values("noise")
+        spec = registry.SPECS.get(mine["model"].iloc[0])
         x = np.array([levels.index(float(n)) for n in mine["noise"]]) + step * (i - (len(present) - 1) / 2)
         y = 100 * mine["best_val_acc"].to_numpy(dtype=float)
         n = mine["n_runs"].to_numpy(dtype=int)
         half = 100 * np.array([t_half_width(s, k) for s, k in zip(mine["best_val_acc_std"].astype(float), n)])
-        colour = registry.FAMILIES[spec.family].colour if spec else OKABE_ITO[4]
+        colour = IMPL_COLOURS.get(registry.split_label(label)[1]) or (
+            registry.FAMILIES[spec.family].colour if spec else OKABE_ITO[4])
         ax.plot(x, y, linestyle="none", color=colour, marker="o" if spec is None or spec.depth == 18 else "s",
-                markersize=7, label=spec.label if spec else model, zorder=3)
+                markersize=7, label=label, zorder=3)
         single = n < 2  # one seed: its value, hollow
         ax.plot(x[single], y[single], linestyle="none", marker="o" if spec is None or spec.depth == 18 else "s",
                 markersize=7, markerfacecolor="white", markeredgecolor=colour, markeredgewidth=1.6, zorder=4)
@@ -492,7 +495,7 @@ def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
     if (cells["n_diverged"] > 0).any():
         handles.append(Line2D([], [], marker="x", color="black", linestyle="", markersize=9, markeredgewidth=2))
         names.append("a run diverged")
-    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False)
     counts = sorted(set(cells["n_runs"].astype(int)))
     seeds = f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}–{counts[-1]}"
     caption = (f"marker: mean over the seeds ({seeds}); bar: {CONFIDENCE:.0%} t interval"

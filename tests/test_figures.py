@@ -176,8 +176,9 @@ def test_curves_pngs_are_deterministic(study):
 
 # ------------------------------------------------------------------------------- accuracy vs noise
 def _cells(rows) -> pd.DataFrame:
-    return pd.DataFrame([dict(model=registry.resolve_name(label), noise=noise, best_val_acc=acc, best_val_acc_std=std,
-                              n_runs=n, n_diverged=0) for label, noise, acc, std, n in rows])
+    return pd.DataFrame([dict(model=registry.resolve_name(registry.split_label(label)[0]), label=label, noise=noise,
+                              best_val_acc=acc, best_val_acc_std=std, n_runs=n, n_diverged=0)
+                         for label, noise, acc, std, n in rows])
 
 
 def test_accuracy_is_drawn_only_at_measured_levels_with_t_intervals():
@@ -203,6 +204,17 @@ def test_accuracy_is_drawn_only_at_measured_levels_with_t_intervals():
     assert figures.has_accuracy(cells) and not figures.has_accuracy(cells.iloc[0:0])
     with pytest.raises(ValueError):
         figures.accuracy_figure(cells.iloc[0:0], "test")
+
+
+def test_each_lambda_layer_is_its_own_point_and_colour_in_the_accuracy_figure():
+    cells = _cells([("R18", 0.0, 0.33, 0.02, 3), ("LR18_L2(rpe)", 0.0, 0.32, 0.01, 3),
+                    ("LR18_L2(rpe)[ours-n01]", 0.0, 0.30, 0.01, 3), ("LR18_L2(rpe)[lucidrains]", 0.0, 0.29, 0.01, 3)])
+    fig = figures.accuracy_figure(cells, "test")
+    points = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert list(points) == ["R18", "LR18_L2(rpe)", "LR18_L2(rpe)[ours-n01]", "LR18_L2(rpe)[lucidrains]"]
+    assert len({line.get_color() for line in points.values()}) == 4
+    assert len({float(line.get_xdata()[0]) for line in points.values()}) == 4  # side by side, not on one another
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:4] == list(points)
 
 
 # ------------------------------------------------------------------------------------ sample grid
