@@ -214,3 +214,21 @@ def test_data_out_takes_a_folder_or_a_png(tiny_imagenette, tmp_path, capsys):
     assert "a figure is written as .png" in capsys.readouterr().err and (tmp_path / "keep.txt").read_text() == "mine\n"
     assert main(["data", "--data", str(tiny_imagenette), "--out", str(tmp_path), "--samples", "2"]) == 0
     assert [p.name for p in tmp_path.glob("*.png")] == ["samples_noise25.png"]  # the default --noise 0.25
+
+
+def test_without_lambda_networks_the_lucidrains_runs_fail_in_one_line_and_the_grid_goes_on(tiny_imagenette, tmp_path,
+                                                                                          monkeypatch, capsys):
+    import sys
+
+    from lambdalib import sweep
+
+    monkeypatch.setitem(sys.modules, "lambda_networks", None)  # as if the optional package were not installed
+    params = dict(data=str(tiny_imagenette), results=str(tmp_path), epochs=1, img_size=32, batch_size=8, workers=0,
+                  preset="fast", checkpoints="none")
+    grid = sweep.Grid(models=["LR18_L2(rpe)"], noise=[0.0], impls=["lucidrains", "ours"], params=params)
+    counts = sweep.reproduce(grid, inline=True, progress=False, report=False)
+    assert counts["failed"] == 1 and counts["ran"] == 1
+    (failure,) = counts["failures"]
+    assert "pip install 'lambdalib[report-impl]'" in failure and len(failure.splitlines()) == 1
+    done = [p.name for p in (tmp_path / "runs").iterdir() if (p / "summary.json").is_file()]
+    assert len(done) == 1 and "lucidrains" not in done[0]
