@@ -523,9 +523,9 @@ def trained_targets(folder: Path) -> tuple[Path, Path]:
     there but lambdalib's own earlier output would be overwritten (ValueError in one line)."""
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder}: with --trained, --out is the folder for figures/ and tables/, not a file")
-    path = files.figure_target(None, folder / "figures" / f"{TRAINED_NAME}.png", companions={".md": CAPTION_START})
-    table = folder / "tables" / f"{TRAINED_NAME}.csv"
-    for file, start in ((path, b"\x89PNG"), (table, "model,noise,image,"), (table.with_suffix(".md"), "| model |")):
+    path, table = folder / "figures" / f"{TRAINED_NAME}.png", folder / "tables" / f"{TRAINED_NAME}.csv"
+    for file, start in ((path, b"\x89PNG"), (path.with_suffix(".md"), CAPTION_START.format(path=path)),
+                        (table, "model,noise,image,"), (table.with_suffix(".md"), "| model |")):
         if file.is_dir() or file.exists() and not files.begins_with(file, start):
             raise ValueError(f"--out {folder}: {file} exists and is not a file lambdalib wrote; it is left as it is: "
                              "choose another folder")

@@ -149,12 +149,6 @@ def _baseline(label: str) -> str | None:
     return next((s.baseline or "" for s in registry.SPECS.values() if s.label == base), None)
 
 
-def _lambda_layers(label: str) -> int:
-    """How many lambda layers the model of a run label has (0: a ResNet or a model that is not the report's)."""
-    spec = registry.SPECS.get(registry.resolve_name(registry.split_label(label)[0]))
-    return 0 if spec is None or spec.position is None else spec.lambda_layers
-
-
 def _done(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished runs, with `where_setup` (the preset; the set-up when two share one), by set-up, noise, model, seed."""
     done = finished_runs(runs).copy() if runs is not None and "status" in runs else pd.DataFrame()
@@ -255,7 +249,8 @@ def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dic
         mine = [dict(s, label=run["label"], seed=int(run["seed"]), where=where) for s in find_spikes(history)]
         spikes, unreliable = spikes + mine, unreliable + (not batch_stats_reliable(history))
         first = next((s["epoch"] for s in mine if s["cause"] == SPIKE_EXPLOSION), None)
-        if row.key == "2" and _lambda_layers(run["label"]) > 2:
+        spec = registry.SPECS.get(run["model"])
+        if row.key == "2" and spec is not None and spec.position and spec.lambda_layers > 2:
             groups.setdefault(("every set-up", "runs with more than two lambda layers"), []).append(
                 (run, first is not None))
         elif row.key == "11" and run["label"].startswith("LR34_L3"):

@@ -176,14 +176,18 @@ def curve_blocks(runs: pd.DataFrame, family: registry.Family) -> list[tuple[list
 
 
 def _colours(models: list[str]) -> dict[str, str]:
-    """The family's colour; another lambda layer implementation its own (IMPL_COLOURS); a second model of the same
-    colour SECOND_COLOUR."""
+    """Each label's `label_colour`; a second model of the same colour SECOND_COLOUR."""
     colours = {}
     for label in models:
-        family, impl = registry.family_of(label), registry.split_label(label)[1]
-        colour = IMPL_COLOURS.get(impl) or (family.colour if family else OKABE_ITO[4])
+        colour = label_colour(label)
         colours[label] = SECOND_COLOUR if colour in colours.values() else colour
     return colours
+
+
+def label_colour(label: str) -> str:
+    """A run label's colour: its lambda layer's (IMPL_COLOURS) when not ours, else its family's."""
+    family = registry.family_of(label)
+    return IMPL_COLOURS.get(registry.split_label(label)[1]) or (family.colour if family else OKABE_ITO[4])
 
 
 def _scale(axes: list, points: list[tuple[float, float]], log_above: float | None) -> None:
@@ -465,8 +469,7 @@ def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
         y = 100 * mine["best_val_acc"].to_numpy(dtype=float)
         n = mine["n_runs"].to_numpy(dtype=int)
         half = 100 * np.array([t_half_width(s, k) for s, k in zip(mine["best_val_acc_std"].astype(float), n)])
-        colour = IMPL_COLOURS.get(registry.split_label(label)[1]) or (
-            registry.FAMILIES[spec.family].colour if spec else OKABE_ITO[4])
+        colour = label_colour(label)
         ax.plot(x, y, linestyle="none", color=colour, marker="o" if spec is None or spec.depth == 18 else "s",
                 markersize=7, label=label, zorder=3)
         single = n < 2  # one seed: its value, hollow

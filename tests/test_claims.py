@@ -269,7 +269,7 @@ def test_train_loss_claim_against_the_reports_own_gap(runs):
 def test_the_reports_own_lambda_layers_are_judged_in_their_own_row(tmp_path):
     """Runs of one Lambda-ResNet with another lambda layer share the ResNet's set-up, carry the layer in their
     label and are compared with it in row 12b (δ: the report's own gap for the model), never in row 12."""
-    train = {("R18", "ours"): 2.3, ("LR18_L2(rpe)", "ours"): 2.28, ("LR18_L2(rpe)", "lucidrains"): 1.5,
+    train = {("R18", "ours"): 2.3, ("LR18_L2(rpe)", "ours"): 2.28, ("LR18_L2(rpe)", "lucidrains"): 1.8,
              ("LR18_L2(lc)", "ours-n01"): 2.0}
     for (model, layer), final in train.items():
         for seed in SEEDS:
@@ -285,7 +285,7 @@ def test_the_reports_own_lambda_layers_are_judged_in_their_own_row(tmp_path):
     published = registry.published().set_index(["label", "noise"])["best_train_loss"]
     lucid = comparison(row, "LR18_L2(rpe)[lucidrains]", "report, 0 % noise")
     assert lucid.delta == pytest.approx(published["R18", 0.0] - published["LR18_L2(rpe)", 0.0])
-    check(lucid, [-0.8, -0.79, -0.78], 2, R if lucid.delta <= 0.78 else NR)
+    check(lucid, [-0.5, -0.49, -0.48], 2, NR)  # lower than R18, but by less than the report's 0.83: excluded
     assert not judged_here["13"].comparisons  # lc − rpe with our layer only: no [ours-n01] rpe runs here
 
 
