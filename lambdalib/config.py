@@ -1,15 +1,9 @@
 """RunConfig: the one object that flows from CLI flags / papermill parameters to the run record.
 
-Defaults are the report's recipe (Adam with default betas, lr 1e-5, CosineAnnealingWarmRestarts with
-T_0=5, T_mult=2, eta_min=0, batch 64, cross-entropy). The report does not state the epoch count or the
-image size; our choices: 35 epochs (= three full restart cycles, 5 + 10 + 20, so the run ends at the
-bottom of a cosine) and 160 px (imagenette2-160's short side).
-
-Presets set several fields at once; fields given explicitly win over the preset:
-  * "report": the recipe above.
-  * "fast":   lr 1e-3, a learning rate at which a ResNet learns Imagenette in a few epochs, to separate
-              the recipe's effect (lr 1e-5 barely moves a randomly initialised ResNet) from the
-              architecture's.
+Defaults are the report's recipe (Adam, lr 1e-5, CosineAnnealingWarmRestarts T_0=5, T_mult=2, eta_min=0,
+batch 64, cross-entropy) plus our choices where it is silent: 35 epochs (three whole restart cycles, 5 + 10 + 20,
+ending at the bottom of a cosine) and 160 px (imagenette2-160's short side). Preset "fast" (lr 1e-3, at which a
+ResNet learns Imagenette in a few epochs) separates the recipe's effect from the architecture's.
 """
 from __future__ import annotations
 
@@ -41,12 +35,12 @@ BASE_IDENTITY = ("model", "noise", "synthetic_noise", "preset", "epochs", "img_s
 ADDED_IDENTITY: tuple[str, ...] = ("data_digest", "lambda_layer")
 FLOAT_FIELDS = ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor")
 
-# Presets: the recipe (a RunConfig field); fields given explicitly win over the preset.
+# fields given explicitly win over a preset or a profile
 PRESETS: dict[str, dict[str, Any]] = {
     "report": dict(lr=1e-5),
     "fast": dict(lr=1e-3),
 }
-# Profiles: the sweep's scales (`reproduce --quick` / `--study`), fields given explicitly win over them.
+# the sweep's scales (`reproduce --quick` / `--study`)
 PROFILES: dict[str, dict[str, Any]] = {
     # every model and noise level, so every table and figure has its rows, in minutes on a 2-core CPU: a smoke
     # test, not results (no checkpoints: 40 would be ~2-3 GB)
@@ -60,9 +54,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def _field(default: Any, help: str, choices: tuple | None = None, identity: bool = True):
-    """A RunConfig field with its one-line help, allowed values, and whether it is part of the experiment."""
-    return field(default=default, metadata=dict(help=help, choices=choices, identity=identity))
+def _field(default: Any, help: str, choices: tuple | None = None, identity: bool = True, internal: bool = False):
+    """A RunConfig field with its one-line help, allowed values, whether it is part of the experiment, and
+    whether lambdalib sets it itself (internal: no CLI flag, no notebook parameter)."""
+    return field(default=default, metadata=dict(help=help, choices=choices, identity=identity, internal=internal))
 
 
 @dataclass
@@ -130,12 +125,10 @@ class RunConfig:
     on_error: str = _field("fail", "an unreadable image: 'fail' (stop, naming the file) or 'skip' (counted in the "
                                    "record)", ("fail", "skip"), identity=False)
     # -- set by lambdalib, not a parameter: the pipeline version that computed this run (see PIPELINE)
-    pipeline: int = field(default=PIPELINE, metadata=dict(help="pipeline version", choices=None, identity=False,
-                                                          internal=True))
+    pipeline: int = _field(PIPELINE, "pipeline version", identity=False, internal=True)
     # what a data folder or archive holds (imagenette.data_fingerprint; '' for the embedded set and the official
     # archives): two folders of one name are two experiments
-    data_digest: str = field(default="", metadata=dict(help="data fingerprint", choices=None, identity=True,
-                                                       internal=True))
+    data_digest: str = _field("", "data fingerprint", internal=True)
 
     @classmethod
     def from_params(cls, **params: Any) -> "RunConfig":
@@ -192,9 +185,8 @@ class RunConfig:
 
     # ------------------------------------------------------------------------------ identity
     def resolved(self) -> "RunConfig":
-        """This config with what 'auto' means here made concrete: the precision actually computed in
-        (amp 'auto' -> 'off' on CPU, 'bf16' from CUDA compute capability 8, else 'fp16') and the world
-        size (torchrun's WORLD_SIZE). A run record always holds a resolved config."""
+        """This config with every 'auto' / 0 made concrete (precision, world size, lc scope, data digest):
+        what a run record holds."""
         amp, world_size = self.amp, self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         if amp == "auto":
             amp = _auto_precision(self.device)
@@ -202,13 +194,8 @@ class RunConfig:
                        data_digest=self.data_digest or data_fingerprint(self.data))
 
     def identity(self) -> dict[str, Any]:
-        """The one definition of "the same experiment": every field that changes what is computed.
-
-        Used by the run folder name, the resume check, the sweep's skip and the report's grouping. Two
-        configs with equal identities train the same thing; fields outside it (where results go, loader
-        workers, device, memory format, checkpoint policy, ...) may differ, e.g. when a run resumes.
-        Values are normalised (model -> timm name, data -> its short name, 'auto' -> what it means here).
-        """
+        """The one definition of "the same experiment" (run folder name, resume check, the sweep's skip, the
+        report's grouping), normalised: model -> timm name, data -> its short name, 'auto' -> what it means here."""
         config = self.resolved()
         defaults = {f.name: f.default for f in fields(config)}
         ident = {name: getattr(config, name) for name in BASE_IDENTITY}
@@ -259,8 +246,7 @@ class RunConfig:
         return spec.position if spec else None
 
     def model_kwargs(self) -> dict[str, Any]:
-        """What `models.create` needs besides num_classes to build this run's model: the one place that
-        turns a config into a network (training, attention maps and export all go through it)."""
+        """What `models.create` needs besides num_classes: the one place that turns a config into a network."""
         if resolve_name(self.model) not in SPECS:
             return {}  # a timm model: its own defaults
         kwargs: dict[str, Any] = dict(img_size=self.img_size)
@@ -292,15 +278,15 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        """A saved config (config.json, a checkpoint's 'config'); fields added since it was written take
-        their defaults, which are what such a run used (e.g. lc_scope 23)."""
+        """A saved config; fields added since it was written take their defaults, which are what such a run
+        used (e.g. lc_scope 23)."""
         known = {f.name for f in fields(cls)}
         return cls(**{"pipeline": 1, **{k: v for k, v in data.items() if k in known}})  # before pipelines: 1
 
 
 def _auto_precision(device: str) -> str:
-    """What amp='auto' computes in on `device`: off on CPU/MPS; on CUDA native bf16 from compute
-    capability 8 (Ampere), else fp16 with a grad scaler (T4, P100, V100: their bf16 is emulated)."""
+    """amp='auto' on `device`: off on CPU/MPS; on CUDA bf16 from compute capability 8 (Ampere), else fp16 with
+    a grad scaler (T4, P100, V100: their bf16 is emulated)."""
     if device in ("cpu", "mps"):
         return "off"
     import torch
@@ -325,8 +311,7 @@ def parameter_fields() -> list:
 
 def help_text(name: str) -> str:
     """The field's one-line help (what `--help` and the notebooks' parameters cells show)."""
-    f = {f.name: f for f in fields(RunConfig)}[name]
-    return f.metadata["help"]
+    return {f.name: f.metadata["help"] for f in fields(RunConfig)}[name]
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
