@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
-from .download import CSV_NAME, SPLITS, check_root, missing_files, resolve_root
+from .download import CSV_NAME, SPLITS, check_root, image_files, resolve_root
 from .imagenette import (
     CLASS_NAMES,
     CSV_COLUMNS,
@@ -375,7 +375,8 @@ class NoisyImagenette(Dataset):
         folder = self.root / self.split
         if not folder.is_dir():
             check_root(self.root)  # raises with the full layout explanation
-        missing = missing_files(self.root, listed)
+        found = image_files(self.root, [self.split])
+        missing = [p for p in listed if p not in found]
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} of {len(listed)} {self.split} images listed in {self.root / CSV_NAME} are missing "
@@ -383,6 +384,10 @@ class NoisyImagenette(Dataset):
                 "(delete an extracted folder to extract its archive again; rebuild the embedded subset with "
                 "scripts/build_embedded_subset.py)."
             )
+        unlisted = sorted(found.difference(listed))
+        if unlisted:  # a user who added images expecting them to be trained on would otherwise never know
+            warnings.warn(f"{len(unlisted)} files under {folder} are not listed in {self.root / CSV_NAME} and are "
+                          f"not used, e.g. {self.root / unlisted[0]}", RuntimeWarning, stacklevel=3)
 
     def _drop_unreadable(self, rows: pd.DataFrame) -> pd.DataFrame:
         bad = find_unreadable_images([str(self.root / p) for p in rows["path"]])

@@ -64,14 +64,20 @@ class IntegrityError(ValueError):
 # --------------------------------------------------------------------------- layout
 
 
-def missing_files(root: str | Path, listed: Iterable[str]) -> list[str]:
-    """The relative 'split/wnid/file' paths of `listed` with no file under `root` (one scan per folder)."""
+def image_files(root: str | Path, splits: Iterable[str] = SPLITS) -> set[str]:
+    """The relative 'split/wnid/file' paths of the files under `root`'s split folders (one scan per folder)."""
     root, found = Path(root), set()
-    for split in SPLITS:
+    for split in splits:
         if (root / split).is_dir():
             for wnid_dir in os.scandir(root / split):
                 if wnid_dir.is_dir():
                     found.update(f"{split}/{wnid_dir.name}/{f.name}" for f in os.scandir(wnid_dir.path))
+    return found
+
+
+def missing_files(root: str | Path, listed: Iterable[str]) -> list[str]:
+    """The relative 'split/wnid/file' paths of `listed` with no file under `root`."""
+    found = image_files(root)
     return [p for p in listed if p not in found]
 
 

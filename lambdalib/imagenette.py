@@ -58,8 +58,10 @@ KNOWN_DATA = ("embedded", "imagenette2", "imagenette2-160", "imagenette2-320")  
 @functools.lru_cache(maxsize=32)
 def data_fingerprint(data: str) -> str:
     """What a data source holds, as 12 hex digits; '' where the name says it (the embedded set, the official
-    archives) or nothing can be read here (a URL, a missing path). A folder: its CSV's bytes and every image's
-    path and size; an archive file: its size and first 16 MiB. Two folders of one name never share it."""
+    archives) or nothing can be read here (a URL, a missing path). A folder: its CSV and every image's path and
+    bytes, so an image rewritten in place at the same size is another data set (0.4 s for 13,394 images, 162 MB,
+    read from the page cache of a 2-core EPYC); an archive file: all its bytes. Two folders of one name never
+    share it."""
     path = Path(data).expanduser()
     if data in KNOWN_DATA or "://" in data or not path.exists():
         return ""
@@ -70,9 +72,10 @@ def data_fingerprint(data: str) -> str:
         for split in SPLITS:
             for image in sorted((path / split).rglob("*")) if (path / split).is_dir() else []:
                 if image.is_file():
-                    digest.update(f"{image.relative_to(path).as_posix()}:{image.stat().st_size}\n".encode())
+                    digest.update(f"{image.relative_to(path).as_posix()}\n".encode())
+                    digest.update(hashlib.sha1(image.read_bytes()).digest())
     else:
-        digest.update(str(path.stat().st_size).encode())
         with path.open("rb") as handle:
-            digest.update(handle.read(16 << 20))
+            while chunk := handle.read(16 << 20):
+                digest.update(chunk)
     return digest.hexdigest()[:12]

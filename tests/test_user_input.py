@@ -53,6 +53,41 @@ def test_a_data_folder_changed_in_place_is_another_experiment(tmp_path):
     assert RunConfig.from_params(model="R18", data=str(data)).run_id != before
 
 
+def _white_at_the_same_size(image):
+    """Overwrite a JPEG with a white one padded to the old file size (a JPEG decoder ignores bytes after its end)."""
+    import io
+
+    from PIL import Image
+
+    size, buffer = image.stat().st_size, io.BytesIO()
+    Image.new("RGB", Image.open(image).size, "white").save(buffer, format="JPEG", quality=90)
+    white = buffer.getvalue()
+    assert len(white) < size
+    image.write_bytes(white + bytes(size - len(white)))
+    assert image.stat().st_size == size and Image.open(image).convert("L").getextrema() == (255, 255)
+
+
+def test_an_image_rewritten_in_place_at_its_own_size_is_another_experiment(tmp_path, capsys):
+    from lambdalib.imagenette import data_fingerprint
+
+    data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
+    assert main(train_args(data, tmp_path / "results")) == 0
+    _white_at_the_same_size(next((data / "train").rglob("*.JPEG")))
+    data_fingerprint.cache_clear()  # a new process would read the folder afresh
+    capsys.readouterr()
+    assert main(train_args(data, tmp_path / "results")) == 0
+    assert "already complete" not in capsys.readouterr().out
+    assert len(list((tmp_path / "results" / "runs").iterdir())) == 2
+
+
+def test_images_the_csv_does_not_list_are_named_in_a_warning(tmp_path):
+    data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
+    extra = next((data / "train").iterdir()) / "added_by_hand.JPEG"
+    shutil.copy(next((data / "train").rglob("*.JPEG")), extra)
+    with pytest.warns(RuntimeWarning, match=r"1 files under .*train are not listed in .* e.g. .*added_by_hand"):
+        assert main(train_args(data, tmp_path / "results")) == 0
+
+
 def test_the_embedded_set_keeps_its_committed_name():
     config = RunConfig.from_params(model="R18", data="embedded")
     assert config.resolved().data_digest == "" and "data_digest" not in config.identity()
