@@ -1,31 +1,18 @@
-"""Decode once, augment in batches: the decoded-image data path (no DataLoader workers).
+"""Decode once, augment in batches: the decoded-image data path (no DataLoader workers, whose JPEG decoding
+every epoch competes with the model for a 2-core machine's cores).
 
-The JPEG path (`data.make_loader`) decodes and augments every image again every epoch in worker
-processes that, on a 2-core machine, compete with the model for the same cores. This path instead
+1. `decoded_images` decodes every image of a split ONCE into a memory-mapped uint8 cache, its JSON manifest keyed
+   by the file list (paths, sizes, mtimes), the stored size, the resize rule and a format version: a stale cache
+   is rebuilt, a partial one never used. Training images are stored whole (squashed to store_size x store_size,
+   original sizes kept, so crops are drawn on the ORIGINAL size as torchvision does); evaluation images as
+   `data.val_transform` crops them, so an eval batch is a slice.
+2. `CachedLoader` augments whole batches (torchvision's RandomResizedCrop distribution, antialiased bilinear
+   resize rounded to 0-255 levels, a flip, ImageNet's mean/std) from a caller-seeded `torch.Generator`, either
+   on the CPU in uint8 ("host"; on a GPU a thread prepares the next batches) or with the decoded images in the
+   device's memory ("device", airbench's habit: `device.resized_crops`, no host work or sync per step).
 
-1. decodes every image of a split ONCE into a memory-mapped uint8 cache (`decoded_images`) with a JSON
-   manifest, keyed by the file list (paths, sizes, mtimes), the stored size, the resize rule and a format
-   version: a stale cache is rebuilt, a partial one never used. Training images are stored whole,
-   squashed to store_size x store_size, with their original sizes: crop parameters are drawn on the
-   ORIGINAL size (torchvision's distribution) and mapped onto the stored pixels. Evaluation images are
-   stored as `data.val_transform` crops them (the same PIL calls): an eval batch is a slice.
-2. augments whole batches (`CachedLoader`): torchvision's RandomResizedCrop distribution, antialiased
-   bilinear resize rounded to 0-255 levels, a flip with probability 1/2, then ImageNet's mean/std, all
-   drawn from a caller-seeded `torch.Generator` (the same seed, the same batches). Where (augment_on):
-     * "host": crops on the CPU in uint8, image by image, then they cross to the device; on a GPU a
-       thread prepares the next batches while the device computes;
-     * "device": the decoded images live in the device's memory (airbench's habit); order, crops and flips
-       are drawn there, crop + resize + flip + normalise run on whole batches (`device.resized_crops`: the
-       same kernel as two batched matrix products): no host work and no host sync per step.
-
-Typical use (the trainer: see `cached_loaders`):
     data = cached_loaders(train_set, val_set, img_size=64, batch_size=64, device=device)
-    for epoch in ...:
-        for images, labels in data.train_loader(epoch_seed): ...
-        for images, labels in data.val_loader: ...
-
-Where the cache lives: `cache_folder` (beside the data for a writable local root outside the checkout,
-else the git-ignored `data/.lambdalib-cache/<root>-<hash>`; $LAMBDALIB_CACHE_DIR or cache_dir= override).
+    for images, labels in data.train_loader(epoch_seed): ...
 """
 from __future__ import annotations
 
@@ -36,6 +23,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -69,20 +57,15 @@ DECODED = {"count": 0}  # images decoded by this process (tests: a reused cache 
 
 
 # --------------------------------------------------------------------------- sizes and memory
-
-
 def default_store_size(img_size: int) -> int:
-    """The largest side training images are stored at: ceil(2 x img_size) (64 -> 128, 160 -> 320). A crop of
-    area fraction a spans sqrt(a) of the image, so stored pixels are not upsampled for crops of area >= 25 %
-    (about 80 % of torchvision's crops); the fidelity measured against other sizes is in benchmarks/README.md.
-    Pass store_size to trade memory for fidelity; `store_size_for` never stores larger than the originals."""
+    """ceil(2 x img_size) (64 -> 128): a crop of area fraction a spans sqrt(a) of the image, so crops of area
+    >= 25 % (about 80 % of torchvision's) are not upsampled; measured against other sizes in benchmarks/README.md."""
     return int(math.ceil(img_size * TRAIN_STORE_FACTOR))
 
 
 def store_size_for(paths: Sequence[str], img_size: int, sample: int = 32) -> int:
-    """The side to store training images at: `default_store_size(img_size)`, but no more than the
-    longest side among `sample` evenly spaced originals (headers only), so small originals (the
-    embedded 96 px set) are not stored upsampled. Deterministic for a file list."""
+    """`default_store_size(img_size)`, but no more than the longest side among `sample` evenly spaced originals
+    (headers only), so small originals (the embedded 96 px set) are not stored upsampled."""
     cap = default_store_size(img_size)
     if not paths:
         return cap
@@ -97,16 +80,15 @@ def store_size_for(paths: Sequence[str], img_size: int, sample: int = 32) -> int
 
 
 def cache_bytes(n_train: int, n_val: int, img_size: int, store_size: int | None = None) -> int:
-    """Bytes of the decoded caches of n_train training and n_val evaluation images (training images at
-    `store_size`, default `default_store_size(img_size)`: an upper bound)."""
+    """Bytes of the decoded caches of n_train training and n_val evaluation images (an upper bound)."""
     side = store_size or default_store_size(img_size)
     return 3 * (n_train * side * side + n_val * img_size * img_size)
 
 
 def choose_loader(choice: str, n_train: int, n_val: int, img_size: int, *, store_size: int | None = None,
                   fraction: float = MEMORY_FRACTION, root: Path | None = None) -> str:
-    """'cached' or 'workers' for a RunConfig.loader value: 'auto' = 'cached' when the decoded images fit in
-    `fraction` of the available RAM and a cache folder for `root` can be written, else 'workers' (JPEGs)."""
+    """RunConfig.loader made concrete: 'auto' = 'cached' when the decoded images fit in `fraction` of the
+    available RAM and a cache folder for `root` can be written, else 'workers' (JPEGs)."""
     if choice not in LOADERS:
         raise ValueError(f"loader={choice!r}; use one of {list(LOADERS)}.")
     if choice != "auto" or cache_bytes(n_train, n_val, img_size, store_size) > fraction * dev.available_memory():
@@ -120,34 +102,22 @@ def choose_loader(choice: str, n_train: int, n_val: int, img_size: int, *, store
 
 
 def choose_augment(choice: str, device: torch.device, nbytes: int, fraction: float = DEVICE_FRACTION) -> str:
-    """'host' or 'device' for a RunConfig.augment_on value: 'auto' = 'device' on a GPU whose free memory holds
-    the decoded images (`nbytes`) in `fraction` of it (the rest is the model's), else 'host' (on a CPU the
-    host's uint8 kernels are the faster ones)."""
+    """RunConfig.augment_on made concrete: 'auto' = 'device' on a GPU where the decoded images take at most
+    `fraction` of its free memory (the rest is the model's), else 'host' (a CPU's uint8 kernels are faster)."""
     if choice not in AUGMENT:
         raise ValueError(f"augment_on={choice!r}; use one of {list(AUGMENT)}.")
     if choice != "auto":
         return choice
     return "device" if device.type == "cuda" and nbytes <= fraction * dev.free_memory(device) else "host"
 
+
 # --------------------------------------------------------------------------- where and under which key
-
-
 def _writable(folder: Path) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        probe.write_bytes(b"")
-        probe.unlink()
-        return True
+        with tempfile.TemporaryFile(dir=folder):
+            return True
     except OSError:
-        return False
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
         return False
 
 
@@ -159,23 +129,18 @@ def _root_folder(base: Path, root: Path) -> Path:
 
 
 def cache_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Where the caches of the images under data root `root` live (created when needed):
-
-    1. `cache_dir`, else $LAMBDALIB_CACHE_DIR: a sub-folder per data root;
-    2. `<root>/.lambdalib-cache` when the data root is writable, outside this project's checkout and on a
-       local disk (the cache goes where the data goes; not onto Colab's Google Drive, where every read
-       of a memory-mapped cache would be a download);
-    3. `paths.data_dir()/.lambdalib-cache/<root name>-<hash>`: git-ignored; for the embedded set (a
-       tracked folder) and read-only roots (e.g. a shared copy);
-    4. ~/.cache/lambdalib/<root name>-<hash>.
-    """
+    """Where the caches of data root `root` live: `cache_dir` or $LAMBDALIB_CACHE_DIR; else beside the data
+    when that is writable, outside this checkout and on a local disk (not Colab's Google Drive, where every read
+    of a memory map would be a download); else git-ignored under data/ (the embedded set, read-only copies);
+    else ~/.cache/lambdalib."""
     from .paths import data_dir, project_root
 
     chosen = cache_dir if cache_dir is not None else os.environ.get("LAMBDALIB_CACHE_DIR") or None
     if chosen is not None:
         return _root_folder(Path(chosen).expanduser(), root)
     root = Path(root)
-    if not _inside(root, project_root()) and dev.network_mount(root) is None and _writable(root / CACHE_DIRNAME):
+    outside = not root.resolve().is_relative_to(project_root().resolve())
+    if outside and dev.network_mount(root) is None and _writable(root / CACHE_DIRNAME):
         return root / CACHE_DIRNAME
     for base in (data_dir() / CACHE_DIRNAME, Path.home() / ".cache" / "lambdalib"):
         if _writable(base):
@@ -193,8 +158,7 @@ def _rule(kind: str, size: int) -> str:
 
 
 def cache_key(paths: Sequence[str], kind: str, size: int, root: Path | None = None) -> str:
-    """sha256 over the format version, the rule, the size and every file's (path relative to `root`,
-    bytes, mtime)."""
+    """sha256 over the format version, the rule, the size and every file's (path relative to `root`, bytes, mtime)."""
     digest = hashlib.sha256(json.dumps([FORMAT_VERSION, kind, size, _rule(kind, size)]).encode())
     for path in paths:
         st = os.stat(path)
@@ -204,8 +168,6 @@ def cache_key(paths: Sequence[str], kind: str, size: int, root: Path | None = No
 
 
 # --------------------------------------------------------------------------- decoding
-
-
 def _row_checksums(images: np.ndarray, block: int = 64) -> dict[str, int]:
     """crc32 of every block of rows, keyed by its first row: opening a cache reads all of it once (the pages
     training reads anyway), so any changed pixel is found, not only those of a few sampled rows."""
@@ -231,9 +193,7 @@ class DecodedImages:
     @property
     def readable(self) -> np.ndarray:
         """Indices of the rows that hold an image."""
-        mask = np.ones(len(self.paths), dtype=bool)
-        mask[list(self.unreadable)] = False
-        return np.flatnonzero(mask)
+        return np.delete(np.arange(len(self.paths)), list(self.unreadable))
 
     @property
     def nbytes(self) -> int:
@@ -248,15 +208,12 @@ def _open_cached(target: Path, manifest_path: Path, key: str, count: int, *, kin
     """The cache at `target` if its manifest matches `key` and the file checks out; None otherwise."""
     try:
         manifest = json.loads(manifest_path.read_text())
-        if (manifest.get("format") != FORMAT_VERSION or manifest.get("key") != key or manifest.get("kind") != kind
-                or manifest.get("size") != size or manifest.get("count") != count):
-            return None
-        if target.stat().st_size != manifest["file_bytes"]:
+        expected = dict(format=FORMAT_VERSION, key=key, kind=kind, size=size, count=count)
+        if any(manifest.get(k) != v for k, v in expected.items()) or target.stat().st_size != manifest["file_bytes"]:
             return None
         images = np.load(target, mmap_mode="r")
-        if images.shape != (count, size, size, 3) or images.dtype != np.uint8:
-            return None
-        if _row_checksums(images) != manifest["checksums"]:
+        if images.shape != (count, size, size, 3) or images.dtype != np.uint8 or \
+                _row_checksums(images) != manifest["checksums"]:
             return None
         sizes = np.asarray(manifest["sizes"], dtype=np.int64).reshape(count, 2)
         unreadable = {int(k): v for k, v in manifest["unreadable"].items()}
@@ -284,15 +241,10 @@ def _clean(folder: Path, stem: str, keep: Path) -> None:
 def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Path | None = None,
                    split: str = "images", cache_dir: str | Path | None = None, workers: int | None = None,
                    progress: bool = True) -> DecodedImages:
-    """The decoded images of `paths`, from the cache, or decoded now (once, in `workers` threads; a tqdm bar
-    on a terminal when `progress`) and cached.
-
-    kind "train": whole images squashed to size x size (size = the store size, e.g.
-    `default_store_size(img_size)`), originals' (height, width) kept; kind "eval": `data.val_transform`'s
-    crop at img_size = size. Unreadable files become zero rows listed in `unreadable` (the caller
-    decides: skip or fail). The file is `<cache folder>/<split>_<kind>_<size>px_<key[:16]>.npy` + `.json`;
-    it is written to a temporary name and renamed when complete, the manifest last.
-    """
+    """The decoded images of `paths`, from the cache or decoded now (in `workers` threads) and cached as
+    `<split>_<kind>_<size>px_<key[:16]>.npy` + `.json` (written under temporary names, the manifest renamed last).
+    kind "train": whole images squashed to size x size, the originals' (height, width) kept; "eval":
+    `data.val_transform`'s crop at img_size = size. Unreadable files become zero rows listed in `unreadable`."""
     if kind not in ("train", "eval"):
         raise ValueError(f"kind={kind!r}; use 'train' (whole images, for random crops) or 'eval' (centre crops).")
     if size < 1:
@@ -323,8 +275,7 @@ def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Pa
     start = time.perf_counter()
     from tqdm import tqdm
 
-    # a live bar on a terminal only (like the trainer's): notebooks and logs get no bar debris; what was
-    # built and how long it took is in the returned object and the manifest
+    # a live bar on a terminal only (like the trainer's): notebooks and logs get no bar debris
     bar = tqdm(total=len(paths), unit="img", desc=f"decode {split} once ({size} px)", dynamic_ncols=True,
                disable=not (progress and sys.stderr.isatty()))
     try:
@@ -375,26 +326,16 @@ def dataset_images(dataset, kind: str, img_size: int, *, store_size: int | None 
 
 
 # --------------------------------------------------------------------------- the loader
-
-
 class CachedLoader:
     """Batches of decoded images, augmented and normalised in this process: no workers, no start-up.
 
-    Args:
-        images: a `DecodedImages` (or an (N, S, S, 3) uint8 array, with `sizes` for training).
-        labels: (N,) int labels of the rows of `images`.
-        batch_size, drop_last: as DataLoader's; `len(loader)` is the number of batches.
-        indices: the rows to iterate (a subset; default all readable rows).
-        shuffle: a new random order every pass, drawn from `generator` (or, with world_size > 1, from
-            `order_seed`, the same on every rank: DistributedSampler's order and padding).
-        train: random-resized crop to `img_size` + flip (needs the whole images, kind "train"); False:
-            the stored images as they are (kind "eval": data.val_transform's crops).
-        generator: of the order and the augmentations, on the device that draws them (augment_on "device":
-            `device`'s; "host": the CPU's). Pass an int to `reseeded` and it is made there. Seeded per
-            (seed, epoch, rank), the batches repeat exactly; each pass continues its stream.
-        device: where the batches go (float32 (B, 3, img_size, img_size) images, int64 labels).
-        augment_on: "host" or "device" (module docstring); "device" copies the rows of `indices` there once.
-        prefetch: "host": batches a background thread prepares ahead (0: none)."""
+    images: a `DecodedImages` (or an (N, S, S, 3) uint8 array, with `sizes` for training); labels: of its rows;
+    indices: the rows used (default: the readable ones). shuffle: a new order every pass, from `generator`, or
+    with world_size > 1 from `order_seed` (the same on every rank: DistributedSampler's order and padding).
+    train: random-resized crop to `img_size` + flip of whole images (kind "train"); else the stored images as
+    they are (kind "eval"). generator: draws the order and the augmentations where they are made (augment_on
+    "device": on `device`, which then holds the rows used; "host": on the CPU); seeded per (seed, epoch, rank),
+    the batches repeat exactly. prefetch: batches a thread prepares ahead on the host path."""
 
     def __init__(self, images, labels, *, batch_size: int, indices: Sequence[int] | None = None,
                  shuffle: bool = False, train: bool = False, img_size: int | None = None,
@@ -453,8 +394,7 @@ class CachedLoader:
         return other
 
     def _per_rank(self) -> int:
-        n = len(self.indices)
-        return math.ceil(n / self.world_size) if self.world_size > 1 else n
+        return math.ceil(len(self.indices) / self.world_size)
 
     def __len__(self) -> int:
         n = self._per_rank()
@@ -511,8 +451,6 @@ class CachedLoader:
 
 
 # --------------------------------------------------------------------------- both splits, for the trainer
-
-
 @dataclass
 class CachedData:
     """What `cached_loaders` returns. `train_indices` / `val_indices`: the dataset indices used (val: all
@@ -567,17 +505,12 @@ def cached_loaders(train_set, val_set, *, img_size: int, batch_size: int, train_
                    rank: int = 0, world_size: int = 1, drop_last: bool = False, store_size: int | None = None,
                    cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
                    augment_on: str = "host", prefetch: int = 0) -> CachedData:
-    """Decoded caches (built once) and loaders for a `data.NoisyImagenette` train/val pair.
-
-    train_subset / val_subset: None (every readable image), an int N (the first N readable images of each
-    class by clean label: train.py's first_per_class over the readable images; 0 = all), or a list of
-    dataset indices (unreadable ones are dropped). Unreadable images (found while decoding, remembered by
-    the cache): on_error (default: the datasets') "fail" raises `data.UnreadableImageError` naming the
-    first, "skip" leaves them out, warns once and lists them in `skipped`. Build the datasets with
-    check_images=False: the cache decodes each image once anyway, and a warm cache decodes none.
-    Training labels: train_set.targets (noisy); validation: val_set.clean_targets. augment_on: "host",
-    "device" or "auto" (`choose_augment` on the images used); prefetch: see `CachedLoader`.
-    """
+    """Decoded caches (built once) and loaders for a `data.NoisyImagenette` train/val pair (build them with
+    check_images=False: the cache decodes each image once anyway). Training labels are the noisy targets,
+    validation ones the clean targets. train_subset / val_subset: None (every readable image), an int N (the
+    first N readable images of each class by clean label; 0 = all) or dataset indices. Unreadable images:
+    on_error "fail" raises `data.UnreadableImageError` naming the first, "skip" warns once and lists them in
+    `skipped`. augment_on: "host", "device" or "auto" (`choose_augment` on the images used)."""
     on_error = on_error or getattr(train_set, "on_error", "fail")
     common = dict(cache_dir=cache_dir, workers=workers, progress=progress)
     train_images = dataset_images(train_set, "train", img_size, store_size=store_size, **common)
