@@ -92,6 +92,10 @@ def read_labels(root_or_csv: str | Path) -> pd.DataFrame:
     missing = [c for c in CSV_COLUMNS if c not in labels.columns]
     if missing:
         raise ValueError(f"{csv} lacks the columns {missing}; expected {list(CSV_COLUMNS)}.")
+    repeated = labels["path"][labels["path"].duplicated()]
+    if not repeated.empty:  # a repeated row would be trained on twice an epoch, or once under two labels
+        raise ValueError(f"{csv} lists {repeated.iloc[0]} (and {len(repeated) - 1} more) more than once; each image "
+                         "must have one row.")
     labels["is_valid"] = labels["is_valid"].astype(str).str.lower().eq("true")
     unknown = sorted(set(labels[list(CSV_COLUMNS[1:6])].to_numpy().ravel()) - set(WNIDS), key=str)
     if unknown:

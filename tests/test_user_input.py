@@ -88,6 +88,17 @@ def test_images_the_csv_does_not_list_are_named_in_a_warning(tmp_path):
         assert main(train_args(data, tmp_path / "results")) == 0
 
 
+def test_a_csv_that_lists_an_image_twice_is_one_line(tmp_path, capsys):
+    data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
+    csv = data / "noisy_imagenette.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([*lines, lines[1]]) + "\n")
+    assert main(train_args(data, tmp_path / "results")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "more than once" in err and lines[1].split(",")[0] in err
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
+
+
 def test_the_embedded_set_keeps_its_committed_name():
     config = RunConfig.from_params(model="R18", data="embedded")
     assert config.resolved().data_digest == "" and "data_digest" not in config.identity()
