@@ -15,24 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import fmt, paths, registry
+from . import curves, fmt, paths, registry
 from .config import PROFILES, RunConfig
-from .curves import (
-    CHANCE_MARGIN,
-    CYCLE_END_LR,
-    GRAD_BURST_FACTOR,
-    LATE_EPOCH,
-    SPIKE_EXPLOSION,
-    SPIKE_FACTOR,
-    TRAIN_RISE_FACTOR,
-    _finite,
-    _float,
-    batch_stats_reliable,
-    ends_cycle,
-    find_spikes,
-    late_oscillation,
-    val_loss_rise,
-)
+from .curves import finite_or_nan, is_finite
 from .imagenette import CHANCE_LOSS, FULL_IMAGENETTE
 from .runs import finished_runs
 
@@ -45,8 +30,10 @@ OVERFIT_DELTA = 0.1  # nats: the report prints no curve values; a rise under 0.1
 TWICE = math.log(2)  # "very unstable", "sharp", "greatly": a factor 2 (ratios are compared as logs)
 OURS_PREFIX, ATTENTION_IMPL = "ours", "attn naive"  # the attention sweep's lambda layers and attention with n x n map
 REPORT_GPU = "a P100"
-SCHEDULE = (f"the schedule makes it so: every run ends a cosine cycle (last-epoch lr ≤ {CYCLE_END_LR:.0%} of its peak),"
-            " which favours the last epoch by construction")
+SCHEDULE = ("the schedule makes it so: every run ends a cosine cycle (last-epoch lr ≤ "
+            f"{curves.CYCLE_END_LR:.0%} of its peak), which favours the last epoch by construction")
+EXPLOSION = (f"grad norm > {curves.GRAD_BURST_FACTOR:g} × the run's median or train loss > "
+             f"{curves.TRAIN_RISE_FACTOR:g} × its lowest")  # a gradient explosion, in the words of rows 2 and 11
 RULES = (
     "Comparisons pair runs by seed inside one set-up and noise level (same data order; a ResNet and its Lambda twin "
     "also share the initial weights of every common layer); ratios are compared as logs. Each claim states its "
@@ -65,7 +52,7 @@ RULES = (
 def interval(values, confidence: float = 1 - ALPHA, kind: str = "t") -> tuple[float, float, float]:
     """(mean, low, high) of the finite `values`: kind "t" a two-sided Student-t interval (NaN bounds below two
     values), "share" (0/1 values) a Clopper-Pearson interval, "exact" a measurement without spread."""
-    xs = np.asarray([float(v) for v in values if _finite(v)])
+    xs = np.asarray([float(v) for v in values if is_finite(v)])
     if not len(xs):
         return math.nan, math.nan, math.nan
     mean, a, k, n = float(xs.mean()), 1 - confidence, int(xs.sum()), len(xs)
@@ -168,7 +155,7 @@ def _report_stat(pub: pd.DataFrame, row: Row, label: str, noise: float) -> float
 
     def arm(lab):  # the report's number for the model, whoever's lambda layer ours has
         lab = registry.split_label(lab)[0]
-        return _float(table.get((lab, noise))) - (_float(table.get((lab, 0.0))) if p.across_noise else 0.0)
+        return finite_or_nan(table.get((lab, noise))) - (finite_or_nan(table.get((lab, 0.0))) if p.across_noise else 0)
     mine, theirs = arm(label), 0.0 if p.alone else arm(p.partner(label))
     if p.ratio:
         return math.log(mine / theirs) if mine > 0 and theirs > 0 else math.nan
@@ -187,7 +174,7 @@ def _delta(pub: pd.DataFrame, row: Row, label: str, noise: float) -> tuple[float
         return own, f"the report's, {label} at {fmt.noise(noise)}"
     published = [direction * _report_stat(pub, row, lab, n) for lab, n in zip(pub["label"], pub["noise"])
                  if p.keep(lab) and (p.alone or p.partner(lab)) and (n > 0 or not p.across_noise)]
-    shown = [abs(x) for x in published if _finite(x) and (x > 0 or row.sign == 0 and x)]
+    shown = [abs(x) for x in published if is_finite(x) and (x > 0 or row.sign == 0 and x)]
     told = "none" if math.isnan(own) else _show(row, direction * own)
     return ((min(shown), f"the smallest in the report; its own for {label} at {fmt.noise(noise)}: {told}") if shown
             else (math.nan, "the report shows no effect in its claim's direction"))
@@ -196,7 +183,7 @@ def _delta(pub: pd.DataFrame, row: Row, label: str, noise: float) -> tuple[float
 def _paired(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]:
     """Per set-up and noise (or noise 0 → the highest), each kept label against its partner over shared seeds."""
     p, done = row.measure, ctx.done
-    value = p.value or (lambda r: _float(r.get(row.column)))
+    value = p.value or (lambda r: finite_or_nan(r.get(row.column)))
     runs = {(r["setup"], r["label"], int(r["seed"]), float(r["noise"])): r for _, r in done.iterrows()}
     highs = done.groupby("setup")["noise"].max() if len(done) else {}
     units = {}  # (where, label) -> {seed: (noise, value, the runs it comes from)}
@@ -221,11 +208,11 @@ def _paired(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]:
             hw = [tuple(str(r.get(f"env_{k}")) for k in HARDWARE) for r in (rs[-1], *qs[-1:])]
             if p.hardware and hw[0] != hw[-1]:
                 left_out.append(f"seed {seed} ({label} on {hw[0][0]}, {other} on {hw[-1][0]})")
-            elif _finite(a) and _finite(b) and (not p.ratio or (a > 0 and b > 0)):
+            elif is_finite(a) and is_finite(b) and (not p.ratio or (a > 0 and b > 0)):
                 pairs.append((seed, a, b, rs + qs))
         used = [r for *_, rs in pairs for r in rs]
         best = sum(int(r["best_val_loss_epoch"] == r["epochs_done"]) for r in used)
-        cycle = row.schedule_bound and used and all(ends_cycle(r["_history"]) for r in used)
+        cycle = row.schedule_bound and used and all(curves.ends_cycle(r["_history"]) for r in used)
         floor = row.floor is not None and pairs and all(v == row.floor for _, a, b, _ in pairs
                                                           for v in (a, b)[:2 - p.alone])
         comparisons.append(Comparison(
@@ -246,9 +233,9 @@ def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dic
     groups, spikes, unreliable = {}, [], 0
     for _, run in ctx.done.iterrows():
         where, history = f"{run['where_setup']}, {fmt.noise(run['noise'])} noise", run["_history"]
-        mine = [dict(s, label=run["label"], seed=int(run["seed"]), where=where) for s in find_spikes(history)]
-        spikes, unreliable = spikes + mine, unreliable + (not batch_stats_reliable(history))
-        first = next((s["epoch"] for s in mine if s["cause"] == SPIKE_EXPLOSION), None)
+        mine = [dict(s, label=run["label"], seed=int(run["seed"]), where=where) for s in curves.find_spikes(history)]
+        spikes, unreliable = spikes + mine, unreliable + (not curves.batch_stats_reliable(history))
+        first = next((s["epoch"] for s in mine if s["cause"] == curves.SPIKE_EXPLOSION), None)
         spec = registry.SPECS.get(run["model"])
         if row.key == "2" and spec is not None and spec.position and spec.lambda_layers > 2:
             groups.setdefault(("every set-up", "runs with more than two lambda layers"), []).append(
@@ -256,10 +243,11 @@ def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dic
         elif row.key == "11" and run["label"].startswith("LR34_L3"):
             groups.setdefault((run["where_setup"], run["label"]), []).append((run, first is not None))
         elif row.key == "14" and first is not None:
-            before = val_loss_rise([r for r in history if r["epoch"] < first])
+            before = curves.val_loss_rise([r for r in history if r["epoch"] < first])
             groups.setdefault((run["where_setup"], "exploding runs"), []).append((run, before >= OVERFIT_DELTA))
     exploded = ctx.pub[ctx.pub["label"].str.startswith("LR34_L3") & ctx.pub["best_val_loss"].notna()]
-    delta = float((exploded["best_val_loss"] > SPIKE_FACTOR * CHANCE_LOSS).mean()) if row.delta is None else row.delta
+    share = float((exploded["best_val_loss"] > curves.SPIKE_FACTOR * CHANCE_LOSS).mean())
+    delta = share if row.delta is None else row.delta
     comparisons = [Comparison(what, where, tuple(float(hit) for _, hit in runs), delta,
                               "typed in" if row.delta else "the report's share", kind="share",
                               seeds=tuple(int(r["seed"]) for r, _ in runs),
@@ -310,7 +298,11 @@ def _figure7(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]
 
 
 def _oscillation(run: pd.Series) -> float:
-    return late_oscillation(run["_history"])
+    return curves.late_oscillation(run["_history"])
+
+
+def _epoch_time(run: pd.Series) -> float:
+    return finite_or_nan(run["train_time_s"]) / (finite_or_nan(run["epochs_done"]) or math.nan)
 
 
 OWN = "the report's own for the same model and noise"
@@ -322,9 +314,9 @@ CLAIMS: tuple[Row, ...] = (  # the report's words in its order; sign, δ and mea
     Row("2", "\"any LambdaResNet with more than two lambda layers would lead to gradient explosion after several "
         "epochs in this small dataset, which is indicated by the Nan validation loss\" (§2)", "share of the runs of "
         "models with more than two lambda layers (every set-up and noise level together) with a gradient explosion: "
-        f"a val-loss spike (a non-finite loss included) with a grad norm > {GRAD_BURST_FACTOR:g} × the run's median "
-        f"or train loss > {TRAIN_RISE_FACTOR:g} × its lowest", "1/2, typed in (\"any ... would\": more often than not)",
-        _explosions, delta=0.5, scale="share", why_none="no runs of a model with more than two lambda layers here"),
+        f"a val-loss spike (a non-finite loss included) with a {EXPLOSION}", "1/2, typed in (\"any ... would\": more "
+        "often than not)", _explosions, delta=0.5, scale="share",
+        why_none="no runs of a model with more than two lambda layers here"),
     Row("3", "\"the R18 has similar loss curves for four different noisy labels and converges to similar loss\" "
         "(§3.1)", "R18's best val loss at the set-up's highest noise − at noise 0", f"±{OWN} (Table 1)",
         Paired(keep=lambda lab: lab == "R18", across_noise=True, alone=True), sign=0, column="best_val_loss"),
@@ -335,32 +327,33 @@ CLAIMS: tuple[Row, ...] = (  # the report's words in its order; sign, δ and mea
     Row("5", "\"LambdaResNet over-fitted after about 10 epochs of validation\" (§3.2.1, figures 3, 4)", "last − "
         "lowest val loss of a run (0 when the last epoch is the best), Lambda − ResNet of its depth",
         f"{OVERFIT_DELTA} nats, typed in (the report prints no curve values)", delta=OVERFIT_DELTA, floor=0.0,
-        measure=Paired(partner=_baseline, value=lambda r: val_loss_rise(r["_history"])), schedule_bound=True),
+        measure=Paired(partner=_baseline, value=lambda r: curves.val_loss_rise(r["_history"])), schedule_bound=True),
     Row("6", "\"For LambdaResNet18, its training and validation losses are slightly hinted at compared to the "
         "original ResNet18\" (§3.2.1)", "best val loss, LR18 (rpe) − R18", f"{OWN} (Tables 1, 2)", sign=-1,
         measure=Paired(partner=_baseline, keep=lambda lab: lab.startswith("LR18") and "(rpe)" in lab),
         column="best_val_loss"),
     Row("7", "\"the eval loss curve is very unstable, with a sharp irregular oscillation after about 10 epochs\" "
-        "(§3.2.1)", f"mean \\|epoch-to-epoch change of val loss\\| after epoch {LATE_EPOCH}, LR18 / R18", "×2, "
-        "typed in (\"very unstable\", \"sharp\"; the report prints no curve values)", delta=TWICE, scale="ratio",
+        "(§3.2.1)", f"mean \\|epoch-to-epoch change of val loss\\| after epoch {curves.LATE_EPOCH}, LR18 / R18",
+        "×2, typed in (\"very unstable\", \"sharp\"; the report prints no curve values)", delta=TWICE, scale="ratio",
         measure=Paired(partner=_baseline, keep=lambda lab: lab.startswith("LR18"), ratio=True, value=_oscillation)),
     Row("8", "\"An extral hour is needed for training a Lambda ResNet\" (§3.2.1)", "seconds per epoch (validation "
         f"included), Lambda / ResNet of its depth, pairing only runs on equal recorded hardware ({', '.join(HARDWARE)}"
         " of summary.json's environment)", f"{OWN} (Tables 1-5; its ResNets ran on the authors' computers, its "
-        f"Lambda-ResNets on {REPORT_GPU})", Paired(partner=_baseline, ratio=True, hardware=True, value=lambda r: _float(
-            r["train_time_s"]) / (_float(r["epochs_done"]) or math.nan)), column="training_time_s", scale="ratio"),
+        f"Lambda-ResNets on {REPORT_GPU})", Paired(partner=_baseline, ratio=True, hardware=True, value=_epoch_time),
+        column="training_time_s", scale="ratio"),
     Row("9", "\"it is sensitive to the noisy labels, shown in table2 and 3\" (§3.2.1)", "rise of best train loss "
         "from noise 0 to the set-up's highest noise, Lambda − ResNet of its depth", f"{OWN} (Tables 1-5)",
         Paired(partner=_baseline, across_noise=True), column="best_train_loss"),
     Row("10", "\"For LambdaResNet34, the training processes are even more unstable\" (§3.2.1)", "mean \\|epoch-to-"
-        f"epoch change of val loss\\| after epoch {LATE_EPOCH}, LR34 / LR18 of the same lambda layer", "×2, typed "
-        "in, as for 7", Paired(partner=lambda lab: lab.replace("LR34", "LR18"), keep=lambda lab: lab.startswith(
-            "LR34"), ratio=True, value=_oscillation), delta=TWICE, scale="ratio"),
+        f"epoch change of val loss\\| after epoch {curves.LATE_EPOCH}, LR34 / LR18 of the same lambda layer",
+        "×2, typed in, as for 7", Paired(partner=lambda lab: lab.replace("LR34", "LR18"),
+                                         keep=lambda lab: lab.startswith("LR34"), ratio=True, value=_oscillation),
+        delta=TWICE, scale="ratio"),
     Row("11", "\"Especially for the LR34_L3, several losses in table3 shows that the this model has experienced "
-        "gradient explosion\" (§3.2.1)", f"share of LR34_L3 runs with a val-loss spike (> {SPIKE_FACTOR:g} × its "
-        f"lowest so far) from a gradient explosion (grad norm > {GRAD_BURST_FACTOR:g} × the run's median or train "
-        f"loss > {TRAIN_RISE_FACTOR:g} × its lowest)", f"the report's share: its LR34_L3 rows with best val loss > "
-        f"{SPIKE_FACTOR:g} ln 10 (Table 5)", _explosions, scale="share", why_none="no LR34_L3 runs here"),
+        "gradient explosion\" (§3.2.1)", f"share of LR34_L3 runs with a val-loss spike (> {curves.SPIKE_FACTOR:g} × "
+        f"its lowest so far) from a gradient explosion ({EXPLOSION})", "the report's share: its LR34_L3 rows with best "
+        f"val loss > {curves.SPIKE_FACTOR:g} ln 10 (Table 5)", _explosions, scale="share",
+        why_none="no LR34_L3 runs here"),
     Row("12", "\"We found that the LambdaResNet does have to improve in training loss\" (§5)", "best train loss, "
         "Lambda − ResNet of its depth", f"{OWN} (Tables 1-5)", Paired(partner=_baseline), sign=-1,
         column="best_train_loss"),
@@ -413,9 +406,9 @@ SCALE_DECIDES = {
 }
 RECIPE = Row("recipe", "Table 1 shows: the ResNets' best val loss is 2.233 to 2.348 at lr 1e-5, chance being ln 10 = "
              f"{CHANCE_LOSS:.3f}", "best val loss − ln 10 of our ResNets under preset report", f"near chance: within ±"
-             f"{CHANCE_MARGIN:g} ln 10", Paired(keep=lambda lab: _baseline(lab) == "", alone=True,
-                                               value=lambda r: _float(r["best_val_loss"]) - CHANCE_LOSS),
-             sign=0, delta=CHANCE_MARGIN * CHANCE_LOSS)
+             f"{curves.CHANCE_MARGIN:g} ln 10", Paired(keep=lambda lab: _baseline(lab) == "", alone=True,
+                                                      value=lambda r: finite_or_nan(r["best_val_loss"]) - CHANCE_LOSS),
+             sign=0, delta=curves.CHANCE_MARGIN * CHANCE_LOSS)
 
 
 def _decide(row: Row, c: Comparison, confidence: float) -> None:
@@ -481,7 +474,7 @@ def _context(runs, attention_sweep, results_dir) -> Context:
 
 
 def _show(row: Row, value: float, signed: bool = True) -> str:
-    if not _finite(value):
+    if not is_finite(value):
         return fmt.MISSING
     if row.scale == "ratio":
         return f"×{math.exp(value):.2f}"
@@ -495,7 +488,7 @@ def _effect_text(row: Row, c: Comparison) -> str:
         return "no value"
     if c.kind == "share":
         return f"{int(sum(c.values))}/{len(c.values)} [{c.low:.2f}, {c.high:.2f}]"
-    spread = f" [{_show(row, c.low)}, {_show(row, c.high)}]" if c.low != c.high and _finite(c.low) else ""
+    spread = f" [{_show(row, c.low)}, {_show(row, c.high)}]" if c.low != c.high and is_finite(c.low) else ""
     return _show(row, c.mean) + spread + ("" if c.kind == "exact" else f" (n={len(c.values)})")
 
 
@@ -505,7 +498,7 @@ def _evidence(claim: Claim) -> str:
     for c in claim.comparisons:
         delta = _show(row, c.delta if row.sign >= 0 else -c.delta, signed=row.sign < 0 and row.scale != "ratio")
         lines.append(f"{c.where}: {c.what} {_effect_text(row, c)}"
-                     + (f", δ {'±' * (row.sign == 0)}{delta}" if _finite(c.delta) else "") + f" → {c.verdict}")
+                     + (f", δ {'±' * (row.sign == 0)}{delta}" if is_finite(c.delta) else "") + f" → {c.verdict}")
     return "<br>".join(lines + ([claim.note] if claim.note else [])) or NO_RUNS
 
 
@@ -515,7 +508,7 @@ def _details(claim: Claim) -> list[str]:
         values = ", ".join(f"{f's{s} ' if c.seeds else ''}{_show(claim.row, v)}"
                            for s, v in zip(c.seeds or [""] * len(c.values), c.values))
         out.append(f"{c.where}, {c.what}: {_effect_text(claim.row, c)} → {c.verdict}"
-                   + (f" ({c.reason})" if c.reason else "") + (f"; δ: {c.delta_from}" if _finite(c.delta) else "")
+                   + (f" ({c.reason})" if c.reason else "") + (f"; δ: {c.delta_from}" if is_finite(c.delta) else "")
                    + (f"; values {values}" if values else "") + (f"; {c.note}" if c.note else "")
                    + "".join(f"; `{i}`" for i in c.ids))
     return out + ["{label}, {where}, seed {seed}, epoch {epoch}: val loss {val_loss:.3f} (×{factor:.1f} its best so "
@@ -558,18 +551,17 @@ def scale_paragraph(runs: pd.DataFrame) -> str:
     """What this scale can and cannot say about the report's setting (ours read from the records' set-ups)."""
     done, defaults = _done(runs), {f.name: f.default for f in fields(RunConfig)}
     full, setups = FULL_IMAGENETTE[0] * defaults["epochs"], done.drop_duplicates("setup") if len(done) else done
-    seen = [int(e) * int(n) for e, n in zip(setups.get("epochs", []), setups.get("train_images", [])) if _finite(n)]
+    seen = [int(e) * int(n) for e, n in zip(setups.get("epochs", []), setups.get("train_images", [])) if is_finite(n)]
     ours = "; ".join(f"{s.scale.rstrip('.')} ({(done['setup'] == s.setup).sum()} runs)" for s in setups.itertuples())
+    longest = (f" That is {full / max(seen):.0f}× the training images ours see, and the report's \"after about "
+               f"{curves.LATE_EPOCH} epochs\" comes after {curves.LATE_EPOCH * FULL_IMAGENETTE[0]:,} of them, against "
+               f"{max(seen):,} in all of our longest runs.") if seen else ""
     return (f"**What this scale can and cannot say.** Ours: {ours or 'no finished runs here'}. The report's setting: "
             f"full Imagenette ({FULL_IMAGENETTE[0]:,} train / {FULL_IMAGENETTE[1]:,} val images) for an epoch count "
             f"and image size it does not state (lambdalib's defaults: {defaults['epochs']} epochs, {full:,} training "
             f"images seen, at {defaults['img_size']} px), its Lambda-ResNets on {REPORT_GPU} and its ResNets on the "
-            "authors' own computers." + (f" That is {full / max(seen):.0f}× the training images ours see, and the "
-                                         f"report's \"after about {LATE_EPOCH} epochs\" comes after "
-                                         f"{LATE_EPOCH * FULL_IMAGENETTE[0]:,} of them, against {max(seen):,} in all "
-                                         "of our longest runs." if seen else "")
-            + " What transfers: the direction of paired differences between a ResNet and its Lambda twin under the "
-            "same data order and initial weights, whether a val-loss spike comes from BatchNorm's running statistics "
-            "or from the gradients, and the relative cost of a step on one machine. What does not: absolute losses on "
-            f"the full data set, effects that need the longer schedule or larger images, and wall-clock hours on "
-            f"{REPORT_GPU}.\n")
+            f"authors' own computers.{longest} What transfers: the direction of paired differences between a ResNet "
+            "and its Lambda twin under the same data order and initial weights, whether a val-loss spike comes from "
+            "BatchNorm's running statistics or from the gradients, and the relative cost of a step on one machine. "
+            "What does not: absolute losses on the full data set, effects that need the longer schedule or larger "
+            f"images, and wall-clock hours on {REPORT_GPU}.\n")

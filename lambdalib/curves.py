@@ -22,19 +22,20 @@ SPIKE_UNCLASSIFIED, SPIKE_UNRELIABLE = ("unclassified (no val_loss_batch_stats i
                                         "unclassified (val_loss_batch_stats unreliable in this run)")
 
 
-def _finite(value) -> bool:
+def is_finite(value) -> bool:
+    """Whether `value` (a record's cell: a number, None, a string, NaN) is a finite number."""
     try:
         return value is not None and math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
 
 
-def _float(value) -> float:
-    return float(value) if _finite(value) else math.nan
+def finite_or_nan(value) -> float:
+    return float(value) if is_finite(value) else math.nan
 
 
 def _column(history: list[dict], name: str) -> list[float]:
-    return [float(r[name]) for r in history if _finite(r.get(name))]
+    return [float(r[name]) for r in history if is_finite(r.get(name))]
 
 
 def val_loss_rise(history: list[dict]) -> float:
@@ -45,7 +46,7 @@ def val_loss_rise(history: list[dict]) -> float:
 
 def late_oscillation(history: list[dict], after: int = LATE_EPOCH) -> float:
     """Instability: mean |val_loss(e) − val_loss(e−1)| over epochs e > `after` with both losses finite."""
-    val = {int(r["epoch"]): r["val_loss"] for r in history if _finite(r.get("val_loss"))}
+    val = {int(r["epoch"]): r["val_loss"] for r in history if is_finite(r.get("val_loss"))}
     steps = [abs(val[e] - val[e - 1]) for e in sorted(val) if e > after and e - 1 in val]
     return float(np.mean(steps)) if steps else math.nan
 
@@ -74,8 +75,8 @@ def find_spikes(history: list[dict]) -> list[dict]:
     best_val = best_train = best_batch = math.inf
     spikes = []
     for row in history:
-        val, train = _float(row.get("val_loss")), _float(row.get("train_loss"))
-        batch, grad = _float(row.get("val_loss_batch_stats")), _float(row.get("grad_norm_max"))
+        val, train = finite_or_nan(row.get("val_loss")), finite_or_nan(row.get("train_loss"))
+        batch, grad = finite_or_nan(row.get("val_loss_batch_stats")), finite_or_nan(row.get("grad_norm_max"))
         if math.isfinite(best_val) and not val <= SPIKE_FACTOR * best_val:  # NaN counts as a spike
             burst = math.isfinite(median) and not grad <= GRAD_BURST_FACTOR * median
             rise = not math.isfinite(train) or (math.isfinite(best_train) and train > TRAIN_RISE_FACTOR * best_train)
