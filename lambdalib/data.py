@@ -1,16 +1,9 @@
 """Imagenette with the official noisy labels: labels and noise, transforms, the dataset, a seeded loader.
 
-Imagenette is 10 easy ImageNet classes (9,469 train / 3,925 val images). Every imagenette2 archive
-ships `noisy_imagenette.csv`, whose columns `noisy_labels_{0,1,5,25,50}` hold the official flipped
-train labels; we use them as they are (validation labels are never flipped). Other noise rates are
-only drawn on request (`synthetic=True`), seeded, with the realised rate recorded.
-
-Where the images come from (the embedded subset, an official archive, a folder, an archive path or URL)
-is `download.py`: `resolve_root`, `prepare_archive` and their errors are re-exported here.
-
-Typical use:
-    root = resolve_root(None)
-    train = NoisyImagenette(root, "train", noise=0.25, img_size=160)
+The columns `noisy_labels_{0,1,5,25,50}` of the official `noisy_imagenette.csv` are used as they are
+(validation labels are never flipped); other rates only on request (`synthetic=True`), seeded. Where the
+images come from is download.py. Typical use:
+    train = NoisyImagenette(resolve_root(None), "train", noise=0.25, img_size=160)
     loader = make_loader(train, batch_size=64, shuffle=True, seed=0)
 """
 from __future__ import annotations
@@ -49,12 +42,8 @@ NOISE_LEVELS: tuple[float, ...] = OFFICIAL_NOISE_LEVELS
 
 
 class UnreadableImageError(ValueError):
-    """An image file cannot be decoded. `str(err)` is one line naming the file and what to do.
-
-    That holds also when a DataLoader worker raised it: torch re-raises it in the main process as
-    UnreadableImageError("Caught UnreadableImageError in DataLoader worker process N. Original Traceback
-    ..."); that report is reduced to the original line here and kept in `worker_report`. `path` is the file.
-    """
+    """An image file cannot be decoded; `str(err)` is one line naming the file (`path`) and what to do, also when
+    torch re-raises it from a DataLoader worker ("Caught ... Original Traceback", kept in `worker_report`)."""
 
     def __init__(self, message: str = "", path: str | None = None) -> None:
         report = None
@@ -171,12 +160,8 @@ def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: t
                        scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                        attempts: int = 10) -> torch.Tensor:
     """torchvision `RandomResizedCrop.get_params`, vectorised over images: (n, 4) int64 (top, left, h, w), on
-    the device of `heights` (and of `generator`).
-
-    Per image: up to `attempts` draws of area fraction ~ U(scale) and log aspect ~ U(log ratio); the first
-    whose rounded w x h fits is kept, its top/left uniform over the valid positions; when none fits, the
-    centre crop clamped to the ratio range. A fixed number of draws per image: the same seed, the same crops.
-    """
+    the device of `heights`. Always `attempts` draws per image (the first that fits is kept, else torchvision's
+    centre crop), so the same seed gives the same crops whatever fits."""
     device = heights.device if torch.is_tensor(heights) else torch.device("cpu")
     heights = torch.as_tensor(heights, dtype=torch.float64, device=device).reshape(-1)
     widths = torch.as_tensor(widths, dtype=torch.float64, device=device).reshape(-1)
@@ -295,29 +280,13 @@ def find_unreadable_images(paths: Sequence[str], workers: int | None = None) -> 
 class NoisyImagenette(Dataset):
     """Imagenette images with the official noisy labels (or seeded synthetic ones); yields (image, label).
 
-    Args:
-        root: anything `resolve_root` accepts (None: the embedded subset).
-        split: "train" or "val". Validation labels are always the clean ones, whatever `noise` says.
-        noise: fraction of flipped train labels, one of NOISE_LEVELS (0, 0.01, 0.05, 0.25, 0.5), read from
-            the official columns of noisy_imagenette.csv. Other values need `synthetic=True`.
-        synthetic: flip round(noise * n) train labels drawn with `seed` to a different class (symmetric
-            noise) instead of the official column; only on this explicit request.
-        seed: seed of the synthetic noise.
-        img_size: side of the default transforms' output.
-        transform: "default" (train_transform / val_transform for the split), None (PIL images) or a callable.
-        on_error: what an unreadable image (truncated, empty, not an image) does. "fail" (default; "raise"
-            is the same): UnreadableImageError, one line naming the file. "skip": leave it out.
-        check_images: decode every listed image now (`find_unreadable_images`; seconds per 10,000 images).
-            With on_error="skip" the unreadable ones are dropped before any index exists and listed in
-            `skipped`, in this process: use this when DataLoader workers load the images and the count
-            must be known. With "fail" the first unreadable image raises now instead of mid-epoch.
-            Without it, "skip" works lazily: `__getitem__` warns once per file, adds it to `bad_files` and
-            returns the next readable sample (its own label); `bad_files` is per process (workers keep
-            their own), and the image is still counted in len().
-
-    Attributes: root, split, noise, synthetic, on_error, paths, clean_targets, noisy_targets, targets (= the
-    labels returned, i.e. noisy_targets), flipped, flip_rate (realised), wnids, classes (human names),
-    class_to_idx, skipped (paths dropped by check_images), bad_files; class_counts() gives per-class counts.
+    `root`: anything `resolve_root` accepts. `noise`: an official level (NOISE_LEVELS) read from the CSV;
+    `synthetic=True` flips round(noise * n) train labels drawn with `seed` instead. Validation labels are
+    always clean. `transform`: "default" (train_transform / val_transform), None (PIL images) or a callable.
+    `on_error`: an unreadable image raises one line naming it ("fail"; "raise" is the former name) or is left
+    out ("skip"). `check_images` decodes every image now: "skip" then drops them before any index exists
+    (listed in `skipped`), "fail" raises now rather than mid-epoch; without it "skip" is lazy (`__getitem__`
+    warns once, records the file in this process's `bad_files` and returns the next readable sample).
     """
 
     def __init__(
@@ -525,14 +494,9 @@ def make_loader(
     sampler: Sampler | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose order and augmentations are fully determined by `seed` (and the worker count).
-
-    Order: a torch.Generator seeded with `seed` drives the shuffling (a custom `sampler`, e.g. a
-    DistributedSampler, brings its own seed and replaces `shuffle`). Augmentations: workers are seeded
-    from that generator (torch, numpy and python `random`); with workers=0 the loader keeps its own RNG
-    stream (see SeededLoader). Each epoch continues the stream, so epochs differ but runs repeat.
-    Defaults: workers=default_workers(), pin_memory when CUDA is available, no persistent workers.
-    """
+    """A DataLoader whose order and augmentations are fully determined by `seed` (and the worker count): a
+    generator seeded with `seed` shuffles (a `sampler`, e.g. DistributedSampler, replaces `shuffle`) and seeds
+    the augmentations (SeededLoader). Each epoch continues the stream, so epochs differ but runs repeat."""
     workers = default_workers() if workers is None else workers
     return SeededLoader(
         dataset,
@@ -552,13 +516,8 @@ def make_loader(
 
 
 def overview(root: str | Path | None = None, noise_levels: Iterable[float] = NOISE_LEVELS) -> dict:
-    """Class counts per split and the realised noise rate per official level, from the CSV only (fast).
-
-    `root`: anything `resolve_root` accepts. Returns {"root": Path, "classes": DataFrame indexed by wnid
-    with columns name, train, val; "noise": DataFrame indexed by noise level with columns column,
-    train_flipped, train_images, train_rate, val_flipped, val_images, val_rate}. Print the frames with
-    `.to_string()`. Unknown noise levels raise ValueError listing the official ones.
-    """
+    """{"root", "classes": class_table, "noise": noise_table} from the CSV only (fast); unknown noise levels
+    raise ValueError listing the official ones before any file is read."""
     levels = list(noise_levels)
     if not levels:
         raise ValueError(f"noise_levels is empty; give at least one of the official levels {list(NOISE_LEVELS)}.")
@@ -583,15 +542,13 @@ def first_per_class(targets, per_class: int) -> list[int]:
 
 
 def batch_stats_order(n: int, batch_size: int, batches: int = 10) -> list[int]:
-    """Positions, among the n validation images, of val_loss_batch_stats' images: a fixed shuffle (seed 0,
-    the same in every run, so runs compare on the same images) cut to `batches` whole batches.
+    """Positions, among the n validation images, of val_loss_batch_stats' images: a fixed shuffle (seed 0, so
+    every run uses the same images) cut to `batches` whole batches (never a last batch of one).
 
-    Class-mixed batches are the point (#25): the CSV lists images class by class, so batches in file order
-    hold one or two classes, and train-mode BatchNorm on them (train.evaluate(batch_stats=True)) removes the
-    class signal (the loss sat at or above chance, ln 10, where the eval-mode loss was 1.34). A fixed subset
-    every epoch rather than only after an eval-mode spike, because claims.py compares a spike with the
-    column's earlier values, which must exist; ten batches cost about a sixth of a full Imagenette validation
-    pass (62 batches of 64).
+    Shuffled because the CSV lists images class by class, and train-mode BatchNorm on one-class batches removes
+    the class signal (the loss sat at chance, ln 10, where the eval-mode loss was 1.34). Every epoch, because
+    claims.py compares a spike with the column's earlier values; ten batches cost about a sixth of a full
+    Imagenette validation pass.
     """
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     keep = min(n, batches * batch_size)

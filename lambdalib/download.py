@@ -1,17 +1,8 @@
-"""Where the images come from: a `data` argument turned into a verified imagenette2 folder.
+"""Where the images come from: `resolve_root(data)` turns a `data` argument into a verified imagenette2 folder.
 
-`resolve_root(data)` accepts
-  - None / "embedded": the small real subset tracked in the repository at data/imagenette-mini/;
-  - "imagenette2-160" / "imagenette2-320" / "imagenette2": the official archive, downloaded into
-    `paths.data_dir()`, md5-verified and extracted once (a marker file records the verified copy);
-  - a folder holding train/, val/ and noisy_imagenette.csv: used as it is;
-  - an archive path (.tgz, .tar.gz, .tar, .zip) or URL (file://, https://): verified and extracted like a
-    download (`prepare_archive`).
-
-Nothing half-done is ever used: a fetch goes to a temporary name and is renamed only once its md5 matches,
-an extraction goes to a temporary folder and is moved into place only once every image its CSV lists is
-there, and what a failed attempt wrote is removed (leftovers of killed processes, on the next attempt).
-Every error is one line naming the user's value or file and what to do.
+Nothing half-done is ever used: a fetch goes to a temporary name, renamed only once its md5 matches; an
+extraction goes to a temporary folder, moved into place only once every image its CSV lists is there; what a
+failed (or killed) attempt wrote is removed. Every error is one line naming the user's value and what to do.
 """
 from __future__ import annotations
 
@@ -248,18 +239,12 @@ def _one_line(err: BaseException) -> str:
 def prepare_archive(
     source: str | Path, md5: str | None = None, *, download_root: str | Path | None = None, keep_archive: bool = True
 ) -> Path:
-    """Fetch, md5-verify and extract an Imagenette archive once; return the extracted folder.
+    """Fetch, md5-verify and extract an Imagenette archive (an official name, an http(s)/file:// URL or a local
+    path) once into `download_root/<slug>/` (default `paths.data_dir()`); return that folder.
 
-    `source` is an official name ("imagenette2-160", "imagenette2-320", "imagenette2", using the URLs and
-    md5s of torchvision's Imagenette), an http(s) or file:// URL, or a local archive path. All go the same
-    way: the archive is fetched to `download_root/<name>.tgz` (default `paths.data_dir()`), its md5
-    checked, and it is extracted to `download_root/<slug>/` with a marker file. When that marker already
-    records the same md5, nothing is fetched or extracted. An archive already in place with a wrong md5
-    (partial or corrupt) is fetched again; a fetched file with a wrong md5 raises `IntegrityError`;
-    a failed fetch (offline) raises `DataUnavailableError` saying where to place the file by hand.
-    An archive that cannot be extracted raises `IntegrityError` naming the user's file; its copy and any
-    partial extraction are removed. `md5` is required for remote URLs; a local file named like an official
-    archive must match the official md5; another local file without one is trusted and its md5 computed.
+    A marker with the same md5 means done. A copy with a wrong md5 is fetched again; a fetch that fails says
+    where to place the file by hand (`DataUnavailableError`). Remote URLs need `md5`; a local file named like
+    an official archive must match its md5; any other local file vouches for itself.
     """
     if str(source) in ARCHIVES:
         url, official_md5 = ARCHIVES[str(source)]
@@ -342,17 +327,9 @@ def resolve_root(
     md5: str | None = None,
     download_root: str | Path | None = None,
 ) -> Path:
-    """Turn a `data` argument into a folder holding train/, val/ and noisy_imagenette.csv.
-
-    - None or "embedded": the embedded subset (`embedded_root()`);
-    - "imagenette2-160", "imagenette2-320", "imagenette2": that official archive, downloaded, verified and
-      extracted under `download_root` (default `paths.data_dir()`) on first use;
-    - "download": the official archive named by `variant`;
-    - a folder with the imagenette2 layout: used as it is;
-    - a .tgz/.tar.gz/.tar/.zip path or a file://, http(s):// URL: fetched, verified (`md5`) and extracted
-      like the official archives (see `prepare_archive`).
-    Anything else raises FileNotFoundError (ValueError for a file that is not an archive) naming the value
-    and the accepted ones.
+    """Turn a `data` argument into a folder holding train/, val/ and noisy_imagenette.csv: None/"embedded" (the
+    subset in the repository), an official archive name ("download": the one named by `variant`), a folder used
+    as it is, or an archive path or URL (`prepare_archive`). Anything else is one line naming what is accepted.
     """
     if data is None or str(data) == "embedded":
         return embedded_root()
