@@ -3,20 +3,14 @@
     from lambdalib import report
     report.build()              # results/runs/*/ -> results/{README.md, tables/, figures/}
 
-Runs are read by lambdalib.runs (one row per record; an unreadable record is skipped, named and listed).
 Finished runs (complete, diverged: marked) make the tables and figures; unfinished ones are only listed, since
-their best values cover part of the schedule. A table cell is one experiment (identity without the seed:
-mean ± sample std over seeds); a set-up (one section per table, its own figures) is the identity without
-model, noise and seed, so runs that differ in anything else never share a section. A set-up's label states
-its scale; one of fewer than SMOKE_EPOCHS epochs or on a per-class subset is a smoke test, and says so first.
+their best values cover part of the schedule. A table cell is one experiment (mean ± sample std over seeds); a
+set-up (lambdalib.runs) gets its own section in every table and its own figures, so runs that differ in
+anything but model, noise and seed are never compared. One table per model family (registry.FAMILIES), plus
+the published numbers (lambdalib/published.csv) beside ours; figures are drawn by figures.py.
 
-Tables are one per model family (registry.FAMILIES: Tables 1-5 of the report), plus the published numbers
-(lambdalib/published.csv; its Table 3 repeats Table 5, so L3 rpe is missing) beside ours. Figures (drawn by
-figures.py): one loss-curves figure per table that has runs, and accuracy against the measured noise levels.
-
-Writing: everything is computed first, then written into a staging folder and swapped in whole (`_publish`),
-so a failure or a kill never leaves a mix of two reports. Written files hold no absolute paths, so a rebuild
-anywhere writes the same bytes. A results folder without runs/ is an error (a mistyped --results).
+Everything is computed first, then swapped in whole (`_publish`): a failure or a kill never leaves a mix of two
+reports. Written files hold no absolute paths, so a rebuild anywhere writes the same bytes.
 """
 from __future__ import annotations
 
@@ -28,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims, figures, files, fmt, paths, registry
-from .fmt import markdown_table as _markdown_table
 from .record import FINISHED
 from .runs import SETUP_COLUMNS, SMOKE_EPOCHS, aggregate, finished_runs, load_runs
 
@@ -44,13 +37,7 @@ def tables() -> dict[int, registry.Family]:
 
 
 def markdown_table(frame: pd.DataFrame, empty: str = NO_RUNS) -> str:
-    return _markdown_table(frame, empty)
-
-
-def _in_table(cells: pd.DataFrame, number: int) -> pd.DataFrame:
-    if cells.empty:
-        return cells
-    return cells[cells["family"] == tables()[number].key]
+    return fmt.markdown_table(frame, empty)
 
 
 TABLE_COLUMNS = SETUP_COLUMNS + [
@@ -63,7 +50,7 @@ TABLE_COLUMNS = SETUP_COLUMNS + [
 
 def results_table(cells: pd.DataFrame, number: int) -> pd.DataFrame:
     """Table `number` (1-5) as data, one row per cell, every set-up (the CSV)."""
-    rows = _in_table(cells, number).copy()
+    rows = cells if cells.empty else cells[cells["family"] == tables()[number].key].copy()
     if rows.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     rows["table"] = number
@@ -93,6 +80,8 @@ def results_table_markdown(table: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+PUBLISHED = ("best_train_loss", "best_val_loss", "training_time", "training_time_s")  # published_<column>
+OURS = ("best_train_loss", "best_val_loss", "train_time_s", "n_runs", "diverged_at")  # ours_<column>
 COMPARISON_COLUMNS = SETUP_COLUMNS + [
     "table", "architecture", "label", "noise",
     "published_best_train_loss", "ours_best_train_loss", "published_best_val_loss", "ours_best_val_loss",
@@ -101,27 +90,19 @@ COMPARISON_COLUMNS = SETUP_COLUMNS + [
 
 
 def comparison_table(cells: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """Published vs ours, row by row (best train/val loss, training time), one block per set-up.
-
-    Every published row appears (missing published values stay NaN); our cells without a published
-    counterpart (e.g. 1 % noise) are added to their table. Without runs, ours is empty."""
-    pub = published.rename(columns={"best_train_loss": "published_best_train_loss",
-                                    "best_val_loss": "published_best_val_loss",
-                                    "training_time": "published_training_time",
-                                    "training_time_s": "published_training_time_s"})
+    """Published vs ours, row by row (best train/val loss, training time), one block per set-up: every published
+    row appears (missing values stay NaN), and our cells without a published counterpart (e.g. 1 % noise) are
+    added to their table. Without runs, ours is empty."""
+    pub = published.rename(columns={c: f"published_{c}" for c in PUBLISHED})
+    order = {s.label: i for i, s in enumerate(registry.SPECS.values())}
     setups = cells[SETUP_COLUMNS].drop_duplicates("setup") if not cells.empty else pd.DataFrame([{}])
     blocks = []
     for _, setup in setups.iterrows():
         ours = pd.DataFrame(columns=["label", "noise"])
-        if not cells.empty:
-            mine = cells[cells["setup"] == setup["setup"]]
-            ours = pd.DataFrame({
-                "label": mine["label"], "noise": mine["noise"],
-                "ours_best_train_loss": mine["best_train_loss"], "ours_best_val_loss": mine["best_val_loss"],
-                "ours_train_time_s": mine["train_time_s"], "ours_n_runs": mine["n_runs"],
-                "ours_diverged_at": mine["diverged_at"], "ours_table": [_table_of(f) for f in mine["family"]],
-            })
-            ours = ours[ours["ours_table"].notna()]
+        if not cells.empty:  # a cell of a model outside the registry (a timm model) has no table
+            mine = cells[(cells["setup"] == setup["setup"]) & cells["family"].isin(list(registry.FAMILIES))]
+            ours = mine[["label", "noise", *OURS]].rename(columns={c: f"ours_{c}" for c in OURS})
+            ours["ours_table"] = [registry.FAMILIES[f].table for f in mine["family"]]
         block = pub.merge(ours, on=["label", "noise"], how="outer")
         if "ours_table" in block:
             block["table"] = block["table"].fillna(block["ours_table"])
@@ -130,17 +111,12 @@ def comparison_table(cells: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
                                  for a, lab, n in zip(block["architecture"], block["label"], block["noise"])]
         for column in SETUP_COLUMNS:
             block[column] = setup.get(column, "")
-        order = {s.label: i for i, s in enumerate(registry.SPECS.values())}
         block["_order"] = block["label"].map(order)
         block = block.sort_values(["table", "_order", "noise"])
         blocks.append(block.reindex(columns=COMPARISON_COLUMNS))
     out = pd.concat(blocks, ignore_index=True)
     out["table"] = out["table"].astype(int)
     return out
-
-
-def _table_of(family: str | None) -> int | None:
-    return registry.FAMILIES[family].table if family in registry.FAMILIES else None
 
 
 def comparison_markdown(block: pd.DataFrame) -> str:
@@ -204,8 +180,7 @@ def runs_index(runs: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------- figures
 def figure_panels(runs: pd.DataFrame | None = None) -> dict[str, tuple[registry.Family, str]]:
     """figure stem -> (model family, title): one loss-curves figure per report table that has finished runs in
-    `runs` (one set-up's; None: every table). Table 1's shows R18/R34 at each noise level, a Lambda table's its
-    models beside the ResNet of the same depth (figures.curves_figure); a table without runs has no figure."""
+    `runs` (one set-up's; None: every table); a table without runs has no figure."""
     have = set() if runs is None or runs.empty else {registry.split_label(label)[0] for label in runs["label"]}
     return {f.figure_stem: (f, f"Table {n}: {f.title}" + ("" if f.position is None else " vs ResNet")
                             + " — loss per epoch")
@@ -213,20 +188,13 @@ def figure_panels(runs: pd.DataFrame | None = None) -> dict[str, tuple[registry.
 
 
 def plot_run(run_dir: Path | str, path: Path | str | None = None) -> Path:
-    """One run's train/val loss curves (the family notebooks' closing figure); saved as run_dir/curves.png.
-
-    Here rather than in figures.py: the run is read as the tables read it (status, set-up label), then
-    drawn by run_figure (figures.py's)."""
+    """One run's train/val loss curves (the family notebooks' closing figure), saved as run_dir/curves.png; here,
+    not in figures.py, so that the run is read as the tables read it (status, set-up label)."""
     run_dir = Path(run_dir)
     found, _ = load_runs(None, [run_dir], strict=True)  # an unreadable record raises, naming the file
     if found.empty:
         raise FileNotFoundError(f"{run_dir} is not a run record (no summary.json)")
     return figures.save_png(figures.run_figure(found.iloc[0]), Path(path) if path else run_dir / "curves.png")
-
-
-def _write(path: Path, data: bytes | str) -> None:
-    files.make_dir(path.parent)
-    files.atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -283,10 +251,10 @@ def _banner(setup: dict) -> str:
     return f"> **{setup['scale']}**\n" if setup["smoke_test"] else f"> {setup['scale']}\n"
 
 
-def _sections(setups: list[dict], render) -> str:
-    """One '###' section per set-up, opening with its scale (no heading in the empty report)."""
-    return "\n".join(render(s) if s is PLACEHOLDER else f"### {s['setup_label']}\n\n{_banner(s)}\n{render(s)}"
-                     for s in setups)
+def _sections(setups: list[dict], texts: dict[str, str]) -> str:
+    """One '###' section per set-up (texts: set-up -> markdown), opening with its scale (no heading when empty)."""
+    return "\n".join(texts[s["setup"]] if s is PLACEHOLDER
+                     else f"### {s['setup_label']}\n\n{_banner(s)}\n{texts[s['setup']]}" for s in setups)
 
 
 def _what_this_is(setups: list[dict], n_runs: int) -> tuple[str, str]:
@@ -309,18 +277,11 @@ def _what_this_is(setups: list[dict], n_runs: int) -> tuple[str, str]:
 
 def build(results_dir: Path | str | None = None, runs=None, out: Path | str | None = None, *,
           quiet: bool = False) -> Path:
-    """Rebuild the report from run records and return the path of the rendered README.md.
+    """Rebuild the report from the run records under results_dir/runs/ (default: the project's results/; `runs`:
+    these run folders instead) into `out` (default: results_dir), and return the path of its README.md.
 
-    results_dir: the folder holding runs/ (default: the project's results/). Without a runs/ folder
-        there: FileNotFoundError, and nothing is created (an empty runs/ gives the "No runs yet" report).
-    runs: run folders to use instead of scanning results_dir/runs/*/ (folders without summary.json are
-        skipped either way).
-    out: where README.md, tables/ and figures/ go (default: results_dir).
-
-    Writes tables/table<n>_<family>.{md,csv} (the report's layout plus val top-1, epoch of best val loss,
-    diverged-at, params, GFLOPs, img/s), tables/comparison.{md,csv} (published vs ours), tables/runs.{md,csv}
-    (every record), figures/<set-up>/*.png and README.md (all of it, the Claims section, provenance). With no
-    runs the tables say "No runs yet." and no figure is drawn. Logs every path written unless quiet.
+    A results_dir without runs/ is a FileNotFoundError that creates nothing (a mistyped --results); an empty
+    runs/ gives the "No runs yet" report. Logs every path written unless quiet.
     """
     results_dir = Path(results_dir) if results_dir else paths.results_dir()
     out = Path(out) if out else results_dir
@@ -339,18 +300,17 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
     # tables: one CSV with every set-up (set-up columns) and one markdown with a section per set-up
     families = tables()
     frames = {number: results_table(cells, number) for number in families}
-    table_md = {(n, s["setup"]): markdown_table(results_table_markdown(_of(frames[n], s))) for n in families
-                for s in setups}
+    table_md = {n: {s["setup"]: markdown_table(results_table_markdown(_of(frames[n], s))) for s in setups}
+                for n in families}
     for number, family in families.items():
-        stem = family.table_stem
-        outputs[f"tables/{stem}.csv"] = frames[number].to_csv(index=False, lineterminator="\n")
-        outputs[f"tables/{stem}.md"] = (f"## Table {number}: {family.title}\n\n"
-                                      + _sections(setups, lambda s: table_md[number, s["setup"]]))  # noqa: B023
+        outputs[f"tables/{family.table_stem}.csv"] = frames[number].to_csv(index=False, lineterminator="\n")
+        outputs[f"tables/{family.table_stem}.md"] = (f"## Table {number}: {family.title}\n\n"
+                                                     + _sections(setups, table_md[number]))
     comparison = comparison_table(cells, registry.published())
     comparison_md = {s["setup"]: comparison_markdown(_of(comparison, s)) for s in setups}
     outputs["tables/comparison.csv"] = comparison.to_csv(index=False, lineterminator="\n")
     outputs["tables/comparison.md"] = ("## Published vs ours\n\n"
-                                     + _sections(setups, lambda s: comparison_md[s["setup"]]))
+                                     + _sections(setups, comparison_md))
     index = runs_index(all_runs)
     skipped_md = markdown_table(pd.DataFrame(skipped, columns=["Run", "File", "Problem"]), empty="None.")
     internal = [c for c in all_runs.columns if c.startswith("_")]
@@ -384,7 +344,7 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
                       else f"## Set-up: {setup['setup_label']}\n\n{_banner(setup)}")
         for number, family in families.items():
             readme.append(f"### Table {number}: {family.title} ([csv](tables/{family.table_stem}.csv))\n\n"
-                          + table_md[number, setup["setup"]])
+                          + table_md[number][setup["setup"]])
         banner = _banner(setup) + "\n" if setup is not PLACEHOLDER else ""  # the scale, right above the table
         readme.append(f"### Published vs ours ([csv](tables/comparison.csv))\n\n{banner}"
                       + comparison_md[setup["setup"]])
@@ -445,11 +405,10 @@ MANIFEST = "tables/.report-files"  # every file the last build wrote, one per li
 
 
 def _publish(out: Path, outputs: dict[str, bytes | str]) -> list[Path]:
-    """Write the report into a staging folder beside it, then swap it in whole (tables/, figures/, README.md
-    last), so a reader or a kill mid-build never meets a mix of two reports; what a killed build left
-    (.report-new, .report-old) is removed by the next one. Files the previous build wrote and this one does
-    not are gone; files others put in tables/ or figures/ (figure 7's) are kept. Refuses to write over a
-    file no report build wrote (a README.md of the user's in --out)."""
+    """Write the report into a staging folder beside it, then swap it in whole (README.md last); what a killed
+    build left is removed by the next one. Files the previous build wrote and this one does not are gone; files
+    others put in tables/ or figures/ (figure 7's) are kept; a file no build wrote (the user's README.md in
+    --out) is refused."""
     before = set((out / MANIFEST).read_text().split()) if (out / MANIFEST).is_file() else set()
     foreign = [rel for rel in outputs if (out / rel).exists() and rel not in before]
     if foreign:
@@ -461,7 +420,8 @@ def _publish(out: Path, outputs: dict[str, bytes | str]) -> list[Path]:
     now = sorted(outputs)
     staged = {**outputs, MANIFEST: "\n".join(now) + "\n"}
     for rel, content in staged.items():
-        _write(stage / rel, content)
+        files.make_dir((stage / rel).parent)
+        files.atomic_write_bytes(stage / rel, content.encode() if isinstance(content, str) else content)
     for sub in ("tables", "figures"):
         for path in sorted((out / sub).rglob("*")) if (out / sub).is_dir() else []:
             rel = path.relative_to(out).as_posix()
