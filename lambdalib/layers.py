@@ -5,33 +5,22 @@ For every query position n and head h (|k| = query depth, |v| = dim_out / heads,
     lambda_n = sum_m (softmax_m(K)_m + e_nm) v_m^T      content lambda + position lambda, |k| x |v|
     y_n      = lambda_n^T q_n                           per head; heads are concatenated
 
-Position embeddings e_nm depend only on the offset m - n:
-  * "rpe": global scope, one learned vector per offset of an (H, W) map, so the layer is tied to H, W;
-  * "lc":  lambda convolution, offsets limited to an r x r window (zero outside), any map size; built with
-           feat_size it stores only the offsets that map can use (2H-1 x 2W-1 when smaller than r x r), so
-           it then takes any map up to that size and refuses a larger one, naming both sizes.
+Position embeddings e_nm depend only on the offset m - n: "rpe", one learned vector per offset of an (H, W) map
+(so the layer is tied to H, W); "lc", the lambda convolution, offsets within an r x r window (zero outside), any
+map size. The position term is computed "dense" (q.e first: b*h*n*m*(k+v) multiply-adds, a fraction of the
+replaced 3x3 conv at every LR18 shape) or, lc only, "conv" (a convolution of v with the r x r table, the paper's
+way: b*n*k*v*r^2, cheaper once the map is much larger than the scope); "auto" picks the cheaper, same result.
 
-How the position term is computed (the layer picks the cheaper, same result):
-  * "dense": contract q with the offsets first, qe[n, m] = q_n . e_nm, then y_n = sum_m qe[n, m] v_m.
-    b*h*n*m*(k+v) multiply-adds: a fraction of the replaced 3x3 conv at every LR18 shape.
-  * "conv":  lc only, position lambdas as a convolution of v with the r x r table (the paper's way):
-    b*n*k*v*r^2 multiply-adds, cheaper than dense once the map is much larger than the scope.
+The table is drawn N(0, 1/(|k| |u| m)), m the positions each query sees, so y has unit scale at init (lucidrains'
+N(0, 1) table gives std ~ 63 at 16x16, which a following BatchNorm hides in the forward pass but not in the
+gradients). The output keeps the input's memory format, so a layer inside an NCHW network does not switch the
+rest of it to channels-last.
 
-Initialisation: position embeddings are N(0, 1/(|k| |u| m)) where m is the number of positions each
-query sees, so y has unit scale at init (lucidrains' N(0, 1) table gives std ~ 63 at 16x16, which a
-following BatchNorm hides in the forward pass but not in the gradients).
-
-Memory format: the output has the input's (NCHW in, NCHW out; channels-last in, channels-last out), so a
-layer inside an NCHW network does not switch the rest of it to channels-last.
-
-Leaving eager PyTorch (tests/test_export_paths.py): the layer is scriptable (``torch.jit.script``, and
-``torch.jit.save``-able), traceable (``torch.jit.trace``, the legacy ONNX exporter), symbolically traceable by
-``torch.fx`` (the shape-dependent work happens in two ``torch.fx.wrap``-ped functions, so fx records them as
-calls; timm's fx feature extraction treats the whole layer as a leaf, see ``lambdalib.models``), and works
-under ``torch.compile`` and ``torch.export`` (the dynamo ONNX exporter). Under TorchScript and tracing the
-position term runs as plain differentiable ops (same values, the q.e map kept for backward) instead of the
-memory-lean custom autograd Function, which neither can record. A traced layer refuses, in one line, a map
-size other than the one it was traced on (a trace records one size).
+Leaving eager PyTorch (tests/test_export_paths.py): the layer is scriptable, traceable (and so exportable by the
+legacy ONNX exporter), symbolically traceable by ``torch.fx`` (the shape-dependent work happens in two
+``torch.fx.wrap``-ped functions; timm's fx feature extraction keeps the whole layer a leaf) and works under
+``torch.compile`` and ``torch.export``. TorchScript and tracing compute the position term with plain ops (the
+q.e map kept for backward) instead of the memory-lean autograd Function, which neither can record.
 """
 from __future__ import annotations
 
@@ -47,8 +36,8 @@ Position = Literal["rpe", "lc"]
 Impl = Literal["auto", "dense", "conv"]
 
 
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def relative_offsets_index(height: int, width: int, table_h: int, table_w: int,
@@ -83,18 +72,11 @@ def refuses_larger_maps(position: str, feat_size: Optional[Tuple[int, int]], sco
 class LambdaLayer(nn.Module):
     """Drop-in replacement for a 3x3 convolution: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride).
 
-    Args:
-        dim, dim_out: input / output channels; dim_out must divide by ``heads``.
-        position: "rpe" (needs ``feat_size``, the H, W it will see) or "lc" (needs ``scope``).
-        feat_size: map size; required for rpe. For lc it sizes the init and crops the stored table to the
-            offsets that map can use: the layer then computes the exact lambda convolution on any map up to
-            feat_size (in each direction) and raises ValueError on a larger one, whose r x r window needs
-            offsets that were never stored (leave feat_size out to keep the full r x r table).
-        scope: lc window side r (odd). An rpe layer's ``scope`` attribute is 0 (global scope).
-        dim_k, heads, dim_u: |k|, |h|, |u| of the paper.
-        stride: >1 average-pools the output (as timm does), since the lambda itself is per position.
-        impl: "auto" (cheapest), "dense" or "conv" (lc only); all give the same result.
-        device, dtype: where and in what dtype parameters and buffers are created (as torch.nn's layers).
+    position "rpe" needs ``feat_size``, the (H, W) it will see; "lc" needs ``scope``, the odd window side r (an rpe
+    layer's ``scope`` is 0: global). For lc, feat_size sizes the init and crops the stored table to the offsets
+    that map can use: the layer then computes the exact lambda convolution on any map up to feat_size and raises
+    ValueError on a larger one (leave feat_size out to keep the full r x r table). dim_k, heads, dim_u: |k|, |h|,
+    |u| of the paper (dim_out must divide by heads). stride > 1 average-pools the output (as timm does).
     """
 
     def __init__(
@@ -141,7 +123,7 @@ class LambdaLayer(nn.Module):
             self.scope = scope
             table = (scope, scope)
             if self.feat_size is not None:  # positions a map can never use are not stored
-                table = self._scope_on(self.feat_size)
+                table = _scope_window(scope, *self.feat_size)
 
         factory = dict(device=device, dtype=dtype)
         # q, k, v by one bias-free 1x1 projection; batch norm on queries and values (the paper's choice)
@@ -159,15 +141,6 @@ class LambdaLayer(nn.Module):
             index = relative_offsets_index(*self.feat_size, *table, device="cpu").flatten()
         self.register_buffer("offsets_index", index if device is None else index.to(device), persistent=False)
         self.reset_parameters()
-
-    # ----------------------------------------------------------------------------------- set-up
-    def _scope_on(self, size: tuple[int, int]) -> tuple[int, int]:
-        """lc window actually usable on a (H, W) map: offsets beyond +-(side-1) only ever hit padding."""
-        return _scope_window(self.scope, size[0], size[1])
-
-    def refuses_larger_maps(self) -> bool:
-        """True when the layer refuses maps larger than feat_size (rpe; lc with a cropped table)."""
-        return refuses_larger_maps(self.position, self.feat_size, self.scope)
 
     def context_size(self) -> float:
         """Mean number of positions each query sees (sets the init scale). Counted on the CPU whatever the
@@ -187,7 +160,6 @@ class LambdaLayer(nn.Module):
     def _use_conv(self, n: int, table_area: int) -> bool:
         return _use_conv(self.position, self.impl, n, table_area, self._dims)
 
-    # ---------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _checked_input(x, self.pos_emb, self.dim, self.position, self.scope, self._feat_hw)  # before any BN update
         hk, uk = self.heads * self.dim_k, self.dim_u * self.dim_k

@@ -1,35 +1,22 @@
-"""ResNet18/34 and the eight Lambda-ResNets of the report (and LR18_L3x4(rpe), four lambda layers), timm-native and
-registered with timm.
+"""ResNet18/34 and the report's Lambda-ResNets (and LR18_L3x4(rpe), four lambda layers), timm-native and registered
+with timm.
 
     import lambdalib  # registers the models
     timm.create_model("lambda_resnet18_l2_rpe", num_classes=10, img_size=160)
     lambdalib.models.create("LR18_L2(rpe)", num_classes=10)      # the report's labels work too
 
-Architecture: torchvision's ResNet18/34 exactly (basic blocks), with one 3x3 convolution replaced by a
-LambdaLayer. The report says "stage 2 or 3" but not which block; we replace ``conv2`` of the *last*
-basic block of the stage (block index 1 in ResNet18's stage, 3 or 5 in ResNet34's), where the stride is
-1 and the map size is the stage's. ``lambda_block`` / ``lambda_conv`` choose another site. With
-``lambda_layers=n`` the n blocks counted backward from that one (across stage boundaries) each get a lambda layer
-in that conv, sized for its own stage's map (``lambda_sites``).
+Architecture: torchvision's ResNet18/34 exactly, with ``conv2`` of the *last* basic block of a stage (stride 1, the
+stage's map size; the report says "stage 2 or 3" but not which block) replaced by a LambdaLayer; ``lambda_layers=n``
+puts one in each of the n blocks counted backward from there, across stage boundaries (``lambda_sites``). Built as
+timm's own ``ResNet`` through ``build_model_with_cfg``, so the models behave like any timm model (drop_rate,
+drop_path_rate, features_only, forward_intermediates, reset_classifier, a ``pretrained_cfg`` that
+``timm.data.resolve_data_config`` reads), with torchvision's module names (its state_dicts load unchanged; only the
+parameter-free ``relu`` is ``act1``) and torchvision's initialisation, bit for bit at the same seed
+(``zero_init_last=False``; the lambda layer replaces its conv after the ResNet's init).
 
-Built as timm's own ``ResNet`` / ``BasicBlock`` through ``build_model_with_cfg`` with ``default_cfgs``, so the
-ten behave like any timm model: ``drop_rate`` (dropout before ``fc``), ``drop_path_rate`` (stochastic depth
-in the blocks), ``features_only=True, out_indices=...`` (``feature_info``: act1 /2, layer1 /4 ... layer4 /32),
-``num_features``, ``forward_features``, ``forward_head(x, pre_logits=True)``, ``forward_intermediates``,
-``reset_classifier``, ``get_classifier`` and a ``pretrained_cfg`` that ``timm.data.resolve_data_config`` reads
-(input_size = the img_size the model was built for; ImageNet mean/std; bilinear; crop_pct =
-``data.EVAL_CROP_FRACTION``). Module names are torchvision's (conv1, bn1, layer1-4, fc; only the parameter-free
-``relu`` is called ``act1``), so state_dicts of torchvision-built checkpoints load unchanged.
-
-Initialisation is torchvision's, bit for bit at the same seed: timm's ``ResNet`` creates the modules in
-torchvision's order and re-initialises convs with the same Kaiming-normal (fan_out) in the same order; we pass
-``zero_init_last=False`` (torchvision's ``zero_init_residual=False``; timm's own ``resnet18`` zeroes the last BN
-of every block). The lambda layer replaces its conv after that, as before, so the lambda models draw the same
-random numbers as well.
-
-Name trap: lowercase ``resnet18`` / ``resnet34`` are *timm's* models (timm's init, timm's 224 px bicubic
-data config, ``timm/resnet18.a1_in1k`` weights): the report's baselines are ``R18`` / ``ResNet18`` /
-``lambdalib_resnet18``. ``lookalike_note`` and ``describe`` say so; ``create`` warns (``LookalikeWarning``).
+Name trap: lowercase ``resnet18`` / ``resnet34`` are *timm's* models (timm's init, 224 px bicubic data config,
+``timm/resnet18.a1_in1k`` weights); the report's baselines are ``R18`` / ``ResNet18`` / ``lambdalib_resnet18``.
+``create`` warns (``LookalikeWarning``).
 """
 from __future__ import annotations
 
@@ -43,7 +30,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from .imagenette import EVAL_CROP_FRACTION
-from .layers import LambdaLayer
+from .layers import LambdaLayer, _pair, refuses_larger_maps
 from .registry import LAMBDA_LAYERS, LOOKALIKES, SPECS, ModelSpec, resolve_name
 
 register_notrace_module(LambdaLayer)  # timm's fx feature extraction keeps the layer whole (a leaf module)
@@ -92,10 +79,6 @@ def describe(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ model
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 def feature_size(img_size: int, stage: int, output_stride: int = 32) -> int:
     """Map side after ResNet stage ``stage`` (0 = stem conv, 1-4 = layer1-4) for an ``img_size`` input.
 
@@ -128,20 +111,14 @@ def lambda_sites(depth: int, stage: int, lambda_layers: int = 1, block: int = -1
 
 
 class ReportResNet(ResNet):
-    """The report's ResNet18/34: timm's ``ResNet`` of ``BasicBlock``s laid out and initialised as torchvision's
-    resnet18/34, optionally with one 3x3 conv of stage ``lambda_stage`` replaced by a ``LambdaLayer``.
+    """The report's ResNet18/34: timm's ``ResNet`` of ``BasicBlock``s as torchvision's, optionally with lambda layers.
 
-    Lambda arguments: ``lambda_stage`` (1-4, None for none), ``position`` ("rpe"/"lc"), ``lambda_block``,
-    ``lambda_conv`` (the site), ``lambda_layers`` (how many blocks, counted backward from the site, get one:
-    ``lambda_sites``), ``scope``, ``dim_k``, ``heads``, ``dim_u``, ``impl`` (see LambdaLayer); each layer is sized
-    for its stage's map at ``img_size`` (int or (H, W)). Everything else goes to timm's ``ResNet`` (``num_classes``,
-    ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``drop_block_rate``, ``global_pool``, ``output_stride``, ...).
-    ``zero_init_last`` defaults to False, torchvision's init; True gives timm's. ``device`` / ``dtype`` (timm's
-    ``create_model(..., device=, dtype=)``) reach the lambda layer too.
-
-    ``pretrained_cfg["fixed_input_size"]`` is True whenever the model refuses larger inputs
-    (``refuses_larger_inputs``), whatever the cfg it is given says: an lc layer whose table is cropped to its map
-    refuses them, as rpe does.
+    ``lambda_stage`` (1-4, None for none), ``lambda_block``, ``lambda_conv`` and ``lambda_layers`` choose the sites
+    (``lambda_sites``); ``position``, ``scope``, ``dim_k``, ``heads``, ``dim_u`` and ``impl`` go to each LambdaLayer,
+    sized for its stage's map at ``img_size`` (int or (H, W)); the rest goes to timm's ``ResNet`` (``device`` and
+    ``dtype`` reach the lambda layers too). ``zero_init_last=False`` is torchvision's init (True: timm's).
+    ``pretrained_cfg["fixed_input_size"]`` is True whenever the model refuses larger inputs, whatever cfg it is
+    given (an lc layer whose table is cropped to its map refuses them, as rpe does).
     """
 
     __jit_unused_properties__ = ["pretrained_cfg"]  # a dict of anything: not for TorchScript
@@ -188,7 +165,8 @@ class ReportResNet(ResNet):
     def refuses_larger_inputs(self) -> bool:
         """True when an input larger than the model was built for is refused (an rpe layer refuses any other size;
         an lc layer built for a map smaller than its window stores, and computes, only that map's offsets)."""
-        return any(m.refuses_larger_maps() for m in self.modules() if isinstance(m, LambdaLayer))
+        return any(refuses_larger_maps(m.position, m.feat_size, m.scope) for m in self.modules()
+                   if isinstance(m, LambdaLayer))
 
     @property
     def pretrained_cfg(self) -> dict | None:
@@ -239,8 +217,6 @@ def report_impl_layer(conv: nn.Conv2d, side: tuple[int, int], args: dict) -> nn.
 
 
 def _cfg(spec: ModelSpec, **kwargs) -> dict:
-    from .layers import refuses_larger_maps
-
     # at the default size with the default scope: rpe is tied to its map; lc refuses larger maps when its map is
     # smaller than its window (stage 3 at 160 px: 10x10, a 19x19 table of the 23x23 window); with several layers,
     # when any of them does
@@ -355,7 +331,7 @@ def scope_covers_map(model: nn.Module) -> str | None:
     for module in model.modules():
         if isinstance(module, LambdaLayer) and module.position == "lc" and module.feat_size is not None:
             height, width = module.feat_size
-            if module._scope_on(module.feat_size) == (2 * height - 1, 2 * width - 1):  # the layer's own crop rule
+            if module.scope >= 2 * max(height, width) - 1:
                 return f"lc scope {module.scope} covers the whole {height}x{width} map (lc = global rpe here)"
     return None
 
