@@ -1,25 +1,15 @@
-"""How the report's figures look: loss curves per report table, accuracy vs noise, one run's curves, the data's
-sample grid.
+"""The report's figures: loss curves per report table, accuracy vs noise, one run's curves, the data's sample grid.
 
-    from lambdalib import figures, registry, runs
-    finished = runs.finished_runs(runs.collect("results"))
-    fig = figures.curves_figure(finished, registry.FAMILIES["L2_rpe"], "Table 2")  # a matplotlib Figure
-    figures.save_png(fig, "curves.png")                                             # written atomically
+    fig = figures.curves_figure(runs.finished_runs(runs.collect("results")), registry.FAMILIES["L2_rpe"], "Table 2")
+    figures.save_png(fig, "curves.png")  # written atomically
 
-Which figures a set-up has is report.py's decision (`report.figure_panels`); this module draws rows of
-`runs.collect` (one per run) and cells of `runs.aggregate` (one per experiment) and returns Figures or PNG bytes.
-
-Conventions of every figure:
-- matplotlib's `Figure`, never pyplot: PNGs are rendered with Agg and a notebook's backend is left alone;
-- Okabe-Ito colours (distinguishable with the common colour-vision deficiencies): ResNets black, a Lambda
-  family its registry colour;
-- the seeds of one cell are one line (their mean) and a band (their min–max), never unlabelled lines, and a
-  Lambda model sits beside the ResNet of its depth, with the paired (same-seed) difference under them;
-- nothing is drawn for a model without runs, and there is no figure without runs (ValueError);
-- the warm restarts of the lr schedule (CosineAnnealingWarmRestarts, stepped once per epoch) are dotted
-  vertical lines: the loss jump there is the schedule, not instability;
-- a diverged epoch is an 'x';
-- PNGs carry no version stamp, so the same records give the same bytes (`png_bytes`).
+report.py decides which figures a set-up has (`report.figure_panels`); this module draws rows of `runs.collect` (one
+per run) and cells of `runs.aggregate` (one per experiment). Every figure is a matplotlib `Figure`, never pyplot (PNGs
+rendered with Agg, a notebook's backend left alone), in Okabe-Ito colours (ResNets black, a Lambda family its registry
+colour). A cell's seeds are one mean line and a min–max band, a Lambda model sits beside the ResNet of its depth with
+the paired (same-seed) difference under them; nothing is drawn without runs (ValueError). The lr's warm restarts are
+dotted lines (a loss jump there is the schedule, not instability), a diverged epoch an 'x'. PNGs carry no version
+stamp, so the same records give the same bytes.
 """
 from __future__ import annotations
 
@@ -31,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
-from matplotlib.figure import Figure  # not pyplot: renders PNGs with Agg, leaves a notebook's backend alone
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
@@ -49,7 +39,6 @@ CONFIDENCE = 0.95  # accuracy vs noise: t interval over seeds
 RESTART = dict(color="0.45", linestyle=":", linewidth=1.3, zorder=1)
 
 
-# ---------------------------------------------------------------------------------------- helpers
 def _wrap(title: str, width: int) -> str:
     """Lines of at most `width` characters; a set-up label breaks between its ' · ' parts."""
     out = []
@@ -65,20 +54,12 @@ def _wrap(title: str, width: int) -> str:
     return "\n".join(out)
 
 
-def _short_status(status: str, diverged_at) -> str:
-    """A run's status in a title: 'diverged at epoch 3', 'crashed', 'interrupted', 'complete'."""
-    if status == "diverged" and pd.notna(diverged_at):
-        return f"diverged at epoch {int(diverged_at)}"
-    return status
-
-
 def _split(run) -> tuple[list[dict], dict | None]:
     """A run's history as (the epochs before any divergence, the diverged epoch's row or None)."""
     history = run["_history"] if isinstance(run.get("_history"), list) else record.read_history(Path(run["_path"]))
     diverged_at = run["diverged_at"] if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
-    good = [r for r in history if r["epoch"] != diverged_at]
-    bad = next((r for r in history if r["epoch"] == diverged_at), None)
-    return good, bad
+    return ([r for r in history if r["epoch"] != diverged_at],
+            next((r for r in history if r["epoch"] == diverged_at), None))
 
 
 def _epoch_axis(ax, last_epoch: int) -> None:
@@ -86,7 +67,6 @@ def _epoch_axis(ax, last_epoch: int) -> None:
     ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
 
 
-# ---------------------------------------------------------------------------- the lr's warm restarts
 def restart_epochs(t0: int, t_mult: int, epochs: int) -> list[int]:
     """The epochs (1-based) that start at the lr's maximum again: CosineAnnealingWarmRestarts stepped once per
     epoch restarts after t0, t0·t_mult, t0·t_mult², ... epochs (t0 5, t_mult 2: epochs 6, 16, 36)."""
@@ -114,17 +94,6 @@ def run_restarts(run) -> list[int]:
     return [int(b["epoch"]) for a, b in zip(good, good[1:]) if b["lr"] > a["lr"] * (1 + 1e-9)]
 
 
-def _mark_restarts(axes: list, epochs: list[int]) -> None:
-    """Dotted vertical lines at the restart epochs on every axes; the first says what they are."""
-    for i, ax in enumerate(axes):
-        for k, epoch in enumerate(epochs):
-            ax.axvline(epoch, label="warm restart", **RESTART)
-            if i == 0 and k == 0:
-                ax.text(epoch, 0.97, " lr restart", transform=ax.get_xaxis_transform(), va="top", ha="left",
-                        fontsize=8, color="0.3")
-
-
-# ------------------------------------------------------------------ seeds: curves, means, pairs
 def seed_curves(runs: pd.DataFrame, key: str) -> dict[int, dict[int, float]]:
     """seed -> {epoch: the finite `key` value} over each run's epochs before any divergence."""
     out = {}
@@ -138,9 +107,7 @@ def mean_band(curves: dict[int, dict[int, float]]) -> tuple[np.ndarray, ...]:
     """(epochs, mean, min, max, n) over the curves that have a value at each epoch."""
     epochs = sorted({e for curve in curves.values() for e in curve})
     values = [[curve[e] for curve in curves.values() if e in curve] for e in epochs]
-    return (np.array(epochs, dtype=float), np.array([np.mean(v) for v in values]),
-            np.array([min(v) for v in values]), np.array([max(v) for v in values]),
-            np.array([len(v) for v in values]))
+    return (np.array(epochs, dtype=float), *(np.array([f(v) for v in values]) for f in (np.mean, min, max, len)))
 
 
 def paired_differences(base: dict[int, dict[int, float]], other: dict[int, dict[int, float]]) -> dict:
@@ -156,7 +123,6 @@ def _seeds_text(counts: set[int]) -> str:
     return f"{low} seed" + "s" * (high > 1) if low == high else f"{low}–{high} seeds"
 
 
-# ------------------------------------------------------------------------------------ loss curves
 def curve_blocks(runs: pd.DataFrame, family: registry.Family) -> list[tuple[list[str], str | None]]:
     """What a family's figure draws, per block of rows: (the model labels with runs, the reference of its
     difference row or None). Baselines: one block, R34 − R18 when both have runs. A Lambda family: one block per
@@ -194,21 +160,18 @@ def _scale(axes: list, points: list[tuple[float, float]], log_above: float | Non
     """Shared y-limits of `axes` from (epoch, value) `points`, with at least four labelled ticks: set by the
     epochs after the first when epoch 1 would stretch the range by more than half (its losses from an untrained
     net would flatten the rest), logarithmic when the values span more than `log_above` (None: linear, 0 shown)."""
-    later = [v for e, v in points if e > 1] or [v for _, v in points] or [1.0, 3.0]
-    every = [v for _, v in points] or later
-    span = max(later) - min(later)
-    values = every if max(every) - min(every) <= 1.5 * span else later
+    every = [v for _, v in points]
+    later = [v for e, v in points if e > 1] or every or [1.0, 3.0]
+    every = every or later
+    values = every if max(every) - min(every) <= 1.5 * (max(later) - min(later)) else later
     low, high = min(values), max(values)
     if log_above is None:
         low, high = min(low, 0.0), max(high, 0.0)
     log = log_above is not None and low > 0 and high / low > log_above
-    if log:
-        limits = (low / 1.08, high * 1.08)
-        wide = high / low > 20
-        locator = ticker.LogLocator(subs=(1.0, 2.0, 5.0)) if wide else ticker.MaxNLocator(6, steps=[1, 2, 2.5, 5, 10])
-    else:
-        pad = 0.08 * (high - low) or 0.05 * abs(high) or 0.1
-        limits, locator = (low - pad, high + pad), ticker.MaxNLocator(6, steps=[1, 2, 2.5, 5, 10])
+    pad = 0.08 * (high - low) or 0.05 * abs(high) or 0.1
+    limits = (low / 1.08, high * 1.08) if log else (low - pad, high + pad)
+    locator = (ticker.LogLocator(subs=(1.0, 2.0, 5.0)) if log and high / low > 20
+               else ticker.MaxNLocator(6, steps=[1, 2, 2.5, 5, 10]))
     for ax in axes:
         if log:
             ax.set_yscale("log")
@@ -239,12 +202,9 @@ def _diverged(ax, runs: pd.DataFrame, colour: str) -> bool:
 
 
 def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Figure:
-    """A report table's loss curves: per noise level (columns) and block of `curve_blocks`, a train loss, a val
-    loss and (with a reference model) a paired-difference row: the val loss of each model minus the reference's,
-    seed by seed, as mean and min–max band. Each model is its seeds' mean with their min–max band; a block's loss
-    rows share one y-axis, set by the epochs after the first when epoch 1 would stretch it (its losses then run
-    off the top); dotted lines mark the lr's warm restarts. A noise level without runs of the block's subject
-    draws nothing. No runs: ValueError."""
+    """A report table's loss curves: per noise level (columns) and block of `curve_blocks`, a train loss row, a val
+    loss row and (with a reference model) the val loss of each model minus the reference's, seed by seed. A block's
+    loss rows share one y-axis (`_scale`); a noise level without runs of the block's subject draws nothing."""
     mine = {family.label(d) for d in family.depths} | {f"R{d}" for d in family.depths}
     runs = runs[[registry.split_label(m)[0] in mine for m in runs["label"]]] if not runs.empty else runs
     blocks = curve_blocks(runs, family)
@@ -310,16 +270,22 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
                 ax.set_xlabel("epoch")
             if r not in labelled:  # the first panel of a row names it
                 labelled.add(r)
-                ylabel = {"train_loss": "train loss", "val_loss": "val loss"}.get(kind)
                 others = [m for m in models if m != ref]
-                ax.set_ylabel(ylabel or f"Δ val loss\n{others[0] if len(others) == 1 else 'each'} − {ref}")
+                each = others[0] if len(others) == 1 else "each"
+                ax.set_ylabel(f"Δ val loss\n{each} − {ref}" if kind == "delta" else kind.replace("_", " "))
     _epoch_axis(fig.axes[0], max(int(e) for e in runs["epochs"]))
     for (i, kind), group in axes.items():
         _scale(group, values.get((i, kind), []), log_above=4.0 if kind == "loss" else None)
         if not values.get((i, kind)):  # nothing finite: numbers on the axis would suggest data
             group[0].set_yticks([])
     restarts = sorted({e for _, run in runs.iterrows() for e in run_restarts(run)})
-    _mark_restarts(fig.axes, restarts)
+    for ax in fig.axes:
+        for epoch in restarts:
+            ax.axvline(epoch, label="warm restart", **RESTART)
+    if restarts:  # the first panel says what the dotted lines are
+        first = fig.axes[0]
+        first.text(restarts[0], 0.97, " lr restart", transform=first.get_xaxis_transform(), va="top", ha="left",
+                   fontsize=8, color="0.3")
 
     handles = [Line2D([], [], color=colour, linewidth=2.4, marker="o", markersize=4,
                       label=f"{' / '.join(names)}: " + (f"mean of {_seeds_text(counts)}" if max(counts) > 1
@@ -345,39 +311,31 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
     return fig
 
 
-class _LossAxis:
-    """One run's y-range (run_figure): the finite losses of the epochs before any divergence, logarithmic when
-    they span more than a factor 4, with a band above the range for the 'x' of an off-scale diverged epoch."""
-
-    def __init__(self, good: list[dict], band: bool):
-        self.finite = [r[k] for r in good for k in ("train_loss", "val_loss") if math.isfinite(r[k]) and r[k] > 0]
-        low, self.high = (min(self.finite), max(self.finite)) if self.finite else (1.0, 3.0)
-        self.log = self.high / low > 4
-        if self.log:
-            self.bottom, self.off_scale, self.top = low / 1.15, self.high * 1.3, self.high * (1.6 if band else 1.15)
-        else:
-            pad = 0.06 * (self.high - low or 1.0)
-            self.bottom, self.off_scale = max(0.0, low - pad), self.high + 2 * pad
-            self.top = self.high + (3.5 if band else 1) * pad
-        self.band_start = (self.high + self.off_scale) / 2 if band else math.inf
-
-    def diverged(self, bad: dict | None) -> tuple[float, float]:
-        """(the diverged epoch's worst loss, inf when non-finite; where its 'x' goes)."""
-        losses = (bad["train_loss"], bad["val_loss"]) if bad else (math.nan,)
-        worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf  # NaN: off-scale
-        return worst, worst if worst <= self.high else self.off_scale
-
-    def apply(self, ax, band: bool) -> None:
-        if self.log:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-        # no numbers in the off-scale band: an 'x' there is not at that value
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if v < self.band_start else ""))
-        ax.set_ylim(self.bottom, self.top)
-        ax.set_ylabel("cross-entropy loss" + (" (log scale)" if self.log else ""))
-        if band:
-            ax.axhspan(self.band_start, self.top, color="0.92", zorder=0)
+def _loss_axis(ax, good: list[dict], band: bool) -> tuple[float, float]:
+    """One run's y-axis (run_figure): the finite losses of the epochs before any divergence, logarithmic when they
+    span more than a factor 4, with a grey band above them for the 'x' of an off-scale diverged epoch. Returns (the
+    highest finite loss, where an off-scale 'x' goes)."""
+    finite = [r[k] for r in good for k in ("train_loss", "val_loss") if math.isfinite(r[k]) and r[k] > 0]
+    low, high = (min(finite), max(finite)) if finite else (1.0, 3.0)
+    log = high / low > 4
+    if log:
+        bottom, off_scale, top = low / 1.15, high * 1.3, high * (1.6 if band else 1.15)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        pad = 0.06 * (high - low or 1.0)
+        bottom, off_scale, top = max(0.0, low - pad), high + 2 * pad, high + (3.5 if band else 1) * pad
+    band_start = (high + off_scale) / 2 if band else math.inf
+    # no numbers in the off-scale band: an 'x' there is not at that value
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if v < band_start else ""))
+    ax.set_ylim(bottom, top)
+    ax.set_ylabel("cross-entropy loss" + (" (log scale)" if log else ""))
+    if band:
+        ax.axhspan(band_start, top, color="0.92", zorder=0)
+    if not finite:
+        ax.set_yticks([])
+    return high, off_scale
 
 
 def run_figure(run: pd.Series) -> Figure:
@@ -389,7 +347,6 @@ def run_figure(run: pd.Series) -> Figure:
     ax = fig.subplots()
     good, bad = _split(run)
     diverged = run["status"] == "diverged" and pd.notna(run["diverged_at"])
-    y = _LossAxis(good, diverged)
     epochs = [r["epoch"] for r in good]
     for key, name, style, marker, colour in (("train_loss", "train loss", "--", "o", OKABE_ITO[0]),
                                              ("val_loss", "val loss", "-", "s", OKABE_ITO[3])):
@@ -401,16 +358,16 @@ def run_figure(run: pd.Series) -> Figure:
             last = finite[-1][1]
             ax.annotate(f"{last:.3f}" if last < 1e3 else f"{last:.3g}", finite[-1], xytext=(7, 0),
                         textcoords="offset points", va="center", color=colour, fontsize=9)
+    high, off_scale = _loss_axis(ax, good, diverged)
     if diverged:
-        worst, at = y.diverged(bad)
-        ax.plot([int(run["diverged_at"])], [at], "x", color="black", markersize=11, markeredgewidth=2.5,
+        losses = (bad["train_loss"], bad["val_loss"]) if bad else (math.nan,)
+        worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf  # NaN: off-scale
+        ax.plot([int(run["diverged_at"])], [worst if worst <= high else off_scale], "x", color="black",
+                markersize=11, markeredgewidth=2.5,
                 label=f"diverged (loss {'non-finite' if math.isinf(worst) else f'{worst:.3g}'})")
     if not good and not diverged:
         ax.text(0.5, 0.5, "no finished epoch yet", ha="center", va="center", transform=ax.transAxes,
                 fontsize=12, color="0.4")
-    y.apply(ax, diverged)
-    if not y.finite:
-        ax.set_yticks([])
     ax.set_xlabel("epoch")
     planned = max([int(run["epochs"])] + epochs)
     _epoch_axis(ax, planned)
@@ -424,13 +381,12 @@ def run_figure(run: pd.Series) -> Figure:
             handles.append(Line2D([], [], **RESTART, label="lr warm restart"))
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     done = int(run["epochs_done"]) if pd.notna(run.get("epochs_done")) else len(good)
-    status = _short_status(run["status"], run.get("diverged_at"))
+    status = f"diverged at epoch {int(run['diverged_at'])}" if diverged else run["status"]
     fig.suptitle(_wrap(f"{run['architecture']}: {status}, {done}/{run['epochs']} epochs\n"
                        f"{run['setup_label']}", 70), fontsize=11)
     return fig
 
 
-# ------------------------------------------------------------------------------- accuracy vs noise
 def t_half_width(std: float, n: int, confidence: float = CONFIDENCE) -> float:
     """Half the width of the t interval of a mean over n seeds (NaN for n < 2: no interval from one value)."""
     from scipy import stats  # late: only the accuracy figure needs it
@@ -448,7 +404,7 @@ def has_accuracy(cells: pd.DataFrame) -> bool:
 def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
     """Best val top-1 at the measured noise levels only (one group each, no line through the levels between):
     per model its mean over seeds with a 95 % t interval, a bare marker where one seed is all there is;
-    colour = family, marker = depth; a dotted chance line (1/classes); a black 'x' where a run of the cell
+    colour = `label_colour`, marker = depth; a dotted chance line (1/classes); a black 'x' where a run of the cell
     diverged (its best is from before the divergence). No measured cell: ValueError."""
     cells = cells[pd.to_numeric(cells["best_val_acc"], errors="coerce").notna()] if not cells.empty else cells
     if cells.empty:
@@ -469,12 +425,11 @@ def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
         y = 100 * mine["best_val_acc"].to_numpy(dtype=float)
         n = mine["n_runs"].to_numpy(dtype=int)
         half = 100 * np.array([t_half_width(s, k) for s, k in zip(mine["best_val_acc_std"].astype(float), n)])
-        colour = label_colour(label)
-        ax.plot(x, y, linestyle="none", color=colour, marker="o" if spec is None or spec.depth == 18 else "s",
-                markersize=7, label=label, zorder=3)
+        colour, marker = label_colour(label), "o" if spec is None or spec.depth == 18 else "s"
+        ax.plot(x, y, linestyle="none", color=colour, marker=marker, markersize=7, label=label, zorder=3)
         single = n < 2  # one seed: its value, hollow
-        ax.plot(x[single], y[single], linestyle="none", marker="o" if spec is None or spec.depth == 18 else "s",
-                markersize=7, markerfacecolor="white", markeredgecolor=colour, markeredgewidth=1.6, zorder=4)
+        ax.plot(x[single], y[single], linestyle="none", marker=marker, markersize=7, markerfacecolor="white",
+                markeredgecolor=colour, markeredgewidth=1.6, zorder=4)
         bars = np.isfinite(half)
         if bars.any():
             ax.errorbar(x[bars], y[bars], yerr=half[bars], fmt="none", ecolor=colour, capsize=4, linewidth=1.5)
@@ -492,18 +447,17 @@ def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
     pad = 0.08 * (high - low)
     ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
     ax.yaxis.set_major_locator(ticker.MaxNLocator(8, steps=[1, 2, 5, 10]))
-    handles, names = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=1.5))
-    names.append(f"chance (1/{CLASSES})")
+    handles = [*ax.get_legend_handles_labels()[0],
+               Line2D([], [], color="0.4", linestyle=":", linewidth=1.5, label=f"chance (1/{CLASSES})")]
     if (cells["n_diverged"] > 0).any():
-        handles.append(Line2D([], [], marker="x", color="black", linestyle="", markersize=9, markeredgewidth=2))
-        names.append("a run diverged")
-    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False)
-    counts = sorted(set(cells["n_runs"].astype(int)))
-    seeds = f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}–{counts[-1]}"
-    caption = (f"marker: mean over the seeds ({seeds}); bar: {CONFIDENCE:.0%} t interval"
-               + ("; hollow, no bar: one seed, its value" if counts[0] < 2 else "")) if counts[-1] > 1 else \
-        "one seed per point (its value): no interval, and differences of a few points may be noise"
+        handles.append(Line2D([], [], marker="x", color="black", linestyle="", markersize=9, markeredgewidth=2,
+                              label="a run diverged"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    fewest, most = int(cells["n_runs"].min()), int(cells["n_runs"].max())
+    seeds = f"n = {fewest}" + f"–{most}" * (most > fewest)
+    caption = ("one seed per point (its value): no interval, and differences of a few points may be noise" if most < 2
+               else f"marker: mean over the seeds ({seeds}); bar: {CONFIDENCE:.0%} t interval"
+               + "; hollow, no bar: one seed, its value" * (fewest < 2))
     ax.set_xlabel("label noise (% of training labels flipped; only the measured levels)\n" + caption)
     ax.set_ylabel("best val top-1 (%)")
     ax.grid(axis="y", alpha=0.3)
@@ -511,11 +465,10 @@ def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-# ------------------------------------------------------------------------------------------ PNGs
 def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes at DPI, without matplotlib's version stamp: the same figure, the same bytes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp: same bytes
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return buffer.getvalue()
 
 
@@ -532,24 +485,11 @@ def save_png(fig: Figure, path: Path | str) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------ the data
-def plot_samples(
-    root: str | Path | None = None,
-    noise: float = 0.25,
-    n: int = 16,
-    path: str | Path | None = None,
-    *,
-    split: str = "train",
-    seed: int = 0,
-    synthetic: bool = False,
-):
-    """A grid of `n` random train images (seeded) titled with their labels at `noise`; returns the Figure.
-
-    Images whose label is flipped are titled "clean → noisy" in red; the others show the clean class in
-    black. The figure title gives the realised flip rate. When `path` is given the figure is saved there
-    (PNG/PDF/SVG by suffix, folders created). Built on matplotlib's Figure, so no GUI backend is needed.
-    `n` < 1 raises ValueError. `root`, `noise`, `split`, `seed` and `synthetic` are NoisyImagenette's.
-    """
+def plot_samples(root: str | Path | None = None, noise: float = 0.25, n: int = 16, path: str | Path | None = None,
+                 *, split: str = "train", seed: int = 0, synthetic: bool = False):
+    """A Figure of `n` (>= 1) random images (seeded) of NoisyImagenette(root, split, noise, ...): a flipped label
+    titled "clean → noisy" in red, the others their clean class; the title gives the realised flip rate. Saved at
+    `path` when given (PNG/PDF/SVG by suffix, folders created)."""
     if n < 1:
         raise ValueError(f"n={n}: samples must be >= 1.")
     data = NoisyImagenette(root, split, noise, synthetic=synthetic, seed=seed, transform=None)
@@ -572,7 +512,6 @@ def plot_samples(
     fig.suptitle(f"{source} {split}, {kind} noise {noise:g}: realised flip rate {data.flip_rate:.2%} "
                  "(red: clean → noisy label)", fontsize=9)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     return fig
