@@ -1,19 +1,13 @@
 """The report's models as data: each family (which table, figure, colour, notebook and baseline it has) is one
-row of FAMILIES, and every model is a depth of a family. Adding a variant is a row here; models.py changes only
-for a new kind of network. Like timm's _registry.py, this knows names, not networks: no torch import.
-
-    family      table  models (report label -> timm name)
-    baselines   1      R18 -> lambdalib_resnet18, R34 -> lambdalib_resnet34
-    L2_rpe      2      LR18_L2(rpe) -> lambda_resnet18_l2_rpe, LR34_L2(rpe) -> lambda_resnet34_l2_rpe
-    L3_rpe      3      ...           L2_lc 4, L3_lc 5
-    L3x4_rpe    6      LR18_L3x4(rpe) -> lambda_resnet18_l3x4_rpe  (4 lambda layers: every block of stages 2-3;
-                       not a table of the report, it tests its "more than two lambda layers explode")
+row of FAMILIES, and every model is a depth of a family (report label LR18_L2(rpe) -> timm name
+lambda_resnet18_l2_rpe). Adding a variant is a row here; models.py changes only for a new kind of network.
+Like timm's _registry.py, this knows names, not networks: no torch import.
 """
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -45,17 +39,17 @@ class Family:
     def figure_stem(self) -> str:
         return f"curves_{self.key}"
 
+    @property
+    def _layers(self) -> str:
+        return f"x{self.lambda_layers}" if self.lambda_layers > 1 else ""  # one layer: the report's labels
+
     def label(self, depth: int) -> str:
-        if self.position is None:
-            return f"R{depth}"
-        layers = f"x{self.lambda_layers}" if self.lambda_layers > 1 else ""  # one layer: the report's labels
-        return f"LR{depth}_L{self.stage}{layers}({self.position})"
+        return f"R{depth}" if self.position is None else f"LR{depth}_L{self.stage}{self._layers}({self.position})"
 
     def name(self, depth: int) -> str:
         if self.position is None:
             return f"lambdalib_resnet{depth}"
-        layers = f"x{self.lambda_layers}" if self.lambda_layers > 1 else ""
-        return f"lambda_resnet{depth}_l{self.stage}{layers}_{self.position}"
+        return f"lambda_resnet{depth}_l{self.stage}{self._layers}_{self.position}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ class ModelSpec:
     name: str  # timm registry name
     label: str  # the report's label
     depth: int
-    family: str = field(default="baselines")
+    family: str = "baselines"
     stage: int | None = None  # where the lambda layer sits (None for ResNets)
     position: str | None = None  # "rpe" or "lc"
     lambda_layers: int = 1  # see Family.lambda_layers
@@ -90,16 +84,12 @@ def register_family(family: Family) -> Family:
                          family.lambda_layers)
         SPECS[spec.name] = spec
         _BY_LABEL[spec.label.lower()] = spec.name
-    _ordered()
-    return family
-
-
-def _ordered() -> None:
-    """Keep SPECS in the report's order: baselines first, then every depth's families in table order."""
+    # SPECS in the report's order: baselines first, then every depth's families in table order
     specs = sorted(SPECS.values(), key=lambda s: (s.position is not None, s.depth if s.position else 0,
                                                   FAMILIES[s.family].table, s.depth))
     SPECS.clear()
     SPECS.update((s.name, s) for s in specs)
+    return family
 
 
 for _family in (
@@ -130,11 +120,8 @@ def family_of(name_or_label: str) -> Family | None:
 
 
 def resolve_name(name: str) -> str:
-    """Report label ("LR18_L2(rpe)", "R34", "ResNet18") or registry name -> timm registry name.
-
-    timm's own models (e.g. "resnet50", "lambda_resnet26t") pass through unchanged; so does lowercase
-    "resnet18", which is *timm's* resnet18, while "ResNet18", as the report writes it, is the report's R18.
-    Any other spelling of those two ("Resnet18", "RESNET34") is refused as ambiguous.
+    """Report label ("LR18_L2(rpe)", "R34", "ResNet18") or registry name -> timm registry name; timm's own models
+    pass through, including lowercase "resnet18" (timm's), while "Resnet18" or "RESNET34" is refused as ambiguous.
     """
     key = name.strip()
     low = key.lower()
@@ -192,21 +179,20 @@ def family_label(position: str | None, depth: int, stage: int | None = None, lam
     except (TypeError, ValueError):
         raise ValueError(f"depth={depth!r}, stage={stage!r}, lambda_layers={lambda_layers!r}: expected whole "
                          "numbers") from None
-    for family in FAMILIES.values():
-        site = position is None or (family.stage, family.lambda_layers) == (stage, lambda_layers)
-        if family.position == position and site and depth in family.depths:
+    same = [f for f in FAMILIES.values() if f.position == position and depth in f.depths]
+    for family in same:
+        if position is None or (family.stage, family.lambda_layers) == (stage, lambda_layers):
             return family.label(depth)
     if depth not in DEPTHS:
         raise ValueError(f"depth={depth!r}: the report's ResNets are 18 or 34")
     if position not in (None, "rpe", "lc"):
         raise ValueError(f"position={position!r}: expected 'rpe' or 'lc'")
-    counts = sorted({f.lambda_layers for f in FAMILIES.values() if f.position == position and depth in f.depths})
+    counts = sorted({f.lambda_layers for f in same})
     if lambda_layers not in counts:
         raise ValueError(f"lambda_layers={lambda_layers!r}: {position} ResNet{depth}s have "
                          f"{' or '.join(map(str, counts))} lambda layers")
     if lambda_layers > 1:
-        models = [f.label(depth) for f in FAMILIES.values()
-                  if (f.position, f.lambda_layers) == (position, lambda_layers) and depth in f.depths]
+        models = [f.label(depth) for f in same if f.lambda_layers == lambda_layers]
         raise ValueError(f"stage={stage!r}, lambda_layers={lambda_layers}: the models with {lambda_layers} {position} "
                          f"lambda layers are {', '.join(models)}")
     raise ValueError(f"stage={stage!r}: the report puts the lambda layer in stage 2 or 3")

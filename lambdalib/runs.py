@@ -1,11 +1,9 @@
 """The one reader of run folders: results/runs/*/ -> one table of run records, and seeds -> table cells.
 
-report, claims, attention, export and the sweep read records through here. A row is one run record (its
-summary.json, the set-up and cell it belongs to, its history as `_history`); `aggregate` turns the finished
-runs of one experiment (`RunConfig.experiment_id`: the identity without the seed) into one cell, mean ± sample
-std over seeds. A set-up is the identity without model, noise and seed: runs of two set-ups never share a
-table section or a figure. A run folder whose record cannot be read is skipped with a warning naming the file
-(`load` also returns them, for the report's list of skipped records).
+A row is one run record (its summary.json, its set-up, its history as `_history`); `aggregate` turns the
+finished runs of one experiment (`RunConfig.experiment_id`: the identity without the seed) into one cell. A
+set-up is the identity without model, noise and seed: runs of two set-ups never share a table section or a
+figure. A record that cannot be read is skipped with a warning naming the file.
 """
 from __future__ import annotations
 
@@ -35,6 +33,10 @@ SMOKE_EPOCHS = 10  # a set-up with fewer epochs or a per-class subset is a smoke
 EMBEDDED = "embedded"
 # summary.json metrics shown as mean ± std over the runs of a cell (CSV columns keep these names)
 METRICS = ("best_train_loss", "best_val_loss", "train_time_s", "best_val_acc", "mean_train_images_per_s")
+# a set-up's kind (its label's first word) -> how its scale sentence opens and ends
+SCALE_SENTENCE = {"Smoke test": ("Smoke test of the pipeline", " — not results."),
+                  "Small-scale study": ("Small-scale study", ", not the report's full Imagenette."),
+                  "Full scale": ("Full-scale runs", ".")}
 SETUP_COLUMNS = ["setup", "setup_label", "smoke_test", "preset", "data", "train_per_class", "val_per_class",
                  "epochs", "img_size", "recipe"]
 
@@ -90,30 +92,19 @@ def _describe(setup: pd.Series, group: pd.DataFrame) -> tuple[str, str]:
     else:
         images = f"{train} train / {val} val images"
         on = f"all {train} training images ({val} validation images)"
-    small = setup["data"] == EMBEDDED
-    kind = "Smoke test" if setup["smoke_test"] else "Small-scale study" if small else "Full scale"
+    kind = "Smoke test" if setup["smoke_test"] else "Small-scale study" if setup["data"] == EMBEDDED else "Full scale"
     label = " · ".join([kind, f"preset {setup['preset']}",
                         str(setup["data"]), images, epochs, f"{setup['img_size']} px"]
                        + ([setup["recipe"]] if setup["recipe"] else []))
-    if setup["smoke_test"]:
-        scale = (f"Smoke test of the pipeline: {epochs} on {on} of {data} at {setup['img_size']} px "
-                 f"(preset {setup['preset']}{recipe}) — not results.")
-    elif small:
-        scale = (f"Small-scale study: {epochs} on {on} of {data} at {setup['img_size']} px "
-                 f"(preset {setup['preset']}{recipe}), not the report's full Imagenette.")
-    else:
-        scale = (f"Full-scale runs: {epochs} on {on} of {data} at {setup['img_size']} px "
-                 f"(preset {setup['preset']}{recipe}).")
-    return label, scale
+    opening, ending = SCALE_SENTENCE[kind]
+    return label, (f"{opening}: {epochs} on {on} of {data} at {setup['img_size']} px "
+                   f"(preset {setup['preset']}{recipe}){ending}")
 
 
 def relative(run_dir: Path, results_dir: Path | None) -> str:
     """A run folder as written into the report: relative to the results folder, never absolute."""
-    if results_dir is not None:
-        try:
-            return run_dir.resolve().relative_to(results_dir.resolve()).as_posix()
-        except ValueError:
-            pass
+    if results_dir is not None and run_dir.resolve().is_relative_to(results_dir.resolve()):
+        return run_dir.resolve().relative_to(results_dir.resolve()).as_posix()
     return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name == "runs" else run_dir.name
 
 
@@ -185,6 +176,7 @@ def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.
         runs = run_folders(results_dir)
     rows, skipped = [], []
     for run_dir in map(Path, runs):
+        rel = relative(run_dir, results_dir)
         try:
             rec = read_record(run_dir)
             row = None if rec is None else _row(rec)
@@ -195,21 +187,17 @@ def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.
             warnings.warn(f"skipping run {run_dir.name}: {err}", stacklevel=3)
             if not isinstance(err, UnreadableRecord):
                 err = UnreadableRecord("config.json", err)  # readable files, but not a config we understand
-            problem = str(err).replace(str(run_dir), relative(run_dir, results_dir))
-            skipped.append(dict(Run=run_dir.name, File=f"{relative(run_dir, results_dir)}/{err.file}",
-                                Problem=problem))
+            skipped.append(dict(Run=run_dir.name, File=f"{rel}/{err.file}",
+                                Problem=str(err).replace(str(run_dir), rel)))
             continue
-        if row is None:
-            continue  # not a run record (yet)
-        row["run_dir"] = relative(run_dir, results_dir)
-        row.setdefault("run_id", run_dir.name)
-        rows.append(row)
+        if row is not None:  # None: not a run record (yet)
+            row["run_dir"] = rel
+            row.setdefault("run_id", run_dir.name)
+            rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame, skipped
-    labels = {}
-    for setup, group in frame.groupby("setup", sort=False):
-        labels[setup] = _describe(group.iloc[0], group)
+    labels = {setup: _describe(group.iloc[0], group) for setup, group in frame.groupby("setup", sort=False)}
     frame["setup_label"] = frame["setup"].map(lambda s: labels[s][0])
     frame["scale"] = frame["setup"].map(lambda s: labels[s][1])
     frame["_report_first"] = frame["preset"] != "report"  # the report's recipe leads, then full-scale set-ups
@@ -219,10 +207,8 @@ def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.
 
 
 def collect(results_dir: Path | str | None = None, runs=None) -> pd.DataFrame:
-    """One row per readable run record (folders without summary.json are not run records; unreadable
-    records are skipped with a warning naming the file): summary fields, reader status ('crashed' for a
-    dead 'running'), seed, experiment_id, set-up fields and label, run_dir relative to the results
-    folder; internal columns (_path, _history) start with '_'. Sorted by set-up, model, noise, seed."""
+    """One row per readable run record: summary fields, reader status ('crashed' for a dead 'running'), seed,
+    set-up, run_dir relative to the results folder; internal columns (_path, _history) start with '_'."""
     base = Path(results_dir) if results_dir else (paths.results_dir() if runs is None else None)
     return load_runs(base, runs)[0]
 
@@ -252,8 +238,6 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
             cell[f"{metric}_std"] = values.std(ddof=1, skipna=False) if len(values) > 1 else math.nan
         cells.append(cell)
     return pd.DataFrame(cells)
-
-
 
 
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
