@@ -1,14 +1,12 @@
 """FullGrad maps (and other CAMs) of one image, the models they explain, and the measures of a map.
 
-    from lambdalib import fullgrad
     model, info = fullgrad.load_model("lambda_resnet26t")            # pretrained; raises if unavailable
     result = fullgrad.attention_map(model, "data/images/both.png")   # explains the top-1 class
-    fullgrad.mass_in_boxes(result.cam, fullgrad.load_boxes("data/images/both.png").values())
 
-Why not pytorch-grad-cam's FullGrad as is: it takes the layers of type *exactly* Conv2d or BatchNorm2d, so it
-sums 6 of lambda_resnet26t's 40 bias terms (timm's BatchNormAct2d is a subclass) but all 20 of resnet18's.
-`CompleteFullGrad` keeps its arithmetic over every conv/norm layer with a bias (isinstance), reading each
-norm+act layer's gradient *before* its activation, where the bias acts. attention.py draws figure 7.
+pytorch-grad-cam's FullGrad takes the layers of type *exactly* Conv2d or BatchNorm2d: it sums 6 of
+lambda_resnet26t's 40 bias terms (timm's BatchNormAct2d is a subclass) but all 20 of resnet18's.
+`CompleteFullGrad` keeps its arithmetic over every conv/norm layer with a bias, reading each norm+act
+layer's gradient *before* its activation, where the bias acts.
 """
 from __future__ import annotations
 
@@ -70,17 +68,6 @@ def _effective_bias(layer: nn.Module) -> torch.Tensor:
     return layer.bias.detach()
 
 
-def _hook_point(layer: nn.Module) -> tuple[nn.Module, bool]:
-    """(module, on_input): where the layer's affine output (bias included, activation not yet) flows.
-    timm's norm+act layers run norm -> self.drop -> self.act in one forward: read the input of drop (or act)."""
-    if isinstance(layer, _NORM):
-        for child in ("drop", "act"):
-            sub = getattr(layer, child, None)
-            if isinstance(sub, nn.Module):
-                return sub, True
-    return layer, False
-
-
 def _as_nchw(layer: nn.Module, grad: torch.Tensor) -> torch.Tensor | None:
     """The gradient as (B, C, H, W) with C the bias's channels, or None when it has no such layout."""
     if grad.ndim == 5 and isinstance(layer, nn.Conv3d) and layer.kernel_size[-1] == layer.stride[-1] == 1:
@@ -102,15 +89,18 @@ class _BiasGradients(ActivationsAndGradients):
 
     def __init__(self, model: nn.Module, layers: list[nn.Module]):
         self.model, self.reshape_transform, self.detach = model, None, True
-        self.layers, self.handles, self.activations = layers, [], []
+        self.layers, self.activations = layers, []
         self.gradients: list[torch.Tensor | None] = [None] * len(layers)
-        for index, layer in enumerate(layers):
-            module, on_input = _hook_point(layer)
-            if on_input:
-                hook = module.register_forward_pre_hook(lambda m, args, i=index: self._watch(i, args[0]))
-            else:
-                hook = module.register_forward_hook(lambda m, args, out, i=index: self._watch(i, out))
-            self.handles.append(hook)
+        self.handles = [self._hook(index, layer) for index, layer in enumerate(layers)]
+
+    def _hook(self, index: int, layer: nn.Module):
+        """Watch where the layer's affine output (bias included, activation not yet) flows. timm's norm+act
+        layers run norm -> self.drop -> self.act in one forward: there, the input of drop (or act)."""
+        children = [getattr(layer, name, None) for name in ("drop", "act")] if isinstance(layer, _NORM) else []
+        child = next((c for c in children if isinstance(c, nn.Module)), None)
+        if child is not None:
+            return child.register_forward_pre_hook(lambda module, args: self._watch(index, args[0]))
+        return layer.register_forward_hook(lambda module, args, out: self._watch(index, out))
 
     def _watch(self, index: int, tensor: torch.Tensor) -> None:
         if not isinstance(tensor, torch.Tensor) or not tensor.requires_grad:
@@ -163,14 +153,13 @@ class _StockFullGrad(cams.FullGrad):
         self.layers_used = len(self.bias_data)
 
 
-# name -> (class, needs a target layer); names are matched lower-case without "-", "_" and spaces
+# names are matched lower-case without "-", "_" and spaces; all but the FullGrad ones read a target layer
 METHODS = {
-    "fullgrad": (CompleteFullGrad, False), "fullgradstock": (_StockFullGrad, False),
-    "gradcam": (cams.GradCAM, True), "gradcam++": (cams.GradCAMPlusPlus, True), "hirescam": (cams.HiResCAM, True),
-    "xgradcam": (cams.XGradCAM, True), "layercam": (cams.LayerCAM, True), "eigencam": (cams.EigenCAM, True),
-    "eigengradcam": (cams.EigenGradCAM, True), "gradcamelementwise": (cams.GradCAMElementWise, True),
-    "scorecam": (cams.ScoreCAM, True),  # one forward per channel of the target layer: slow on CPU
-    "ablationcam": (cams.AblationCAM, True),
+    "fullgrad": CompleteFullGrad, "fullgradstock": _StockFullGrad, "gradcam": cams.GradCAM,
+    "gradcam++": cams.GradCAMPlusPlus, "hirescam": cams.HiResCAM, "xgradcam": cams.XGradCAM, "layercam": cams.LayerCAM,
+    "eigencam": cams.EigenCAM, "eigengradcam": cams.EigenGradCAM, "gradcamelementwise": cams.GradCAMElementWise,
+    "scorecam": cams.ScoreCAM,  # one forward per channel of the target layer: slow on CPU
+    "ablationcam": cams.AblationCAM,
 }
 METHOD_TITLES = {"fullgrad": "FullGrad", "fullgradstock": "FullGrad (pytorch-grad-cam stock layers)",
                  "gradcam++": "Grad-CAM++", "gradcam": "Grad-CAM", "scorecam": "Score-CAM"}
@@ -216,10 +205,7 @@ class ModelInfo:
     weights: str  # "pretrained (timm/resnet18.a1_in1k)", "checkpoint <run>/best.pt, epoch 15" or RANDOM_TITLE
     class_names: list[str]
     trained: bool  # False: random init, never to be presented as a trained model
-    source: str = ""  # what was asked for
-    run_dir: Path | None = None  # the run folder, for a run-record checkpoint
     epoch: int | None = None  # the checkpoint's epoch, when it records one
-    img_size: int | None = None  # the size it was trained at (run-record checkpoints)
 
 
 def imagenet_class_names(model: nn.Module) -> list[str] | None:
@@ -288,23 +274,16 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     model = models.create(config["model"], num_classes=len(classes), **RunConfig.from_dict(config).model_kwargs())
     model.load_state_dict(state["model"])
     epoch = f", epoch {state['epoch']}" if "epoch" in state else ""
-    info = ModelInfo(registry.report_label(config["model"]), f"checkpoint {file.parent.name}/{file.name}{epoch}",
-                     classes, trained=True, source=str(path), run_dir=file.parent, epoch=state.get("epoch"),
-                     img_size=config.get("img_size"))
-    return model, info
+    return model, ModelInfo(registry.report_label(config["model"]), f"checkpoint {file.parent.name}/{file.name}{epoch}",
+                            classes, trained=True, epoch=state.get("epoch"))
 
 
 def load_model(name_or_checkpoint: str | Path, pretrained: bool | str | Path = True,
                allow_random: bool = False) -> tuple[nn.Module, ModelInfo]:
-    """A model ready for `attention_map`, in eval mode, and what it is.
-
-    name_or_checkpoint: a run folder (results/runs/<id>) or its best.pt/last.pt, a timm name
-        ("resnet50", "lambda_resnet26t") or a report label ("LR18_L2(rpe)").
-    pretrained: for names: True = timm's weights from the hub or its local cache (offline: cache only),
-        a path = that weights file, False = random init (for counting layers, never for presenting maps).
-    allow_random: when weights cannot be had, warn and return a random-init model (info.trained False)
-        instead of raising WeightsUnavailableError.
-    """
+    """A model ready for `attention_map`, in eval mode, and what it is: from a run folder or its best.pt/last.pt,
+    or a timm name or report label with `pretrained` weights (True: the hub or its cache; a path: that file;
+    False: random init, for counting layers only). allow_random: warn and use random init (info.trained False)
+    where the weights cannot be had, instead of raising WeightsUnavailableError."""
     text = str(name_or_checkpoint)
     path = Path(name_or_checkpoint).expanduser()
     if path.exists():
@@ -324,7 +303,7 @@ def load_model(name_or_checkpoint: str | Path, pretrained: bool | str | Path = T
                               stacklevel=2)
         model = model or timm.create_model(name, pretrained=False)
         names = imagenet_class_names(model) or [f"class {i}" for i in range(model.num_classes)]
-        info = ModelInfo(registry.report_label(name), weights, names, trained=weights != RANDOM_TITLE, source=text)
+        info = ModelInfo(registry.report_label(name), weights, names, trained=weights != RANDOM_TITLE)
     model.class_names = info.class_names  # attention_map reads them from here
     return model.eval(), info
 
@@ -342,7 +321,6 @@ class AttentionMap:
     top_name: str  # what the model predicts (top-1)
     top_prob: float
     n_bias_layers: int | None  # bias terms summed (FullGrad methods), else None
-    method: str
     target_layer: str | None = None  # the module Grad-CAM-style methods read (None for FullGrad)
 
 
@@ -394,15 +372,9 @@ def _class_index(target: int | str, names: list[str]) -> int:
 def attention_map(model: nn.Module, image: str | Path | Image.Image | None = None, method: str = "fullgrad",
                   target: int | str | None = None, class_names: list[str] | None = None,
                   target_layer: nn.Module | None = None) -> AttentionMap:
-    """CAM of one image for one class, resized to the image's size and min-max scaled to [0, 1].
-
-    image: a path or PIL image (default data/images/both.png).
-    method: "fullgrad" (every bias-carrying layer, see CompleteFullGrad), "fullgradstock" (pytorch-grad-cam's
-        own), "gradcam", "gradcam++", "scorecam", ... (METHODS); the non-FullGrad ones use `target_layer`,
-        by default the last block of the last conv stage.
-    target: None = the top prediction, else a class index or name ("tabby", "English springer").
-    class_names: default `model.class_names` (set by load_model), ImageNet names or "class i".
-    """
+    """CAM of one image (default both.png) for one class, resized to the image's size and min-max scaled to
+    [0, 1]. method: one of METHODS; all but the FullGrad ones read `target_layer` (default `last_conv_stage`).
+    target: None = the top prediction, else a class index or name ("tabby", "English springer")."""
     key = method_key(method)
     picture = open_image(image)
     names = class_names or getattr(model, "class_names", None) or imagenet_class_names(model) \
@@ -410,14 +382,13 @@ def attention_map(model: nn.Module, image: str | Path | Image.Image | None = Non
     index = None if target is None else _class_index(target, names)
     model.eval()
     x = preprocess(model, picture).to(next(model.parameters()).device)
-    cam_class, needs_layer = METHODS[key]
     layer_name = None
-    if needs_layer:
+    if key.startswith("fullgrad"):
+        cam = METHODS[key](model)
+    else:
         target_layer = target_layer or last_conv_stage(model)
         layer_name = next((name for name, module in model.named_modules() if module is target_layer), "?")
-        cam = cam_class(model, [target_layer])
-    else:
-        cam = cam_class(model)
+        cam = METHODS[key](model, [target_layer])
     try:  # not `with cam:`, whose __exit__ swallows IndexErrors
         grayscale = cam(input_tensor=x, targets=None if index is None else [ClassifierOutputTarget(index)])[0]
         probs = cam.outputs.detach().float()[0].softmax(-1)
@@ -434,7 +405,7 @@ def attention_map(model: nn.Module, image: str | Path | Image.Image | None = Non
     if high > low:  # rescale so every map spans [0, 1] at the image's size, as at the input's
         cam_map = (cam_map - low) / (high - low)
     return AttentionMap(np.clip(cam_map, 0.0, 1.0), index, names[index], float(probs[index]), top, names[top],
-                        float(probs[top]), used, key, layer_name)
+                        float(probs[top]), used, layer_name)
 
 
 # ---------------------------------------------------------------------------------- measures
@@ -448,9 +419,8 @@ def _mass(cam: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def concentration(cam: np.ndarray, fraction: float = TOP_FRACTION) -> float:
-    """The share of the map's total mass held by its highest `fraction` of pixels (round(fraction x pixels),
-    at least one). A uniform map gives `fraction` (0.10); a map whose mass sits on a tenth of the image or
-    less gives 1. NaN for an all-zero map (no mass to share)."""
+    """The share of the map's total mass held by its highest `fraction` of pixels (at least one): `fraction`
+    for a uniform map, 1 for a map whose mass sits on that share of the image or less; NaN for an all-zero map."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction}: must be in (0, 1]")
     values, total = _mass(cam)
@@ -462,8 +432,7 @@ def concentration(cam: np.ndarray, fraction: float = TOP_FRACTION) -> float:
 
 
 def normalised_entropy(cam: np.ndarray) -> float:
-    """Entropy of the map taken as a distribution over pixels, divided by log(pixels): 1 for a uniform map,
-    0 for all mass on one pixel. NaN for an all-zero map."""
+    """Entropy of the map as a distribution over pixels / log(pixels): 1 uniform, 0 on one pixel, NaN all zero."""
     values, total = _mass(cam)
     if total <= 0 or values.size < 2:
         return float("nan")
@@ -481,9 +450,8 @@ def box_mask(shape: tuple[int, int], boxes) -> np.ndarray:
 
 
 def mass_in_boxes(cam: np.ndarray, boxes) -> float:
-    """The share of the map's total mass inside the union of `boxes` (pixel coordinates of the map, which
-    `attention_map` returns at the image's size). All mass inside gives 1; a uniform map gives the boxes'
-    share of the image's area (`area_share`). NaN for an all-zero map or no boxes."""
+    """The share of the map's total mass inside the union of `boxes` (in the map's pixels: the image's, as
+    `attention_map` returns it); a uniform map gives `area_share`. NaN for an all-zero map or no boxes."""
     values, total = _mass(cam)
     boxes = list(boxes)
     if total <= 0 or not boxes:
@@ -504,11 +472,8 @@ def boxes_file(image: str | Path) -> Path:
 
 
 def load_boxes(image: str | Path) -> dict[str, Box]:
-    """The named object boxes of an image from its boxes file ({} when it has none).
-
-    The file: {"size": [width, height], "boxes": {"dog": [left, top, right, bottom], ...}} in pixels of the
-    image as stored, right and bottom exclusive; a size that is not the image's, or a box outside it, raises
-    ValueError naming the file."""
+    """The named object boxes of an image from its boxes file ({} when it has none): {"size": [width, height],
+    "boxes": {"dog": [left, top, right, bottom], ...}} in the image's pixels, right and bottom exclusive."""
     image = Path(image)
     path = boxes_file(image)
     if not path.is_file():
@@ -533,12 +498,11 @@ def load_boxes(image: str | Path) -> dict[str, Box]:
 
 
 def map_measures(cam: np.ndarray, boxes: dict[str, Box] | None = None) -> dict[str, float]:
-    """What the table reports for one map: concentration (top 10 % share), normalised entropy, and per box
-    `mass_<name>` with its uniform baseline `area_<name>` (`area_share`), plus `mass_either`/`area_either`
-    for the union of all boxes; box entries only when there are boxes."""
+    """What the table reports for one map: concentration, normalised entropy, and per box (and for 'either',
+    their union) the mass share `mass_<name>` with its uniform baseline `area_<name>`."""
     measures = {"concentration_top10": concentration(cam), "normalised_entropy": normalised_entropy(cam)}
-    groups = {**{name: [box] for name, box in (boxes or {}).items()}, **({"either": list(boxes.values())}
-                                                                       if boxes else {})}
+    boxes = boxes or {}
+    groups = {name: [box] for name, box in boxes.items()} | ({"either": list(boxes.values())} if boxes else {})
     for name, group in groups.items():
         measures[f"mass_{name}"] = mass_in_boxes(cam, group)
         measures[f"area_{name}"] = area_share(np.shape(cam), group)
