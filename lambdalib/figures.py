@@ -96,11 +96,8 @@ def run_restarts(run) -> list[int]:
 
 def seed_curves(runs: pd.DataFrame, key: str) -> dict[int, dict[int, float]]:
     """seed -> {epoch: the finite `key` value} over each run's epochs before any divergence."""
-    out = {}
-    for _, run in runs.iterrows():
-        good, _ = _split(run)
-        out[int(run["seed"])] = {int(r["epoch"]): float(r[key]) for r in good if math.isfinite(r[key])}
-    return out
+    return {int(run["seed"]): {int(r["epoch"]): float(r[key]) for r in _split(run)[0] if math.isfinite(r[key])}
+            for _, run in runs.iterrows()}
 
 
 def mean_band(curves: dict[int, dict[int, float]]) -> tuple[np.ndarray, ...]:
@@ -222,7 +219,7 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
     fig = Figure(figsize=(1.6 + width * max(len(noises), 2), 2.0 + 1.55 * sum(heights)), layout="constrained")
     grid = fig.add_gridspec(len(rows), len(noises), height_ratios=heights)
     axes, values = {}, {}  # (block, "loss" | "delta") -> its axes, the (epoch, value) points of its y-range
-    legend, diverged, labelled = {}, False, set()  # colour -> (models, seed counts)
+    legend, diverged, labelled = {}, False, set()  # colour -> (its models as dict keys, their seed counts)
     for r, (i, kind) in enumerate(rows):
         models, ref = blocks[i]
         colours = _colours(models)
@@ -240,9 +237,8 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
                 drawn = len(values.get(group, []))
                 for label in present:
                     mine = here[here["label"] == label]
-                    names, counts = legend.setdefault(colours[label], ([], set()))
-                    if label not in names:
-                        names.append(label)
+                    names, counts = legend.setdefault(colours[label], ({}, set()))
+                    names.setdefault(label)
                     counts.add(len(mine))
                     values.setdefault(group, []).extend(
                         _draw_mean(ax, seed_curves(mine, kind), colours[label], f"{label} {kind.split('_')[0]}"))
@@ -493,8 +489,7 @@ def plot_samples(root: str | Path | None = None, noise: float = 0.25, n: int = 1
     if n < 1:
         raise ValueError(f"n={n}: samples must be >= 1.")
     data = NoisyImagenette(root, split, noise, synthetic=synthetic, seed=seed, transform=None)
-    rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(len(data), size=min(n, len(data)), replace=False))
+    picks = sorted(np.random.default_rng(seed).choice(len(data), size=min(n, len(data)), replace=False))
     cols = math.ceil(math.sqrt(len(picks)))
     rows = math.ceil(len(picks) / cols)
     fig = Figure(figsize=(2.0 * cols, 2.3 * rows), layout="constrained")
