@@ -265,6 +265,13 @@ class RunConfig:
     def run_dir(self) -> Path:
         return self.results_dir() / "runs" / self.run_id
 
+    def portable(self) -> "RunConfig":
+        """This config with the results folder and a data path made absolute: a notebook or cluster job that
+        trains it may start in another working directory."""
+        data = Path(self.data).expanduser()
+        return replace(self, results=str(self.results_dir().resolve()),
+                       data=str(data.resolve()) if data.exists() else self.data)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -4,9 +4,8 @@
     lambdalib reproduce --quick         # every model and noise level, tiny epochs/images, embedded data
     lambdalib reproduce --study         # the committed results/: the report's claims tested on this CPU
 
-Each run is one notebook (02 baselines, 03 rpe, 04 lc) executed by papermill with its parameters;
-the executed copy is kept under results/notebooks/. A run whose record says complete or diverged is
-skipped, an interrupted one resumes (train.run picks up its last.pt). The report notebook runs last.
+Each run is one notebook (02 baselines, 03 rpe, 04 lc) executed by papermill, its executed copy kept under
+results/notebooks/; a finished run (complete or diverged) is skipped, an interrupted one resumes from its last.pt.
 """
 from __future__ import annotations
 
@@ -72,23 +71,14 @@ NOTEBOOK_FIELDS = notebook_fields()  # every RunConfig field but the model, gene
 
 
 def notebook_parameters(config: RunConfig) -> dict[str, Any]:
-    """The papermill parameters that make a family notebook train exactly `config`.
-
-    Paths become absolute (the notebook runs in notebooks/).
-    """
-    spec = SPECS[resolve_name(config.model)]
-    params = {name: getattr(config, name) for name in NOTEBOOK_FIELDS}
-    params["results"] = str(config.results_dir().resolve())
-    if Path(config.data).expanduser().exists():
-        params["data"] = str(Path(config.data).expanduser().resolve())
+    """The papermill parameters that make a family notebook train exactly `config` (paths absolute: the notebook
+    runs in notebooks/)."""
+    spec, portable = SPECS[resolve_name(config.model)], config.portable()
+    params = {name: getattr(portable, name) for name in NOTEBOOK_FIELDS}
     params["depth"] = spec.depth
     if spec.stage is not None:  # the lambda notebooks' own parameters (the baselines' takes neither)
         params["stage"], params["lambda_layers"] = spec.stage, spec.lambda_layers
     return params
-
-
-def notebook_for(config: RunConfig) -> Path:
-    return project_root() / "notebooks" / registry.family_of(config.model).notebook
 
 
 def is_finished(config: RunConfig) -> bool:
@@ -111,7 +101,8 @@ def _run_one(config: RunConfig, params: dict | None, inline: bool) -> None:
     if inline:
         train.run(config, progress=False)
     else:
-        run_notebook(notebook_for(config), config.results_dir() / "notebooks" / f"{config.run_id}.ipynb", params)
+        notebook = project_root() / "notebooks" / registry.family_of(config.model).notebook
+        run_notebook(notebook, config.results_dir() / "notebooks" / f"{config.run_id}.ipynb", params)
 
 
 def visible_gpus() -> list[str]:
@@ -162,13 +153,11 @@ def warm_caches(configs: list[RunConfig]) -> None:
 
 def reproduce(grid: Grid | list[Grid], *, inline: bool = False, report: bool = True, progress: bool = True,
               jobs: int = 1) -> dict[str, int]:
-    """Run every config of the grid that is not finished, then build the report.
+    """Run every config of the grid that is not finished, then build the report; returns counts of total /
+    skipped / ran / diverged / failed runs and the failures (one failed or busy run does not stop the grid).
 
-    inline: train in this process instead of through the notebooks (no kernel start-up per run; the
-    --quick profile uses it). jobs > 1: that many runs at once, each in its own process on its own GPU
-    (CUDA_VISIBLE_DEVICES) or share of the cores; every run folder is locked by its trainer, so no two
-    processes ever train one folder. One failed or busy run does not stop the grid: it is reported at
-    the end. Returns counts of total / skipped / ran / diverged / failed runs and the failures.
+    inline: train in this process, not through the notebooks (no kernel start-up per run). jobs > 1: that many
+    runs at once, each in its own process on its own GPU or share of the cores (each trainer locks its folder).
     """
     grids = grid if isinstance(grid, list) else [grid]
     # seed-major: every cell gets its first seed before any gets its second, so a grid stopped early
@@ -203,8 +192,6 @@ def reproduce(grid: Grid | list[Grid], *, inline: bool = False, report: bool = T
                 _run_in_subprocess(config, inline, slot, jobs)
             else:
                 _run_one(config, params, inline)
-        except KeyboardInterrupt:
-            raise
         except Exception as err:  # noqa: BLE001  (papermill, data and record errors alike)
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             failures.append(f"{config.run_id}: {reason}")
