@@ -8,9 +8,7 @@ results/runs/<run_id>/
     best.pt        the weights at the best validation loss (train.py)
     .lock          pid and host of the process training it
 
-The trainer writes through this module; the report, the sweep and the attention maps read through it.
-Every write goes to a temporary name that is renamed over the target, so a crash, a Ctrl-C or a full
-disk never leaves half a file; a failed write removes its temporary and says which path and why.
+The trainer writes through this module (atomically: files.atomic_write); lambdalib.runs reads whole records.
 """
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ import logging
 import math
 import os
 import platform
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +35,6 @@ HISTORY_COLUMNS = [
     "val_loss_batch_stats",  # val loss with BatchNorm on batch statistics: tells BN lag from explosion
 ]
 TIMING_COLUMNS = ("epoch_time_s", "train_images_per_s")  # the only columns allowed to differ between repeats
-_TEXT_COLUMNS = {"precision"}
-_BOOL_COLUMNS = {"finite"}
-_INT_COLUMNS = {"epoch", "skipped_steps"}
 
 FINISHED = ("complete", "diverged")  # a finished run never trains again and makes the tables
 
@@ -70,13 +66,13 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 
 # ------------------------------------------------------------------------------------- reading
 def _parse(column: str, value: str):
-    if column in _TEXT_COLUMNS:
+    if column == "precision":
         return value
-    if column in _BOOL_COLUMNS:
+    if column == "finite":
         return value == "True"
-    if column in _INT_COLUMNS:
-        return int(value) if value not in ("", None) else 0
-    return float(value) if value not in ("", None) else math.nan
+    if column in ("epoch", "skipped_steps"):
+        return int(value) if value else 0
+    return float(value) if value else math.nan
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -132,22 +128,13 @@ def status(run_dir: Path, summary: dict | None = None) -> str | None:
 def summarize(history: list[dict], status: str, diverged_at: int | None, extra: dict) -> dict:
     """The summary.json fields derived from a history; bests come from the epochs before any divergence."""
     good = [r for r in history if r["epoch"] != diverged_at]
-
-    def best(column: str, pick=min) -> tuple[float | None, int | None]:
+    bests = {}
+    for column, pick in (("train_loss", min), ("val_loss", min), ("val_acc", max)):
         rows = [r for r in good if math.isfinite(r[column])]
-        if not rows:
-            return None, None
-        row = pick(rows, key=lambda r: r[column])
-        return row[column], row["epoch"]
-
-    best_train, best_train_epoch = best("train_loss")
-    best_val, best_val_epoch = best("val_loss")
-    best_acc, best_acc_epoch = best("val_acc", max)
+        row = pick(rows, key=itemgetter(column)) if rows else {}
+        bests[f"best_{column}"], bests[f"best_{column}_epoch"] = row.get(column), row.get("epoch")
     return dict(
-        status=status, diverged_at=diverged_at, epochs_done=len(history),
-        best_train_loss=best_train, best_train_loss_epoch=best_train_epoch,
-        best_val_loss=best_val, best_val_loss_epoch=best_val_epoch,
-        best_val_acc=best_acc, best_val_acc_epoch=best_acc_epoch,
+        status=status, diverged_at=diverged_at, epochs_done=len(history), **bests,
         train_time_s=sum(r["epoch_time_s"] for r in history),
         mean_train_images_per_s=float(np.mean([r["train_images_per_s"] for r in history])) if history else None,
         skipped_steps=int(sum(r.get("skipped_steps", 0) or 0 for r in history)),
@@ -173,26 +160,19 @@ def lock_owner(run_dir: Path) -> dict | None:
 
 
 def acquire_run_lock(run_dir: Path) -> Path:
-    """One trainer per run folder: two processes on the same run would interleave their writes.
-
-    The lock file names its owner (pid, host). A lock whose owner is dead, is this process, or sits on
-    another host (a lost Colab session's, on a shared drive) is taken over, with a note for the latter.
-    """
+    """One trainer per run folder: two processes on the same run would interleave their writes. A lock whose
+    owner is dead, is this process, or sits on another host (a lost Colab session's, on a shared drive) is taken
+    over, with a note for the latter."""
     make_run_dir(run_dir)
     lock, host = run_dir / ".lock", platform.node()
     for _ in range(2):
         try:
             handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            owner = owner if isinstance(owner, dict) else {}
-            pid = owner.get("pid")
-            if owner.get("host") == host and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
-                raise RunBusyError(f"{run_dir} is being trained by process {pid} on this machine; wait for it "
-                                   f"or stop it (a lock left by a crash is taken over automatically)") from None
+            owner = lock_owner(run_dir) or {}
+            if owner.get("host") == host and owner["pid"] != os.getpid():
+                raise RunBusyError(f"{run_dir} is being trained by process {owner['pid']} on this machine; wait for "
+                                   f"it or stop it (a lock left by a crash is taken over automatically)") from None
             if owner.get("host") not in (None, host):
                 log.info(f"note: taking over {lock} left by {owner.get('host')}")
             lock.unlink(missing_ok=True)
