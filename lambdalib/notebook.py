@@ -1,13 +1,6 @@
-"""What the notebooks call, so that their cells stay thin (and the logic is unit tested here).
-
-* The training notebooks' parameters are RunConfig's fields: `notebook_fields()` names them (every field
-  but `model`, which the notebook derives from `depth`/`stage`), `run_config_parameters()` gives each its
-  default and one-line help, and `training_parameters_source()` writes papermill's parameters cell from
-  them (for `scripts/make_notebooks.py`). Preset-controlled fields (e.g. lr) default to None, "the preset's value",
-  so that `-p preset fast` is not silently overridden by the report preset's lr.
-* `check_parameters()`: a misspelt papermill parameter (`-p noize 0.5`) stops the notebook in its first
-  cells with one line naming it, instead of papermill's warning and a full run with the default.
-* `figure_image()` and `show_report()`: figures and the report's tables displayed in the notebook's output.
+"""What the notebooks call, so that their cells stay thin (and the logic is unit tested here): the training
+notebooks' parameters cell, generated from RunConfig's fields (for `scripts/make_notebooks.py`), the check of the
+parameters papermill injected, and the display of figures and of the report.
 """
 from __future__ import annotations
 
@@ -15,7 +8,6 @@ import difflib
 import io
 import os
 import re
-from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -50,13 +42,10 @@ def preset_fields() -> frozenset[str]:
 
 
 def notebook_defaults() -> dict[str, Any]:
-    """Each notebook field's value in the parameters cell: the dataclass default, None for preset fields."""
-    defaults = {}
-    for f in parameter_fields():
-        if f.name in notebook_fields():
-            assert f.default is not MISSING, f.name  # every RunConfig field has a plain default
-            defaults[f.name] = None if f.name in preset_fields() else f.default
-    return defaults
+    """Each notebook field's value in the parameters cell: the dataclass default, None for preset fields (the
+    preset's value, so that `-p preset fast` is not silently overridden by the report preset's lr)."""
+    presets, names = preset_fields(), notebook_fields()
+    return {f.name: None if f.name in presets else f.default for f in parameter_fields() if f.name in names}
 
 
 def run_config_parameters() -> list[Param]:
@@ -109,20 +98,18 @@ def training_parameters_source(family: Sequence[Param]) -> str:
 
 
 def check_parameters(namespace: dict[str, Any], declared: Iterable[str]) -> None:
-    """Stop on a papermill parameter this notebook does not declare (a misspelt `-p noize 0.5`).
+    """Stop, in one line naming it and its closest known name, on a papermill parameter this notebook does not
+    declare (a misspelt `-p noize 0.5`), instead of papermill's warning and a whole run with the default.
 
-    Called, with `globals()`, in the cell after the parameters cell. The set-up cell recorded the names
-    defined before the parameters (SNAPSHOT); a name defined since then that is not `declared` came from
-    papermill's injected cell. Only literal values count (papermill injects nothing else; the calling
-    cell's imports are not parameters), and no _names (IPython's). Raises one ValueError naming it, its
-    closest known name and the notebook's parameters. Without the record (cells re-run by hand, out of
-    order) nothing is checked.
+    Called with `globals()` after the parameters cell: a literal defined since the set-up cell's SNAPSHOT that is
+    not `declared` (nor an IPython _name) came from papermill's injected cell. Without SNAPSHOT (cells re-run by
+    hand) nothing is checked.
     """
     before = namespace.pop(SNAPSHOT, None)
     if before is None:
         return
     declared = list(declared)
-    new = {name for name, value in namespace.items()  # papermill injects literals (not this cell's imports)
+    new = {name for name, value in namespace.items()
            if name not in before and not name.startswith("_") and isinstance(value, _LITERALS)}
     unknown = sorted(new - set(declared))
     if unknown:
@@ -160,14 +147,10 @@ def _content_lines(text: str) -> list[str]:
 
 
 def report_parts(readme: Path | str, cwd: Path | str | None = None) -> list[tuple[str, Any]]:
-    """The report as what to display, in the README's order: ("markdown", text), ("image", path) and
-    ("table", path) parts, so that every table and figure of the report folder is shown.
-
-    The README's local image links become ("image", path) parts (embedded when displayed: a relative link
-    breaks when rendered from notebooks/), its other local links are made relative to `cwd` (default: the
-    working directory, the notebook's folder). Then, under "Not in the README", each table in tables/
-    (*.md, or a *.csv without one) whose lines the README lacks, and each image under figures/ (searched
-    recursively) the README does not link.
+    """The report as ("markdown", text), ("image", path) and ("table", path) parts to display, in the README's
+    order, then under "Not in the README" every table (tables/*.md, or a *.csv without one) and image (under
+    figures/) of the report folder the README does not show. Local images become parts (a relative link breaks
+    when rendered from notebooks/); other local links are made relative to `cwd` (default: the working directory).
     """
     readme = Path(readme).resolve()
     root = readme.parent
@@ -205,14 +188,12 @@ def report_parts(readme: Path | str, cwd: Path | str | None = None) -> list[tupl
 
     extra: list[tuple[str, Any]] = []
     readme_lines = {line.strip() for line in text.splitlines()}
-    tables = sorted((root / "tables").glob("*.md")) if (root / "tables").is_dir() else []
-    csvs = sorted((root / "tables").glob("*.csv")) if (root / "tables").is_dir() else []
-    for table in sorted(tables + [c for c in csvs if not c.with_suffix(".md").exists()]):
-        if table.suffix == ".csv" or not set(_content_lines(table.read_text())) <= readme_lines:
+    for table in sorted((root / "tables").glob("*.*")):
+        csv_alone = table.suffix == ".csv" and not table.with_suffix(".md").exists()
+        md_not_shown = table.suffix == ".md" and not set(_content_lines(table.read_text())) <= readme_lines
+        if csv_alone or md_not_shown:
             extra.append(("table", table.resolve()))
-    figures = root / "figures"
-    images = sorted(p.resolve() for p in figures.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if figures.is_dir() else []
+    images = sorted(p.resolve() for p in (root / "figures").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     extra += [("image", path) for path in images if path not in shown]
     if extra:
         parts.append(("markdown", "## Not in the README\n\nFiles of the report folder the README does not show."))
@@ -221,9 +202,8 @@ def report_parts(readme: Path | str, cwd: Path | str | None = None) -> list[tupl
 
 
 def show_report(readme: Path | str) -> list[tuple[str, Any]]:
-    """Display the report in a notebook: the README with its figures embedded, then any table or figure of
-    its folder the README leaves out (see report_parts). Each displayed file carries its path relative to
-    the report folder in the output's metadata ("report_file"). Returns the parts shown."""
+    """Display report_parts(readme) in a notebook, each file with its path in the report folder in the output's
+    metadata ("report_file"); returns the parts shown."""
     from IPython.display import SVG, Image, Markdown, display
 
     readme = Path(readme).resolve()
@@ -248,12 +228,8 @@ def show_report(readme: Path | str) -> list[tuple[str, Any]]:
 
 # ------------------------------------------------------------------------------------------ colab
 def say_where_results_go(results: str = "") -> Path:
-    """Print where run records and checkpoints go; on Colab without Drive, how to keep them.
-
-    Colab recycles the VM (and /content) on a disconnect, so there results belong on Google Drive:
-    lambdalib.paths uses MyDrive/lambdalib/results whenever Drive is mounted. A resume then costs the
-    epoch in progress plus reloading last.pt from Drive (tens of MB: seconds); data stay on local disk.
-    """
+    """Print where run records and checkpoints go; on Colab without Drive, how to keep them (Colab recycles the VM,
+    /content included, on a disconnect; lambdalib.paths puts results on Drive whenever it is mounted)."""
     from . import paths
 
     where = Path(results).expanduser() if results else paths.results_dir()
