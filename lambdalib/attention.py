@@ -1,13 +1,11 @@
 """Figure 7: FullGrad maps drawn for timm's pretrained models and for the checkpoints this package trained.
 
-    from lambdalib import attention
     attention.attention_figure(["resnet18", "resnet50", "lambda_resnet26t", "lambda_resnet50ts"])
     attention.trained_figure()   # from our run records' best.pt (no download), with its table
 
-Maps and their measures are fullgrad.py's; here: picking runs (runs.collect, PICK_RULE), the panels, caption
-and table. Each panel names the class its model predicts, shares one colour scale (the colour bar) and puts
-each on-object share next to its uniform baseline, the box's share of the image area (both.png's dog box is
-22.9 % of it: a share of 0.25 there is barely above what an evenly spread map gives).
+Maps and their measures are fullgrad.py's; here: picking runs (PICK_RULE), the panels, caption and table.
+Each on-object share stands next to its uniform baseline, the box's share of the image area (both.png's dog
+box is 22.9 % of it: a share of 0.25 there is barely above what an evenly spread map gives).
 """
 from __future__ import annotations
 
@@ -17,14 +15,14 @@ import json
 import logging
 import textwrap
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import files, fmt, fullgrad, registry, runs
+from . import __version__, files, fmt, fullgrad, registry, runs
 from .fullgrad import AttentionMap, ModelInfo, WeightsUnavailableError, WeightsUnavailableWarning
 from .imagenette import CLASS_NAMES, WNIDS
 from .paths import results_dir
@@ -93,12 +91,8 @@ def _value(row: dict, column: str, default):
 
 def pick_runs(results: str | Path | None = None, labels=TRAINED_LABELS, noise=TRAINED_NOISE, *,
               frame: pd.DataFrame | None = None) -> dict[tuple[str, float], PickedRun]:
-    """One run record with a best.pt per (model label, noise level), chosen by PICK_RULE.
-
-    results: the folder holding runs/ (default: the project's results/), read by runs.collect unless `frame`
-    is that read already (`_with_best`). labels: report labels or timm names; noise: fractions. Cells without
-    a record are absent; the result is ordered labels x noise.
-    """
+    """One run record with a best.pt per (model label, noise level), chosen by PICK_RULE, ordered labels x noise;
+    cells without one are absent. results: the folder holding runs/; `frame`: its `_with_best` if read already."""
     frame = _with_best(results) if frame is None else frame
     wanted = list(dict.fromkeys(registry.report_label(str(label)) for label in labels))
     found: dict[tuple[str, float], list[PickedRun]] = {}
@@ -117,7 +111,7 @@ def pick_runs(results: str | Path | None = None, labels=TRAINED_LABELS, noise=TR
         return run.preset != "fast", run.status != "complete", run.synthetic_noise, -run.epochs_done, run.seed, \
             run.run_id
 
-    return {cell: PickedRun(**{**min(found[cell], key=preference).__dict__, "candidates": len(found[cell])})
+    return {cell: replace(min(found[cell], key=preference), candidates=len(found[cell]))
             for cell in ((label, float(level)) for label in wanted for level in noise) if cell in found}
 
 
@@ -229,8 +223,8 @@ def _panels(model, info: ModelInfo, rows: list[Row], key: str, target=None, **ex
 # ------------------------------------------------------------------------------------ drawing
 def _render(panels: list[Panel], rows: list[Row], caption: str, dpi: int, metadata: dict) -> tuple[object, bytes]:
     """(Figure, PNG): the image column, one column of overlays per model (`panels` column by column), a colour
-    bar and the caption; saved through PIL as RGB (no alpha: a tenth smaller) with `metadata` as PNG text
-    chunks and nothing that varies between runs (no time stamp)."""
+    bar and the caption; saved through PIL as RGB (no alpha: a tenth smaller) with `metadata` and lambdalib's
+    version as PNG text chunks and nothing that varies between runs (no time stamp)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, works under any backend
     from matplotlib.patches import Rectangle
@@ -276,7 +270,7 @@ def _render(panels: list[Panel], rows: list[Row], caption: str, dpi: int, metada
     canvas.draw()
     image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
     info = PngInfo()
-    for name, value in metadata.items():
+    for name, value in {**metadata, "Software": f"lambdalib {__version__}"}.items():
         info.add_text(name, value)  # Latin-1 as tEXt, anything else as iTXt
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="png", pnginfo=info, dpi=(dpi, dpi))
@@ -350,8 +344,6 @@ def _layers_text(panels: list[Panel], key: str) -> str:
 
 
 def _trained_caption(panels: list[Panel], picks: list[PickedRun], missing: list, rows: list[Row], key: str) -> str:
-    from . import __version__
-
     data = _join("imagenette-mini (the embedded 10-class Imagenette subset, data/imagenette-mini)"
                  if run.data == "embedded" else Path(run.data).name or run.data for run in picks)
     lines = [
@@ -408,16 +400,10 @@ class AttentionFigure:
 def attention_figure(models: list, image: str | Path | None = None, *, method: str = "fullgrad",
                      out: str | Path | None = None, allow_random: bool = False, target: int | str | None = None,
                      fallback_runs: int = 4, dpi: int = 200) -> AttentionFigure | None:
-    """The image, then one overlay per model, saved with its caption (in the PNG and beside it as .md).
-
-    models: timm names, report labels, run folders, checkpoints or (model, ModelInfo) pairs (default: figure
-    7's four). One without pretrained weights is left out with a WeightsUnavailableWarning (allow_random: shown
-    untrained, titled so); with none left, the newest `fallback_runs` run records with a best.pt are shown, or
-    None is returned after saying why. out: default results/figures/attention_<method>.png. target: None =
-    each model's top-1 class.
-    """
-    from . import __version__
-
+    """The image, then one overlay per model (timm names, report labels, run folders, checkpoints or (model,
+    ModelInfo) pairs), saved with its caption. A model without pretrained weights is left out with a warning
+    (allow_random: shown untrained, titled so); with none left, the newest `fallback_runs` run records with a
+    best.pt are shown, or None is returned after saying why. target: None = each model's top-1 class."""
     key = fullgrad.method_key(method)
     # a bad --out or a file of the user's in the way fails before any model is loaded
     path = files.figure_target(out, results_dir() / "figures" / f"attention_{key.replace('+', 'pp')}.png",
@@ -449,8 +435,7 @@ def attention_figure(models: list, image: str | Path | None = None, *, method: s
         f"{title}: the image, then one panel per model; each title gives the model and the map's measures.",
         _reading_text([row]), _predictions_text(panels, [row], target), _layers_text(panels, key),
         "Weights: " + "; ".join(f"{p.info.label}: {p.info.weights}" for p in panels) + "."])
-    fig, png = _render(panels, [row], caption, dpi, {"Title": title, "Description": caption,
-                                                      "Software": f"lambdalib {__version__}"})
+    fig, png = _render(panels, [row], caption, dpi, {"Title": title, "Description": caption})
     return AttentionFigure(path, caption, _save(png, path, caption), panels, fig)
 
 
@@ -535,17 +520,10 @@ def trained_targets(folder: Path) -> tuple[Path, Path]:
 def trained_figure(results: str | Path | None = None, out: str | Path | None = None, *, labels=TRAINED_LABELS,
                    noise=TRAINED_NOISE, images: list[str | Path] | None = None, method: str = "fullgrad",
                    dpi: int = 150) -> AttentionFigure:
-    """Figure 7 from the models this package trains: FullGrad maps of our own checkpoints, with a table.
-
-    results: the folder holding runs/ (default: results/); one run with a best.pt per model label and noise
+    """Figure 7 from the models this package trains: maps of one checkpoint per model label and noise
     (`pick_runs`), cells without one named in the caption, none at all a NoTrainedRunsError saying how to train.
-    out (default `results`): figures/attention_trained.png (caption in it and in its PNG text, with run ids and
-    commits) and .md, tables/attention_trained.csv (per model, noise and image: run, epoch, val acc, prediction,
-    measures, each on-object share with its box's area share) and .md; written atomically, after every map.
-    images: default `trained_images()`. Same records and images give a byte-identical PNG.
-    """
-    from . import __version__
-
+    Writes figures/attention_trained.png (+ .md) and tables/attention_trained.csv (+ .md) under `out` (default
+    `results`), after every map. Same records and images give a byte-identical PNG."""
     key = fullgrad.method_key(method)
     folder = Path(out).expanduser() if out else _runs_folder(results).parent
     path, table = trained_targets(folder)  # before any map: a file of the user's in the way is refused
@@ -571,8 +549,7 @@ def trained_figure(results: str | Path | None = None, out: str | Path | None = N
                          "report's ImageNet-pretrained ones", "Description": caption,
                 "Source": " ".join(run.run_id for run in picks.values()),
                 "Comment": json.dumps(dict(runs=provenance, images=[row.name for row in rows], method=key,
-                                           pick_rule=PICK_RULE), sort_keys=True),
-                "Software": f"lambdalib {__version__}"}
+                                           pick_rule=PICK_RULE), sort_keys=True)}
     fig, png = _render(panels, rows, caption, dpi, metadata)
     text, table_rows = _csv_text(panels)
     files.make_dir(table.parent)
