@@ -1,11 +1,8 @@
 """lambdalib: Lambda-ResNets on small data, reproducibly.
 
-`import lambdalib` registers the report's ten models with timm: at once when timm is already imported,
-otherwise the moment timm is (so `lambdalib --help` and `lambdalib report` start without torch or timm).
-`lambdalib.LambdaLayer`, `lambdalib.create` and `lambdalib.models` load on first use.
-
-Library code reports through the "lambdalib" logger, which has no handler of its own (like timm's): the CLI
-and the notebooks attach one with `log_to_stdout()`.
+`import lambdalib` registers the report's models with timm the moment timm is imported (so `lambdalib --help`
+and `lambdalib report` start without torch or timm); `LambdaLayer`, `create` and `models` load on first use.
+Library code logs through the handler-less "lambdalib" logger (like timm's); `log_to_stdout()` shows it.
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ a temporary name beside the target, renamed over it once complete.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -36,10 +37,8 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
         write(tmp)
         os.replace(tmp, path)
     except BaseException as err:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         if isinstance(err, OSError):
             raise RecordError(describe_os_error(err, path)) from err
         raise
@@ -69,10 +68,9 @@ def make_dir(folder: Path) -> None:
 
 def figure_target(out: Path | str | None, default: Path, *, flag: str = "--out",
                   companions: dict[str, str] | None = None) -> Path:
-    """Where a figure the user named with `flag` goes: `default` without one; a folder (existing, or written with
-    a trailing slash) gets default's file name inside it; a file must be a .png. companions: suffix -> how the file
-    lambdalib writes there begins (`{path}` the figure's path; a caption beside the PNG): a file of that name that
-    does not begin so is the user's, and is refused rather than overwritten. Raises ValueError in one line."""
+    """Where a figure the user named with `flag` goes: `default` without one; in a folder (existing, or written
+    with a trailing slash), default's file name; else a .png path. companions: suffix -> how the file lambdalib
+    writes beside it begins (`{path}`: the figure's); one that does not begin so is the user's, and refused."""
     if out is None or str(out) == "":
         path = Path(default)
     else:
@@ -104,12 +102,11 @@ def begins_with(path: Path, start: str | bytes) -> bool:
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` exists on this machine; True when that cannot be told (another user's
     process, a pid <= 0), so that nobody's files are taken over or removed on a guess."""
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, someone else's
-        return True
+    if pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # PermissionError: it exists, someone else's
+            pass
     return True

@@ -58,7 +58,7 @@ def noise(level: float) -> str:
 
 def parse_duration(text: str | None) -> float:
     """'1h 32m 37s' -> 5557.0. The report sometimes drops the final 's' ('2h 22m 41'): read as seconds."""
-    if text is None or missing(text) or not str(text).strip():
+    if missing(text) or not str(text).strip():
         return math.nan
     match = re.fullmatch(r"\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*", str(text))
     if not match or not any(match.groups()):

@@ -1,7 +1,5 @@
-"""Optional experiment trackers, fed from the run record's rows: TensorBoard and Weights & Biases.
-
-The run record (record.py) stays the single source of every table and figure; a logger only mirrors
-each epoch's history row and the config so the usual dashboards show the runs:
+"""Optional experiment trackers that mirror each epoch's history row and the config (the run record stays the
+single source of every table and figure):
 
     lambdalib train ... --logger tensorboard      # event files in results/runs/<run id>/tensorboard/
     tensorboard --logdir results/runs              # every run, named by its run id
@@ -87,8 +85,5 @@ def check_logger(config: RunConfig) -> None:
 
 
 def open_logger(config: RunConfig, run_dir: Path) -> NullLogger:
-    if config.logger == "tensorboard":
-        return TensorBoardLogger(config, run_dir)
-    if config.logger == "wandb":
-        return WandbLogger(config, run_dir)
-    return NullLogger()
+    logger = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger}.get(config.logger)
+    return logger(config, run_dir) if logger else NullLogger()
