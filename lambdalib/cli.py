@@ -32,17 +32,9 @@ def _given(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
             if f.name not in skip and getattr(args, f.name, None) is not None}
 
 
-def _config_from_args(args: argparse.Namespace):
-    from .config import RunConfig
-
-    return RunConfig.from_params(**_given(args))
-
-
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per RunConfig field (--img-size for img_size, ...), with the field's help and choices;
     unset flags keep the preset's value."""
-    from dataclasses import MISSING
-
     from .config import PRESETS, parameter_fields
 
     preset_set = {name for values in PRESETS.values() for name in values}
@@ -50,8 +42,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        shown = "the preset's" if f.name in preset_set else repr(default)
+        shown = "the preset's" if f.name in preset_set else repr(f.default)
         help_text = f"{f.metadata['help']} (default {shown})".replace("%", "%%")
         if f.type == "bool":
             parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
@@ -62,9 +53,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import RunConfig
     from .train import load_summary, run
 
-    config = _config_from_args(args)
+    config = RunConfig.from_params(**_given(args))
     try:
         run_dir = run(config, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -129,19 +121,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     noise = _noise_levels(args.noise)
     if args.study:
         grids = study_grids()
-        for grid in grids:
-            grid.params.update(given)
     else:
         params = dict(PROFILES["quick"]) if args.quick else {}
         if args.command == "demo" and "results" not in given:  # the newcomer's run: its own, git-ignored folder
             from .paths import results_dir
 
             params["results"] = str(results_dir() / DEMO_FOLDER)
-        grids = [Grid(params={**params, **given}, seeds=list(range(args.seeds)))]
+        grids = [Grid(params=params, seeds=list(range(args.seeds)))]
     for grid in grids:
+        grid.params.update(given)
         grid.noise = noise or grid.noise
         grid.models = [m.strip() for m in args.models.split(",")] if args.models else grid.models
-    for grid in grids:
         grid.configs()  # every config of the grid valid before anything runs
     if args.submitit:
         return _submit([c for g in grids for c in g.configs()], args)
