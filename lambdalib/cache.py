@@ -66,10 +66,7 @@ def default_store_size(img_size: int) -> int:
 def store_size_for(paths: Sequence[str], img_size: int, sample: int = 32) -> int:
     """`default_store_size(img_size)`, but no more than the longest side among `sample` evenly spaced originals
     (headers only), so small originals (the embedded 96 px set) are not stored upsampled."""
-    cap = default_store_size(img_size)
-    if not paths:
-        return cap
-    longest = 0
+    cap, longest = default_store_size(img_size), 0
     for k in sorted({int(i) for i in np.linspace(0, len(paths) - 1, num=min(sample, len(paths)))}):
         try:
             with Image.open(paths[k]) as image:
@@ -521,7 +518,7 @@ def cached_loaders(train_set, val_set, *, img_size: int, batch_size: int, train_
               [val_images.paths[k] for k in sorted(val_images.unreadable)]
     if skipped:
         warnings.warn(f"skipping {len(skipped)} unreadable image(s), e.g. {skipped[0]}", RuntimeWarning, stacklevel=2)
-    used = 3 * (len(train_idx) * train_images.size ** 2 + len(val_idx) * img_size ** 2)
+    used = cache_bytes(len(train_idx), len(val_idx), img_size, train_images.size)
     augment_on = choose_augment(augment_on, torch.device(device), used)
     args = dict(batch_size=batch_size, img_size=img_size, device=device, channels_last=channels_last,
                 augment_on=augment_on)

@@ -20,6 +20,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -46,10 +47,9 @@ def arch_supported(capability: tuple[int, int], arch_list: Sequence[str]) -> boo
     if not arch_list:
         return True
     major, cc = capability[0], capability[0] * 10 + capability[1]
-    for arch in arch_list:
-        kind, _, number = arch.partition("_")
+    for kind, _, number in (arch.partition("_") for arch in arch_list):
         code = int(number.rstrip("af"))
-        if (kind == "sm" and code // 10 == major and code <= cc) or (kind == "compute" and code <= cc):
+        if code <= cc and (kind == "compute" or (kind == "sm" and code // 10 == major)):
             return True
     return False
 
@@ -62,12 +62,8 @@ def unsupported_gpu(index: int = 0) -> str | None:
     arch = torch.cuda.get_arch_list()
     if arch_supported((major, minor), arch):
         return None
-    from importlib import metadata
-
-    try:
-        vision = f" torchvision=={metadata.version('torchvision').split('+')[0]}"
-    except metadata.PackageNotFoundError:
-        vision = ""
+    vision = _version("torchvision")
+    vision = f" torchvision=={vision.split('+')[0]}" if vision else ""
     return (f"{torch.cuda.get_device_name(index)} (compute capability {major}.{minor}) has no kernels in this torch "
             f"{torch.__version__} (built for {' '.join(arch)}); install a build whose arch list includes "
             f"sm_{major}{minor}, e.g. pip install torch=={torch.__version__.split('+')[0]}{vision} --index-url "
@@ -146,6 +142,15 @@ class Distributed:
             raise ValueError(value)
         return value
 
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block before the others, which then find what it downloaded or built."""
+        if self.enabled and not self.is_main:
+            torch_dist.barrier()
+        yield
+        if self.enabled and self.is_main:
+            torch_dist.barrier()
+
 
 def setup_distributed(choice: str) -> Distributed:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on a usable GPU, gloo on the CPU."""
@@ -174,10 +179,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device, world_size: int) -> dict[str, Any]:
     """Where and with what a run was computed (summary.json's "environment")."""
-    from importlib import metadata
-
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         major, minor = torch.cuda.get_device_capability(device)
@@ -185,15 +195,8 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
     else:
         name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
         gpu = {}
-
-    def version(package: str) -> str | None:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return dict(torch=torch.__version__, torchvision=version("torchvision"), timm=version("timm"),
-                grad_cam=version("grad-cam"), python=platform.python_version(), device=name, **gpu,
+    return dict(torch=torch.__version__, torchvision=_version("torchvision"), timm=_version("timm"),
+                grad_cam=_version("grad-cam"), python=platform.python_version(), device=name, **gpu,
                 world_size=world_size, git_commit=git_commit(), platform=platform.platform(), pid=os.getpid())
 
 
@@ -340,21 +343,21 @@ def previous(last: Path) -> Path:
     return last.with_name(last.name + ".prev")
 
 
-def keeping_previous(write: Callable[[Path], None], last: Path) -> None:
-    """write(last), the file it replaces kept as last.pt.prev (a hard link where the disk has them, else a
+def keeping_previous(write: Callable[[Path], None], path: Path) -> None:
+    """write(path); a last.pt it replaces is kept as last.pt.prev (a hard link where the disk has them, else a
     rename): a damaged new last.pt leaves a run one epoch behind, not at epoch 1."""
-    if last.exists():
-        prev, tmp = previous(last), last.with_name(last.name + ".prev.tmp")
+    if path.name == "last.pt" and path.exists():
+        prev, tmp = previous(path), path.with_name(path.name + ".prev.tmp")
         try:
             tmp.unlink(missing_ok=True)
-            os.link(last, tmp)
+            os.link(path, tmp)
             os.replace(tmp, prev)
         except OSError:
             try:
-                os.replace(last, prev)
+                os.replace(path, prev)
             except OSError as err:
                 raise RecordError(describe_os_error(err, prev)) from err
-    write(last)
+    write(path)
 
 
 class Checkpoints:
@@ -371,8 +374,7 @@ class Checkpoints:
 
     def save(self, name: str, state: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        write = lambda path: atomic_torch_save(state, path)  # noqa: E731
-        keeping_previous(write, self.folder / name) if name == "last.pt" else write(self.folder / name)
+        keeping_previous(functools.partial(atomic_torch_save, state), self.folder / name)
         if self.remote and name not in self.pending:
             self.pending.append(name)  # best.pt before last.pt, as written
 
@@ -382,9 +384,8 @@ class Checkpoints:
             self.copied = time.monotonic()
             try:
                 for name in list(self.pending):
-                    copy = lambda tmp, source=self.folder / name: shutil.copyfile(source, tmp)  # noqa: E731
-                    write = lambda path, copy=copy: atomic_write(path, copy)  # noqa: E731
-                    keeping_previous(write, self.run_dir / name) if name == "last.pt" else write(self.run_dir / name)
+                    copy = functools.partial(shutil.copyfile, self.folder / name)
+                    keeping_previous(functools.partial(atomic_write, write=copy), self.run_dir / name)
                     self.pending.remove(name)
             except RecordError as err:  # a drive that hiccups: training goes on, the copy is tried again
                 if force:

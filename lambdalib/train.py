@@ -1,24 +1,19 @@
-"""Training: one function, `run(config)`, that leaves a run record every table and figure is built from.
+"""Training: one function, `run(config)`, that leaves the run record (lambdalib.record) every table and figure
+is built from.
 
-Run record (results/runs/<run_id>/): config.json (the RunConfig; written again with every epoch's record, so
-a results folder removed mid-run gets a whole record back), history.csv (one row per epoch), summary.json, and:
-    last.pt        model, optimizer, scheduler, grad-scaler and history after the last good epoch (the one
-                   before: last.pt.prev); kept once the run is complete only with checkpoints="best+last"
-    best.pt        model weights at the best validation loss (not with checkpoints="none")
-
-Every file is written to a temporary name and renamed: a crash never leaves half a record, and the record
-never claims an epoch last.pt lacks. Re-running the same config resumes after the last saved epoch; every
-epoch reseeds all RNGs from (seed, epoch, rank) and the loader order from (seed, epoch), so a resumed run
-computes exactly what an uninterrupted one does (tested on CPU). Ctrl-C keeps the last finished epoch.
+last.pt holds the model, optimizer, scheduler, grad-scaler and history after the last good epoch (the one before
+it: last.pt.prev; kept once the run is complete only with checkpoints="best+last"), and the record never claims
+an epoch last.pt lacks. Re-running the same config resumes after it; every epoch reseeds all RNGs from (seed,
+epoch, rank) and the loader order from (seed, epoch), so a resumed run computes exactly what an uninterrupted
+one does (tested on CPU). Ctrl-C keeps the last finished epoch.
 
 No host sync within an epoch: losses, accuracy and gradient norms stay on the device until it ends, and
-non-finite losses are judged there every CHECK_EVERY steps and read without waiting (`device.Peek`).
-Divergence (`divergence`): a non-finite loss (fp16: FP16_STREAK in a row; a single one is GradScaler's to
-skip), a train loss above diverge_factor x ln(classes), or a val loss above diverge_factor x its start
-ends the run as "diverged at epoch N" (summary.json says why); last.pt stays at epoch N-1.
+non-finite losses are judged there every CHECK_EVERY steps and read without waiting (`device.Peek`). A diverged
+epoch (`divergence`) ends the run as "diverged at epoch N" (summary.json says why); last.pt stays at epoch N-1.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -236,11 +231,8 @@ def _recorded_precision(config: RunConfig, here: str | None = None) -> RunConfig
 
 
 def existing_record(config: RunConfig) -> dict | None:
-    """The summary of the run record `config` maps to (None if there is none yet).
-
-    Raises ValueError when that folder holds another experiment (only possible with run_name or by
-    hand): naming what differs and what to do. The trainer and the sweep both decide through here.
-    """
+    """The summary of the run record `config` maps to (None if there is none yet); a ValueError naming what
+    differs when that folder holds another experiment (only possible with run_name or by hand)."""
     config = _recorded_precision(config)
     run_dir = config.run_dir()
     if not (run_dir / "config.json").exists():
@@ -318,11 +310,8 @@ class Data:
 
 def _prepare_data(ctx: Context) -> Data:
     config, dist = ctx.config, ctx.dist
-    if dist.enabled and not dist.is_main:
-        torch_dist.barrier()  # rank 0 downloads/extracts first; the others then find the verified copy
-    root = download.resolve_root(config.data)
-    if dist.enabled and dist.is_main:
-        torch_dist.barrier()
+    with dist.main_first():  # rank 0 downloads/extracts; the others then find the verified copy
+        root = download.resolve_root(config.data)
 
     def splits(check: bool):  # check_images: decode every image now; without, the CSV only
         args = dict(on_error=config.on_error, check_images=check)
@@ -338,18 +327,14 @@ def _prepare_data(ctx: Context) -> Data:
         loader = "cached"
     if loader == "cached":
         # every image decoded once into a memory-mapped cache (a warm one decodes none): an unreadable one stops
-        # the run before epoch 1 with its name (on_error="fail"), or is left out and counted ("skip"); rank 0
-        # builds it, the others open the finished one
-        if dist.enabled and not dist.is_main:
-            torch_dist.barrier()
-        cached = cache_lib.cached_loaders(
-            train_set, val_set, img_size=config.img_size, batch_size=config.batch_size,
-            train_subset=config.train_per_class, val_subset=config.val_per_class, device=ctx.device,
-            channels_last=ctx.channels_last, on_error=config.on_error, rank=dist.rank,
-            world_size=dist.world_size, progress=ctx.progress and dist.is_main, augment_on=config.augment_on,
-            prefetch=cache_lib.PREFETCH if ctx.device.type == "cuda" else 0)
-        if dist.enabled and dist.is_main:
-            torch_dist.barrier()
+        # the run before epoch 1 with its name (on_error="fail"), or is left out and counted ("skip")
+        with dist.main_first():
+            cached = cache_lib.cached_loaders(
+                train_set, val_set, img_size=config.img_size, batch_size=config.batch_size,
+                train_subset=config.train_per_class, val_subset=config.val_per_class, device=ctx.device,
+                channels_last=ctx.channels_last, on_error=config.on_error, rank=dist.rank,
+                world_size=dist.world_size, progress=ctx.progress and dist.is_main, augment_on=config.augment_on,
+                prefetch=cache_lib.PREFETCH if ctx.device.type == "cuda" else 0)
         train_subset, val_images = cached.train_indices.tolist(), len(cached.val_indices)
         order = data_lib.batch_stats_order(val_images, config.batch_size)
         stats_loader = cached.eval_loader(cached.val_indices[order][dist.rank::dist.world_size])
@@ -586,10 +571,8 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
         ctx.say(f"\ninterrupted: {run_dir} keeps epochs 1-{len(history)}; run the same command again to resume")
         raise
     except RecordError as err:  # e.g. the disk filled up: keep the record at what last.pt holds
-        try:
+        with contextlib.suppress(RecordError):
             write_record("interrupted", None, recorded)
-        except RecordError:
-            pass
         raise RecordError(f"{err}; the record keeps epochs 1-{len(recorded)}, which the same command "
                           f"resumes from") from None
     finally:
