@@ -160,11 +160,10 @@ def runs_index(runs: pd.DataFrame) -> pd.DataFrame:
     """Every run record, finished or not, with its status (the unfinished ones are not in the tables)."""
     if runs.empty:
         return pd.DataFrame(columns=RUNS_INDEX_COLUMNS)
-    updated = runs["updated"].fillna("unknown") if "updated" in runs else pd.Series(["unknown"] * len(runs))
-    device = runs["env_device"].fillna("?") if "env_device" in runs else pd.Series(["?"] * len(runs))
+    known = runs.reindex(columns=["updated", "env_device"]).fillna({"updated": "unknown", "env_device": "?"})
     return pd.DataFrame({
         "Run": runs["run_id"],
-        "Status": [_status_text(s, d, u) for s, d, u in zip(runs["status"], runs["diverged_at"], updated)],
+        "Status": [_status_text(s, d, u) for s, d, u in zip(runs["status"], runs["diverged_at"], known["updated"])],
         "Set-up": runs["setup"],
         "Architecture": runs["architecture"],
         "Seed": runs["seed"],
@@ -172,7 +171,7 @@ def runs_index(runs: pd.DataFrame) -> pd.DataFrame:
         "Best val loss": runs["best_val_loss"].map(fmt.number),
         "Best val top-1": runs["best_val_acc"].map(fmt.percent),
         "Training time": runs["train_time_s"].map(fmt.duration),
-        "Device": list(device),
+        "Device": known["env_device"],
         "In tables": runs["status"].map(lambda s: "yes" if s in FINISHED else f"no ({s})"),
     })
 
@@ -205,7 +204,7 @@ def _distinct(runs: pd.DataFrame, column: str) -> str:
     counts = runs[column].fillna("unknown").astype(str).value_counts().sort_index()
     if len(counts) == 1:
         return f"`{counts.index[0]}`"
-    return "; ".join(f"`{v}` ({n} run{'s' * (n > 1)})" for v, n in counts.items())
+    return "; ".join(f"`{v}` ({fmt.plural(n, 'run')})" for v, n in counts.items())
 
 
 def _provenance(runs: pd.DataFrame, skipped: list[dict]) -> str:
@@ -239,9 +238,7 @@ PLACEHOLDER = dict(setup="no-runs", setup_label=NO_RUNS, scale="", smoke_test=Fa
 
 def _of(frame: pd.DataFrame, setup: dict) -> pd.DataFrame:
     """The rows of one set-up (all rows for the empty report's placeholder)."""
-    if setup is PLACEHOLDER or frame.empty:
-        return frame
-    return frame[frame["setup"] == setup["setup"]]
+    return frame if setup is PLACEHOLDER or frame.empty else frame[frame["setup"] == setup["setup"]]
 
 
 def _banner(setup: dict) -> str:
