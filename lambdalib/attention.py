@@ -441,8 +441,7 @@ def attention_figure(models: list, image: str | Path | None = None, *, method: s
 
 # ------------------------------------------------------------ figure 7 from our own trained models
 def _csv_text(panels: list[Panel]) -> tuple[str, list[dict]]:
-    """(tables/attention_trained.csv, its rows unrounded): one row per panel; per box its mass share
-    `mass_<box>` and that share's uniform baseline `area_<box>`, plus both for the union ('either')."""
+    """(tables/attention_trained.csv, its rows unrounded): one row per panel, with map_measures' columns."""
     boxes = list(dict.fromkeys(name for p in panels for name in p.row.boxes))
     box_columns = [f"{kind}_{name}" for name in (boxes + ["either"] if boxes else []) for kind in ("mass", "area")]
     columns = ["model", "noise", "image", "true_class", "predicted_class", "predicted_wnid", "probability",

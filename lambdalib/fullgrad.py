@@ -26,6 +26,7 @@ import timm
 import timm.data
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants  # timm's own dependency
 from PIL import Image
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM
@@ -243,8 +244,6 @@ def _create_pretrained(name: str, pretrained: bool | str | Path) -> tuple[nn.Mod
     cfg = cfg.to_dict() if cfg is not None else {}
     if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
         raise WeightsUnavailableError(f"{name}: timm has no pretrained weights for this model")
-    from huggingface_hub import constants  # timm's own dependency
-
     offline = not _hub_reachable()
     try:  # unreachable: read only the local cache, at once (no minute of retries)
         with mock.patch.object(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE or offline):
