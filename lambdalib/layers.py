@@ -79,22 +79,10 @@ class LambdaLayer(nn.Module):
     |u| of the paper (dim_out must divide by heads). stride > 1 average-pools the output (as timm does).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        dim_out: int | None = None,
-        *,
-        position: Position = "rpe",
-        feat_size: int | tuple[int, int] | None = None,
-        scope: int = 23,
-        dim_k: int = 16,
-        heads: int = 4,
-        dim_u: int = 1,
-        stride: int = 1,
-        impl: Impl = "auto",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
+    def __init__(self, dim: int, dim_out: int | None = None, *, position: Position = "rpe",
+                 feat_size: int | tuple[int, int] | None = None, scope: int = 23, dim_k: int = 16, heads: int = 4,
+                 dim_u: int = 1, stride: int = 1, impl: Impl = "auto", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
         dim_out = dim if dim_out is None else dim_out
         if dim_out % heads:
@@ -198,21 +186,18 @@ def _table_for(pos_emb: torch.Tensor, position: str, scope: int, feat_hw: Tuple[
     fh, fw = feat_hw
     if position == "rpe":
         if height != fh or width != fw:
-            raise ValueError(
-                f"LambdaLayer(rpe) was built for a {fh}x{fw} feature map but got {height}x{width}: rpe embeddings "
-                f"are tied to the map size; build the model with the image size you feed it (img_size=...), or "
-                f"use position='lc'"
-            )
+            raise ValueError(f"LambdaLayer(rpe) was built for a {fh}x{fw} feature map but got {height}x{width}: rpe "
+                             f"embeddings are tied to the map size; build the model with the image size you feed it "
+                             f"(img_size=...), or use position='lc'")
         return pos_emb
     th, tw = _scope_window(scope, height, width)
     stored_h, stored_w = pos_emb.shape[-2], pos_emb.shape[-1]
     if th > stored_h or tw > stored_w:  # the r x r window reaches offsets the cropped table never stored
-        raise ValueError(
-            f"LambdaLayer(lc) was built for a {fh}x{fw} feature map but got {height}x{width}: it stores only the "
-            f"{stored_h}x{stored_w} offsets a {fh}x{fw} map can use, and its scope-{scope} window needs {th}x{tw} "
-            f"on a {height}x{width} map; build the model with the image size you feed it (img_size=...) or no "
-            f"larger, or build the layer without feat_size to store the full {scope}x{scope} table"
-        )
+        raise ValueError(f"LambdaLayer(lc) was built for a {fh}x{fw} feature map but got {height}x{width}: it stores "
+                         f"only the {stored_h}x{stored_w} offsets a {fh}x{fw} map can use, and its scope-{scope} "
+                         f"window needs {th}x{tw} on a {height}x{width} map; build the model with the image size you "
+                         f"feed it (img_size=...) or no larger, or build the layer without feat_size to store the "
+                         f"full {scope}x{scope} table")
     top, left = (stored_h - th) // 2, (stored_w - tw) // 2
     return pos_emb[:, :, top : top + th, left : left + tw]
 
@@ -231,10 +216,9 @@ def _checked_input(x: torch.Tensor, pos_emb: torch.Tensor, dim: int, position: s
 
 def _traced_size_check(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if x.shape[2] != height or x.shape[3] != width:
-        raise ValueError(
-            f"LambdaLayer was traced (torch.jit.trace) on a {height}x{width} map but got {x.shape[2]}x{x.shape[3]}: "
-            f"a trace records one map size; trace with inputs of the size you feed it, or use torch.jit.script"
-        )
+        raise ValueError(f"LambdaLayer was traced (torch.jit.trace) on a {height}x{width} map but got {x.shape[2]}x"
+                         f"{x.shape[3]}: a trace records one map size; trace with inputs of the size you feed it, or "
+                         f"use torch.jit.script")
     return x
 
 

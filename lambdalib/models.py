@@ -55,11 +55,9 @@ def lookalike_note(name: str) -> str | None:
     if cfg is not None:
         data = (f", timm's data config ({cfg.input_size[-1]} px, {cfg.interpolation}, crop {cfg.crop_pct:g})"
                 + (f" and, with pretrained=True, weights {cfg.hf_hub_id}" if cfg.hf_hub_id else ""))
-    return (
-        f"'{name}' is timm's resnet{depth}, NOT the report's R{depth}: same layers, but timm's initialisation "
-        f"(last BatchNorm of every residual block zero-initialised){data}. The report's baseline is "
-        f"'R{depth}' ('ResNet{depth}', {ours}): torchvision's ResNet{depth} exactly."
-    )
+    return (f"'{name}' is timm's resnet{depth}, NOT the report's R{depth}: same layers, but timm's initialisation "
+            f"(last BatchNorm of every residual block zero-initialised){data}. The report's baseline is "
+            f"'R{depth}' ('ResNet{depth}', {ours}): torchvision's ResNet{depth} exactly.")
 
 
 def describe(name: str) -> str:
@@ -123,25 +121,11 @@ class ReportResNet(ResNet):
 
     __jit_unused_properties__ = ["pretrained_cfg"]  # a dict of anything: not for TorchScript
 
-    def __init__(
-        self,
-        depth: int = 18,
-        *,
-        img_size: int | tuple[int, int] = DEFAULT_IMG_SIZE,
-        lambda_stage: int | None = None,
-        position: str = "rpe",
-        lambda_block: int = -1,
-        lambda_conv: str = "conv2",
-        lambda_layers: int = 1,
-        scope: int = 23,
-        dim_k: int = 16,
-        heads: int = 4,
-        dim_u: int = 1,
-        impl: str = "auto",
-        lambda_layer: str = "ours",
-        zero_init_last: bool = False,
-        **kwargs,
-    ):
+    def __init__(self, depth: int = 18, *, img_size: int | tuple[int, int] = DEFAULT_IMG_SIZE,
+                 lambda_stage: int | None = None, position: str = "rpe", lambda_block: int = -1,
+                 lambda_conv: str = "conv2", lambda_layers: int = 1, scope: int = 23, dim_k: int = 16, heads: int = 4,
+                 dim_u: int = 1, impl: str = "auto", lambda_layer: str = "ours", zero_init_last: bool = False,
+                 **kwargs):
         if depth not in STAGE_BLOCKS:
             raise ValueError(f"depth={depth}; the report's ResNets are 18 or 34")
         if lambda_stage is not None and lambda_stage not in (1, 2, 3, 4):
@@ -187,10 +171,8 @@ class ReportResNet(ResNet):
         if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3):
             raise ValueError(f"layer{stage_index}[{block_index}].{conv_name} is not a 3x3 convolution")
         if conv.stride != (1, 1):
-            raise ValueError(
-                f"layer{stage_index}[{block_index}].{conv_name} has stride {conv.stride}; the lambda layer "
-                f"replaces a stride-1 conv (use lambda_block=-1 or lambda_conv='conv2')"
-            )
+            raise ValueError(f"layer{stage_index}[{block_index}].{conv_name} has stride {conv.stride}; the lambda "
+                             f"layer replaces a stride-1 conv (use lambda_block=-1 or lambda_conv='conv2')")
         feat = side[0] if side[0] == side[1] else side
         layer = report_impl_layer(conv, side, layer_args) if self.lambda_layer == "lucidrains" else \
             LambdaLayer(conv.in_channels, conv.out_channels, feat_size=feat, **layer_args)
@@ -224,13 +206,11 @@ def _cfg(spec: ModelSpec, **kwargs) -> dict:
     fixed = spec.position is not None and any(
         refuses_larger_maps(spec.position, (feature_size(DEFAULT_IMG_SIZE, stage),) * 2, scope)
         for stage, _ in lambda_sites(spec.depth, spec.stage, spec.lambda_layers))
-    return dict(
-        url="", num_classes=1000, input_size=(3, DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
-        pool_size=(feature_size(DEFAULT_IMG_SIZE, 4),) * 2, fixed_input_size=fixed,
-        crop_pct=EVAL_CROP_FRACTION, interpolation="bilinear", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-        first_conv="conv1", classifier="fc", description=describe(spec.name),
-        notes=("no pretrained weights; input_size follows the model's img_size",), **kwargs,
-    )
+    return dict(url="", num_classes=1000, input_size=(3, DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
+                pool_size=(feature_size(DEFAULT_IMG_SIZE, 4),) * 2, fixed_input_size=fixed,
+                crop_pct=EVAL_CROP_FRACTION, interpolation="bilinear", mean=IMAGENET_DEFAULT_MEAN,
+                std=IMAGENET_DEFAULT_STD, first_conv="conv1", classifier="fc", description=describe(spec.name),
+                notes=("no pretrained weights; input_size follows the model's img_size",), **kwargs)
 
 
 default_cfgs: dict = {}  # timm's register_model reads this module's default_cfgs; _register fills it
@@ -249,11 +229,9 @@ def _build(variant: str, depth: int, pretrained: bool = False, **kwargs) -> nn.M
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if pretrained and not _has_weights(pretrained_cfg, overlay):
         label = SPECS[variant].label if variant in SPECS else variant
-        raise ValueError(
-            f"{variant}: no pretrained weights exist for the report's models; train one with "
-            f"`lambdalib train --model '{label}'` and load its checkpoint (checkpoint_path=..., or "
-            f"pretrained=True with pretrained_cfg_overlay=dict(file=...))"
-        )
+        raise ValueError(f"{variant}: no pretrained weights exist for the report's models; train one with "
+                         f"`lambdalib train --model '{label}'` and load its checkpoint (checkpoint_path=..., or "
+                         f"pretrained=True with pretrained_cfg_overlay=dict(file=...))")
     img = _pair(kwargs.setdefault("img_size", DEFAULT_IMG_SIZE))
     output_stride = kwargs.get("output_stride", 32)
     current = dict(  # what timm.data.resolve_data_config and the builder read: this model, not a default
@@ -262,10 +240,8 @@ def _build(variant: str, depth: int, pretrained: bool = False, **kwargs) -> nn.M
         num_classes=kwargs.get("num_classes", 1000),
         fixed_input_size=kwargs.get("lambda_stage") is not None and kwargs.get("position", "rpe") == "rpe",
     )
-    return build_model_with_cfg(
-        ReportResNet, variant, pretrained, pretrained_cfg=pretrained_cfg,
-        pretrained_cfg_overlay={**current, **overlay}, depth=depth, **kwargs,
-    )
+    return build_model_with_cfg(ReportResNet, variant, pretrained, pretrained_cfg=pretrained_cfg,
+                                pretrained_cfg_overlay={**current, **overlay}, depth=depth, **kwargs)
 
 
 def build_resnet(depth: int, **kwargs) -> nn.Module:
