@@ -49,7 +49,7 @@ TABLE_COLUMNS = SETUP_COLUMNS + [
 
 
 def results_table(cells: pd.DataFrame, number: int) -> pd.DataFrame:
-    """Table `number` (1-5) as data, one row per cell, every set-up (the CSV)."""
+    """Table `number` as data, one row per cell, every set-up (the CSV)."""
     rows = cells if cells.empty else cells[cells["family"] == tables()[number].key].copy()
     if rows.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)

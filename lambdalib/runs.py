@@ -217,9 +217,8 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished runs -> one row per experiment (a table cell): mean and std of METRICS over its seeds."""
     if runs.empty:
         return pd.DataFrame()
-    done = runs[runs["status"].isin(FINISHED)]
     cells = []
-    for _, group in done.groupby("experiment_id", sort=False):
+    for _, group in finished_runs(runs).groupby("experiment_id", sort=False):
         first = group.iloc[0]
         diverged = group["diverged_at"].dropna().astype(int)
         statuses = group["status"].value_counts()
@@ -235,7 +234,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         for metric in METRICS:  # skipna=False: a seed without a value leaves the mean undefined, not biased
             values = pd.to_numeric(group[metric], errors="coerce") if metric in group else pd.Series([math.nan])
             cell[metric] = values.mean(skipna=False)
-            cell[f"{metric}_std"] = values.std(ddof=1, skipna=False) if len(values) > 1 else math.nan
+            cell[f"{metric}_std"] = values.std(ddof=1, skipna=False)  # NaN for a single seed
         cells.append(cell)
     return pd.DataFrame(cells)
 
