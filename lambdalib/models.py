@@ -215,19 +215,13 @@ def _cfg(spec: ModelSpec, **kwargs) -> dict:
 
 default_cfgs: dict = {}  # timm's register_model reads this module's default_cfgs; _register fills it
 
-_WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
-
-
-def _has_weights(pretrained_cfg, overlay: dict) -> bool:
-    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else {}
-    return any(overlay.get(k) or cfg.get(k) for k in _WEIGHT_SOURCES)
-
 
 def _build(variant: str, depth: int, pretrained: bool = False, **kwargs) -> nn.Module:
     """build_model_with_cfg(ReportResNet, ...) with a pretrained_cfg describing the model as built."""
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    if pretrained and not _has_weights(pretrained_cfg, overlay):
+    given = pretrained_cfg if isinstance(pretrained_cfg, dict) else {}
+    if pretrained and not any(overlay.get(k) or given.get(k) for k in ("file", "url", "hf_hub_id", "state_dict")):
         label = SPECS[variant].label if variant in SPECS else variant
         raise ValueError(f"{variant}: no pretrained weights exist for the report's models; train one with "
                          f"`lambdalib train --model '{label}'` and load its checkpoint (checkpoint_path=..., or "
@@ -245,10 +239,8 @@ def _build(variant: str, depth: int, pretrained: bool = False, **kwargs) -> nn.M
 
 
 def build_resnet(depth: int, **kwargs) -> nn.Module:
-    """The report's ResNet``depth`` (18 or 34), optionally with a lambda layer: see ``ReportResNet``.
-
-    Same as the registered entry points (timm-native, with a pretrained_cfg), for any lambda site.
-    """
+    """The report's ResNet``depth`` (18 or 34) with lambda layers at any site (see ``ReportResNet``), built as the
+    registered entry points are (timm-native, with a pretrained_cfg)."""
     if depth not in STAGE_BLOCKS:
         raise ValueError(f"depth={depth}; the report's ResNets are 18 or 34")
     stage, position, n = kwargs.get("lambda_stage"), kwargs.get("position", "rpe"), kwargs.get("lambda_layers", 1)
@@ -257,8 +249,7 @@ def build_resnet(depth: int, **kwargs) -> nn.Module:
     if variant is None:  # a site outside the report's ten: built on the baseline's cfg, described as it is
         overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
         layers = f"a {position} lambda layer in" if n == 1 else f"{n} {position} lambda layers up to"
-        overlay.setdefault("description", f"ResNet{depth} with {layers} stage {stage} (not one of the report's "
-                                          f"ten)")
+        overlay.setdefault("description", f"ResNet{depth} with {layers} stage {stage} (not one of the report's ten)")
         kwargs["pretrained_cfg_overlay"], variant = overlay, f"lambdalib_resnet{depth}"
     return _build(variant, depth, **kwargs)
 
