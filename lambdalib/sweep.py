@@ -216,8 +216,7 @@ def reproduce(grid: Grid | list[Grid], *, inline: bool = False, report: bool = T
             bar.set_postfix_str(config.run_id, refresh=True)
             one(config, params)
     bar.close()
-    counts["failed"] = len(failures)
-    counts["failures"] = failures
+    counts.update(failed=len(failures), failures=failures)
     if report:
         results = configs[0].results_dir() if configs else None
         if inline:
