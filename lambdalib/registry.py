@@ -47,9 +47,8 @@ class Family:
         return f"R{depth}" if self.position is None else f"LR{depth}_L{self.stage}{self._layers}({self.position})"
 
     def name(self, depth: int) -> str:
-        if self.position is None:
-            return f"lambdalib_resnet{depth}"
-        return f"lambda_resnet{depth}_l{self.stage}{self._layers}_{self.position}"
+        return (f"lambdalib_resnet{depth}" if self.position is None
+                else f"lambda_resnet{depth}_l{self.stage}{self._layers}_{self.position}")
 
 
 @dataclass(frozen=True)
