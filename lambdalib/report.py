@@ -109,11 +109,8 @@ def comparison_table(cells: pd.DataFrame, published: pd.DataFrame) -> pd.DataFra
         block.loc[block["source"].isna(), "note"] = "the report has no such row (e.g. no 1 % noise runs)"
         block["architecture"] = [a if isinstance(a, str) else fmt.architecture(lab, n)
                                  for a, lab, n in zip(block["architecture"], block["label"], block["noise"])]
-        for column in SETUP_COLUMNS:
-            block[column] = setup.get(column, "")
-        block["_order"] = block["label"].map(order)
-        block = block.sort_values(["table", "_order", "noise"])
-        blocks.append(block.reindex(columns=COMPARISON_COLUMNS))
+        block = block.assign(**{c: setup.get(c, "") for c in SETUP_COLUMNS}, _order=block["label"].map(order))
+        blocks.append(block.sort_values(["table", "_order", "noise"]).reindex(columns=COMPARISON_COLUMNS))
     out = pd.concat(blocks, ignore_index=True)
     out["table"] = out["table"].astype(int)
     return out
