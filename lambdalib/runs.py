@@ -207,8 +207,8 @@ def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.
 
 
 def collect(results_dir: Path | str | None = None, runs=None) -> pd.DataFrame:
-    """One row per readable run record: summary fields, reader status ('crashed' for a dead 'running'), seed,
-    set-up, run_dir relative to the results folder; internal columns (_path, _history) start with '_'."""
+    """One row per readable run record, sorted by set-up, model, noise and seed: summary fields, reader status
+    ('crashed' for a dead 'running'), set-up, run_dir relative to the results folder, internal columns with '_'."""
     base = Path(results_dir) if results_dir else (paths.results_dir() if runs is None else None)
     return load_runs(base, runs)[0]
 
