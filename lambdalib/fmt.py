@@ -71,8 +71,7 @@ def duration(seconds: float | None) -> str:
     """5557 -> '1h 32m 37s' (the report's format; leading zero units dropped: '2m 5s', '9s')."""
     if missing(seconds) or not math.isfinite(float(seconds)):
         return MISSING
-    total = int(round(float(seconds)))
-    hours, rest = divmod(total, 3600)
+    hours, rest = divmod(int(round(float(seconds))), 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours}h {minutes}m {secs}s"
