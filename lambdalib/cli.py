@@ -35,9 +35,9 @@ def _given(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per RunConfig field (--img-size for img_size, ...), with the field's help and choices;
     unset flags keep the preset's value."""
-    from .config import PRESETS, parameter_fields
+    from .config import parameter_fields, preset_fields
 
-    preset_set = {name for values in PRESETS.values() for name in values}
+    preset_set = preset_fields()
     for f in parameter_fields():
         if f.name in skip:
             continue

@@ -316,6 +316,11 @@ def parameter_fields() -> list:
     return [f for f in fields(RunConfig) if not f.metadata.get("internal")]
 
 
+def preset_fields() -> frozenset[str]:
+    """Fields some preset sets (e.g. lr): a CLI flag or notebook parameter left unset takes the preset's value."""
+    return frozenset(name for values in PRESETS.values() for name in values)
+
+
 def help_text(name: str) -> str:
     """The field's one-line help (what `--help` and the notebooks' parameters cells show)."""
     return {f.name: f.metadata["help"] for f in fields(RunConfig)}[name]

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from .config import PRESETS, help_text, parameter_fields
+from .config import help_text, parameter_fields, preset_fields
 
 # The set-up cell ends with `_names_before_parameters = set(globals())`; check_parameters compares with it.
 SNAPSHOT = "_names_before_parameters"
@@ -34,11 +34,6 @@ def notebook_fields() -> tuple[str, ...]:
     """The RunConfig fields the training notebooks (02-04) take as papermill parameters: all but `model`
     (which they derive from `depth` and `stage`). The sweep passes exactly these."""
     return tuple(f.name for f in parameter_fields() if f.name != "model")
-
-
-def preset_fields() -> frozenset[str]:
-    """Fields some preset sets (e.g. lr): their notebook default is None, i.e. the preset's value."""
-    return frozenset(name for values in PRESETS.values() for name in values)
 
 
 def notebook_defaults() -> dict[str, Any]:
