@@ -339,8 +339,7 @@ class CachedLoader:
                  generator: torch.Generator | None = None, drop_last: bool = False,
                  device: str | torch.device = "cpu", channels_last: bool = False, sizes=None,
                  rank: int = 0, world_size: int = 1, order_seed: int | None = None,
-                 augment_on: str = "host", prefetch: int = 0, scale: tuple[float, float] = SCALE,
-                 ratio: tuple[float, float] = RATIO, flip: bool = True) -> None:
+                 augment_on: str = "host", prefetch: int = 0) -> None:
         if isinstance(images, DecodedImages):
             store = images
             if train and store.kind != "train":
@@ -373,7 +372,7 @@ class CachedLoader:
         self.batch_size, self.shuffle, self.train, self.drop_last = batch_size, shuffle, train, drop_last
         self.channels_last = channels_last
         self.rank, self.world_size, self.order_seed = rank, world_size, order_seed
-        self.augment_on, self.prefetch, self.scale, self.ratio, self.flip = augment_on, prefetch, scale, ratio, flip
+        self.augment_on, self.prefetch = augment_on, prefetch
         self.pin = self.device.type == "cuda" and augment_on == "host"
         self.generator = generator if generator is not None else self._generator(0)
 
@@ -425,9 +424,8 @@ class CachedLoader:
             labels = self.labels[rows]
             if self.train:
                 sizes = self.sizes[rows]
-                params = data_lib.sample_crop_params(sizes[:, 0], sizes[:, 1], self.generator, self.scale, self.ratio)
-                flips = (torch.rand(len(labels), generator=self.generator, device=self.generator.device) < 0.5
-                         if self.flip else None)
+                params = data_lib.sample_crop_params(sizes[:, 0], sizes[:, 1], self.generator, SCALE, RATIO)
+                flips = torch.rand(len(labels), generator=self.generator, device=self.generator.device) < 0.5
                 boxes = data_lib.stored_boxes(params, sizes, pixels.shape[-1])
                 crop = dev.resized_crop_batch if host else dev.resized_crops
                 pixels = crop(pixels, boxes, self.img_size, flips)

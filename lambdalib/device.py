@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -225,9 +225,8 @@ def channels_last(choice: str, device: torch.device) -> bool:
 
 
 def set_determinism(deterministic: bool, device: torch.device) -> dict:
-    """deterministic: torch's deterministic algorithms where it has them (cuDNN, cuBLAS workspace); an op
-    without one still runs (warn_only) and is named in the record (train collects them), so a run is
-    bit-repeatable when that list is empty. Otherwise cudnn.benchmark picks the fastest algorithm per shape."""
+    """deterministic: torch's deterministic algorithms where it has them; an op without one still runs (warn_only,
+    see `noting_nondeterministic`). Otherwise cudnn.benchmark picks the fastest algorithm per shape."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -252,9 +251,8 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
 
 @contextmanager
 def noting_nondeterministic(found: set[str]):
-    """Ops that ran without a deterministic implementation under use_deterministic_algorithms(True,
-    warn_only=True) go into `found` (the record's nondeterministic_ops) instead of onto the screen; other
-    warnings pass. A deterministic run is bit-repeatable when that list stays empty."""
+    """Ops that ran without a deterministic implementation go into `found` (the record's nondeterministic_ops,
+    empty for a bit-repeatable run) instead of onto the screen; other warnings pass."""
     with warnings.catch_warnings():
         warnings.filterwarnings("always", message=".*does not have a deterministic implementation")
         shown = warnings.showwarning
@@ -271,8 +269,7 @@ def noting_nondeterministic(found: set[str]):
 
 
 def compiles(wanted: bool, device: torch.device) -> bool:
-    """torch.compile's Inductor GPU kernels (Triton) need compute capability 7.0+: a T4 compiles, a P100
-    cannot, so there the run stays eager and says so."""
+    """torch.compile's Inductor GPU kernels (Triton) need compute capability 7.0+: below, the run stays eager."""
     if not wanted:
         return False
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 7:
@@ -295,13 +292,10 @@ def adam(params, **kwargs) -> torch.optim.Adam:
 # ------------------------------------------------------------------------------ memory and disks
 def available_memory() -> int:
     """Bytes of RAM available now (Linux: MemAvailable; elsewhere: total physical memory)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -361,11 +355,9 @@ def keeping_previous(write: Callable[[Path], None], path: Path) -> None:
 
 
 class Checkpoints:
-    """Where a run's last.pt and best.pt are written: into the run folder; but when that lies on a network
-    drive (Colab's Google Drive, where R18's 134 MB last.pt every epoch is minutes of upload that a lost
-    session can cut off), onto local disk every epoch, copied into the run folder at most every `every`
-    seconds and whenever the run stops (`publish`). The trainer writes the record after each copy, so it
-    never claims an epoch the run folder's last.pt lacks: a lost session loses at most `every` seconds."""
+    """Where a run's last.pt and best.pt are written: the run folder, or, when that is on a network drive
+    (Colab's Google Drive: R18's 134 MB last.pt is minutes of upload a lost session can cut off), local disk,
+    copied into the run folder at most every `every` seconds and when the run stops (`publish`)."""
 
     def __init__(self, run_dir: Path, every: float = 600.0) -> None:
         self.run_dir, self.every, self.remote = run_dir, every, network_mount(run_dir) is not None
@@ -402,9 +394,8 @@ class Checkpoints:
 
 
 def read_checkpoint(last: Path, keys: set[str], say: Callable[[str], None]) -> dict | None:
-    """last.pt, else last.pt.prev (None when neither is there). An unreadable one (truncated by a crash
-    mid-copy, an upload cut off) is moved aside under a name that says so and the one before is tried; with
-    neither readable the caller starts from epoch 1, and `say` tells why."""
+    """last.pt, else last.pt.prev (None when neither is there or readable). An unreadable one (a crash
+    mid-copy, an upload cut off) is moved aside under a name that says so, and `say` tells why."""
     damaged = False
     for candidate in (last, previous(last)):
         if not candidate.exists():
@@ -440,10 +431,9 @@ class HostSyncs(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        elif func is torch.ops.aten._to_copy.default and args[0].device.type != "cpu" \
-                and str(kwargs.get("device", "")) == "cpu" and not kwargs.get("non_blocking", False):
+        to_host = func is torch.ops.aten._to_copy.default and args[0].device.type != "cpu" \
+            and str(kwargs.get("device", "")) == "cpu" and not kwargs.get("non_blocking", False)
+        if func is torch.ops.aten._local_scalar_dense.default or to_host:
             self.count += 1
         return func(*args, **kwargs)
 
@@ -506,10 +496,8 @@ def prefetched(batches: Iterator, depth: int) -> Iterator:
     finally:
         stop.set()
         while thread.is_alive():  # unblock a put() so the thread sees the stop
-            try:
+            with suppress(queue.Empty):
                 ahead.get(timeout=0.05)
-            except queue.Empty:
-                pass
 
 
 # ------------------------------------------------------------------------------ batch work on the device
@@ -531,10 +519,9 @@ def resized_crop_batch(images: torch.Tensor, boxes: torch.Tensor, size: int,
 
 
 def _resize_weights(start: torch.Tensor, length: torch.Tensor, out: int, size: int) -> torch.Tensor:
-    """(B, out, size): row i holds the weights torch's (and PIL's) antialiased bilinear resize gives the
-    pixels of [start, start + length) of an axis of `size` pixels for output pixel i: a triangle of half-width
-    max(1, scale) (scale = length / out) round the source position (i + 1/2) x scale, cut to the crop and
-    normalised."""
+    """(B, out, size): row i holds the weights torch's (and PIL's) antialiased bilinear resize gives the pixels of
+    [start, start + length) of an axis of `size` pixels for output pixel i: a triangle of half-width max(1, scale)
+    (scale = length / out) round the source position (i + 1/2) x scale, cut to the crop and normalised."""
     start, length = start.to(torch.float32)[:, None, None], length.to(torch.float32)[:, None, None]
     scale = length / out
     centre = (torch.arange(out, device=start.device, dtype=torch.float32)[None, :, None] + 0.5) * scale
@@ -545,9 +532,8 @@ def _resize_weights(start: torch.Tensor, length: torch.Tensor, out: int, size: i
 
 def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int,
                   flips: torch.Tensor | None = None) -> torch.Tensor:
-    """The device path: `resized_crop_batch`'s crops (the same antialiased bilinear kernel) for a whole batch in
-    two batched matrix products, rounded to whole 0-255 levels like the uint8 path; no per-image work, no
-    host sync: what runs where the model runs (airbench's habit). Returns float32 (N, C, size, size)."""
+    """The device path: `resized_crop_batch`'s crops (the same kernel) for a whole batch in two batched matrix
+    products, rounded to 0-255 levels like the uint8 path: no per-image work, no host sync. float32 NCHW."""
     wy = _resize_weights(boxes[:, 0], boxes[:, 2], size, images.shape[-2])  # (B, size, H)
     wx = _resize_weights(boxes[:, 1], boxes[:, 3], size, images.shape[-1])  # (B, size, W)
     if flips is not None:
@@ -557,18 +543,17 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int,
 
 
 @functools.lru_cache(maxsize=16)
-def _affine(mean: tuple, std: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) of shape (C, 1, 1) on `device`, made once: (x / 255 - mean) / std = x * scale + shift.
-    (Made per batch, they were a pageable host-to-device copy every step.)"""
-    std64 = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
-    scale, shift = 1.0 / (255.0 * std64), -torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1) / std64
+def _affine(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) (C, 1, 1) with (x / 255 - MEAN) / STD = x * scale + shift, made once per device (made per
+    batch, they were a pageable host-to-device copy every step)."""
+    std = torch.tensor(STD, dtype=torch.float64).view(-1, 1, 1)
+    scale, shift = 1.0 / (255.0 * std), -torch.tensor(MEAN, dtype=torch.float64).view(-1, 1, 1) / std
     return scale.to(device, torch.float32), shift.to(device, torch.float32)
 
 
-def normalise(images: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
-              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """uint8 (or 0-255 float) NCHW -> float32 (x / 255 - mean) / std in `memory_format`: ToTensor +
+def normalise(images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 (or 0-255 float) NCHW -> float32 (x / 255 - MEAN) / STD in `memory_format`: ToTensor +
     Normalize's result up to float rounding (<= 5e-7), in two passes after the conversion."""
-    scale, shift = _affine(tuple(mean), tuple(std), str(images.device))
+    scale, shift = _affine(str(images.device))
     floats = images.to(torch.float32, memory_format=memory_format, copy=True)
     return floats.mul_(scale).add_(shift)

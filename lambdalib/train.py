@@ -89,8 +89,8 @@ def _should_stop(ctx: Context, losses: list[torch.Tensor], peek: dev.Peek, bar) 
 
 
 def _train_one_epoch(ctx: Context, model, loader, optimizer, scaler, bar) -> dict:
-    """One pass over `loader`, with no host sync per step (see the module docstring). A batch of one image
-    (a last batch of one) is left out: train-mode BatchNorm cannot normalise a single value per channel."""
+    """One pass over `loader`, with no host sync per step. A (last) batch of one image is left out: train-mode
+    BatchNorm cannot normalise a single value per channel."""
     model.train()
     dist, fp16 = ctx.dist, ctx.amp_dtype == torch.float16
     params = [p for p in model.parameters() if p.requires_grad]
@@ -158,11 +158,10 @@ def batch_statistics(model: nn.Module):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dist: dev.Distributed | None = None,
              channels_last: bool = False, *, batch_stats: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy over the loader (summed over ranks under DDP), read from the
-    device once per pass, not per batch. Under autocast, a batch whose logits overflow the half-precision
-    range (fp16 tops out at 65504; an early net with large BatchNorm statistics gets there) is evaluated again
-    in fp32 after the pass: a precision artefact never reads as a diverged run. batch_stats: BatchNorm on
-    each batch's own statistics (`batch_statistics`; a batch of one image is left out there)."""
+    """Mean cross-entropy and top-1 accuracy over the loader (summed over ranks), read from the device once a
+    pass. Under autocast a batch whose logits overflow fp16's range (65504: an early net with large BatchNorm
+    statistics gets there) is evaluated again in fp32, so a precision artefact never reads as a divergence.
+    batch_stats: see `batch_statistics` (a batch of one image is left out)."""
     model.eval()
     with batch_statistics(model) if batch_stats else nullcontext():
         sums, finite, count = _evaluate(model, loader, device, (amp_dtype, channels_last, batch_stats))
@@ -198,10 +197,9 @@ def _evaluate(model: nn.Module, loader, device: torch.device, how: tuple, only: 
 
 
 def divergence(row: dict, history: list[dict], factor: float, classes: int) -> str:
-    """Why this epoch counts as diverged ("" if it does not). An untrained net's loss is about ln(classes); a
-    train loss far above that has exploded. The val loss is compared with its own start (the first epoch's, at
-    least ln(classes)): early BatchNorm running statistics can put it at 10-1000 while training is healthy,
-    and that is the start a later explosion (the report's 71622.614) must be measured against."""
+    """Why this epoch counts as diverged ("" if it does not). An untrained net's loss is about ln(classes). The
+    val loss is compared with its own start (the first epoch's, at least ln(classes)): early BatchNorm running
+    statistics can put it at 10-1000 while training is healthy (the report's explosion was 71622.614)."""
     if not row["finite"]:
         return "non-finite loss"
     chance = math.log(classes)
@@ -403,9 +401,7 @@ def _build(ctx: Context, num_classes: int) -> Trainee:
         ctx.say(f"note: {covered}; lc_scope=0 scales the scope with the image size")
     params = sum(p.numel() for p in model.parameters())
     gflops = models.count_flops(model, config.img_size) / 1e9
-    model.to(device)
-    if ctx.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last if ctx.channels_last else torch.preserve_format)
     optimizer = dev.adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=config.t0, T_mult=config.t_mult, eta_min=config.eta_min)
