@@ -1,15 +1,10 @@
-"""Decode once, augment in batches: the decoded-image data path (no DataLoader workers, whose JPEG decoding
+"""Decode once, augment in batches: the decoded-image data path, without DataLoader workers (whose JPEG decoding
 every epoch competes with the model for a 2-core machine's cores).
 
-1. `decoded_images` decodes every image of a split ONCE into a memory-mapped uint8 cache, its JSON manifest keyed
-   by the file list (paths, sizes, mtimes), the stored size, the resize rule and a format version: a stale cache
-   is rebuilt, a partial one never used. Training images are stored whole (squashed to store_size x store_size,
-   original sizes kept, so crops are drawn on the ORIGINAL size as torchvision does); evaluation images as
-   `data.val_transform` crops them, so an eval batch is a slice.
-2. `CachedLoader` augments whole batches (torchvision's RandomResizedCrop distribution, antialiased bilinear
-   resize rounded to 0-255 levels, a flip, ImageNet's mean/std) from a caller-seeded `torch.Generator`, either
-   on the CPU in uint8 ("host"; on a GPU a thread prepares the next batches) or with the decoded images in the
-   device's memory ("device", airbench's habit: `device.resized_crops`, no host work or sync per step).
+`decoded_images` decodes each split ONCE into a memory-mapped uint8 cache keyed by the file list, the stored size,
+the resize rule and a format version (a stale cache is rebuilt, a partial one never used). `CachedLoader` draws
+torchvision's RandomResizedCrop + flip for whole batches from a caller-seeded generator, on the CPU in uint8
+("host") or with the images in the device's memory ("device", airbench's habit: no host work or sync per step).
 
     data = cached_loaders(train_set, val_set, img_size=64, batch_size=64, device=device)
     for images, labels in data.train_loader(epoch_seed): ...
@@ -154,13 +149,12 @@ def _rule(kind: str, size: int) -> str:
     return f"eval: data.val_transform's PIL steps {steps} (img_size / {EVAL_CROP_FRACTION}), HWC uint8"
 
 
-def cache_key(paths: Sequence[str], kind: str, size: int, root: Path | None = None) -> str:
+def cache_key(paths: Sequence[str], kind: str, size: int, root: Path) -> str:
     """sha256 over the format version, the rule, the size and every file's (path relative to `root`, bytes, mtime)."""
     digest = hashlib.sha256(json.dumps([FORMAT_VERSION, kind, size, _rule(kind, size)]).encode())
     for path in paths:
         st = os.stat(path)
-        rel = os.path.relpath(path, root) if root is not None else path
-        digest.update(f"\n{rel}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        digest.update(f"\n{os.path.relpath(path, root)}\t{st.st_size}\t{st.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
@@ -200,11 +194,11 @@ class DecodedImages:
         return len(self.paths)
 
 
-def _open_cached(target: Path, manifest_path: Path, key: str, count: int, *, kind: str, size: int,
-                 paths: list[str]) -> DecodedImages | None:
+def _open_cached(target: Path, key: str, kind: str, size: int, paths: list[str]) -> DecodedImages | None:
     """The cache at `target` if its manifest matches `key` and the file checks out; None otherwise."""
+    count = len(paths)
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(target.with_suffix(".json").read_text())
         expected = dict(format=FORMAT_VERSION, key=key, kind=kind, size=size, count=count)
         if any(manifest.get(k) != v for k, v in expected.items()) or target.stat().st_size != manifest["file_bytes"]:
             return None
@@ -240,8 +234,9 @@ def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Pa
                    progress: bool = True) -> DecodedImages:
     """The decoded images of `paths`, from the cache or decoded now (in `workers` threads) and cached as
     `<split>_<kind>_<size>px_<key[:16]>.npy` + `.json` (written under temporary names, the manifest renamed last).
-    kind "train": whole images squashed to size x size, the originals' (height, width) kept; "eval":
-    `data.val_transform`'s crop at img_size = size. Unreadable files become zero rows listed in `unreadable`."""
+    kind "train": whole images squashed to size x size, the originals' (height, width) kept to draw crops on
+    (as torchvision does); "eval": `data.val_transform`'s crop at img_size = size, so an eval batch is a slice.
+    Unreadable files become zero rows listed in `unreadable`."""
     if kind not in ("train", "eval"):
         raise ValueError(f"kind={kind!r}; use 'train' (whole images, for random crops) or 'eval' (centre crops).")
     if size < 1:
@@ -256,8 +251,7 @@ def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Pa
     key = cache_key(paths, kind, size, root)
     stem = f"{split}_{kind}_{size}px"
     target = folder / f"{stem}_{key[:16]}.npy"
-    manifest_path = target.with_suffix(".json")
-    found = _open_cached(target, manifest_path, key, len(paths), kind=kind, size=size, paths=paths)
+    found = _open_cached(target, key, kind, size, paths)
     if found is not None:
         return found
 
@@ -305,7 +299,7 @@ def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Pa
         )
         tmp_manifest.write_text(json.dumps(manifest) + "\n")
         os.replace(tmp, target)
-        os.replace(tmp_manifest, manifest_path)  # last: a manifest means a complete file
+        os.replace(tmp_manifest, target.with_suffix(".json"))  # last: a manifest means a complete file
     except BaseException:
         tmp.unlink(missing_ok=True)
         tmp_manifest.unlink(missing_ok=True)
@@ -512,8 +506,7 @@ def cached_loaders(train_set, val_set, *, img_size: int, batch_size: int, train_
     val_images = dataset_images(val_set, "eval", img_size, **common)
     train_idx = _select(train_images, np.asarray(train_set.clean_targets), train_subset, on_error, "train")
     val_idx = _select(val_images, np.asarray(val_set.clean_targets), val_subset, on_error, "val")
-    skipped = [train_images.paths[k] for k in sorted(train_images.unreadable)] + \
-              [val_images.paths[k] for k in sorted(val_images.unreadable)]
+    skipped = [store.paths[k] for store in (train_images, val_images) for k in sorted(store.unreadable)]
     if skipped:
         warnings.warn(f"skipping {len(skipped)} unreadable image(s), e.g. {skipped[0]}", RuntimeWarning, stacklevel=2)
     used = cache_bytes(len(train_idx), len(val_idx), img_size, train_images.size)
