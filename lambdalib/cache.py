@@ -167,9 +167,8 @@ def _row_checksums(images: np.ndarray, block: int = 64) -> dict[str, int]:
 
 @dataclass
 class DecodedImages:
-    """A split's decoded images: `images` (N, size, size, 3) uint8 memory-mapped read-only, row k =
-    paths[k]; `sizes` (N, 2) original (height, width); `unreadable` {row: reason} (zero rows);
-    `decoded`: images decoded by the call that returned this (0: the cache was reused)."""
+    """A split's decoded images: `images` (N, size, size, 3) uint8, memory-mapped, row k = paths[k]; `sizes` the
+    originals' (height, width); `unreadable` {row: reason}; `decoded`: images decoded now (0: cache reused)."""
 
     path: Path
     kind: str
@@ -442,9 +441,8 @@ class CachedLoader:
 # --------------------------------------------------------------------------- both splits, for the trainer
 @dataclass
 class CachedData:
-    """What `cached_loaders` returns. `train_indices` / `val_indices`: the dataset indices used (val: all
-    ranks'); `skipped`: unreadable paths left out (train, then val); `val_loader`: this rank's eval
-    batches; `train_loader(generator, order_seed)`: one epoch's training batches; `augment_on`: where."""
+    """What `cached_loaders` returns: the dataset indices used (val: all ranks'), the unreadable paths left out
+    (`skipped`), this rank's `val_loader`, and `train_loader` for each epoch."""
 
     train_images: DecodedImages
     val_images: DecodedImages

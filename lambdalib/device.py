@@ -41,9 +41,8 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # ------------------------------------------------------------------------------ which device
 def arch_supported(capability: tuple[int, int], arch_list: Sequence[str]) -> bool:
-    """Whether a torch built for `arch_list` (torch.cuda.get_arch_list(): 'sm_75', 'sm_90a', 'compute_90')
-    has kernels for a GPU of `capability`: a cubin for sm_XY runs on X.Y up to X.9, PTX (compute_XY) is
-    compiled for any GPU from X.Y on. An empty list (not known) counts as supported."""
+    """Whether a torch built for `arch_list` ('sm_75', 'sm_90a', 'compute_90'; empty: not known, so yes) has kernels
+    for a GPU of `capability`: a cubin for sm_XY runs on X.Y up to X.9, PTX (compute_XY) on any GPU from X.Y on."""
     if not arch_list:
         return True
     major, cc = capability[0], capability[0] * 10 + capability[1]
@@ -56,8 +55,7 @@ def arch_supported(capability: tuple[int, int], arch_list: Sequence[str]) -> boo
 
 def unsupported_gpu(index: int = 0) -> str | None:
     """Why this torch cannot compute on CUDA device `index`, naming the install that can; None when it can.
-    torch.cuda.is_available() says True for a GPU whose kernels the build lacks (a P100 under a build for
-    sm_75+), and the first kernel then fails with "no kernel image is available"."""
+    (torch.cuda.is_available() says True for a P100 under a build for sm_75+: its first kernel then fails.)"""
     major, minor = torch.cuda.get_device_capability(index)
     arch = torch.cuda.get_arch_list()
     if arch_supported((major, minor), arch):
@@ -421,9 +419,8 @@ def read_checkpoint(last: Path, keys: set[str], say: Callable[[str], None]) -> d
 
 # ------------------------------------------------------------------------------ the host waiting
 class HostSyncs(TorchDispatchMode):
-    """Counts the ops that make the host wait for a device's result: aten._local_scalar_dense (behind .item(),
-    bool(), int(), float() of a tensor) and blocking copies from a GPU to the host (.cpu(), .tolist()). On the
-    CPU the first still counts where a GPU run would wait, so a test there can hold the loop to none a step."""
+    """Counts the ops that make the host wait for a device: aten._local_scalar_dense (.item(), bool() of a tensor),
+    counted on the CPU too so a CPU test can hold a loop to none, and blocking GPU-to-host copies (.cpu())."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -470,9 +467,8 @@ class Peek:
 
 
 def prefetched(batches: Iterator, depth: int) -> Iterator:
-    """`batches` made by a background thread up to `depth` ahead: torch's CPU kernels release the GIL, so the
-    crops of the next batches overlap the main thread's kernel launches and the device's compute. An error
-    there is raised here; leaving early stops the thread."""
+    """`batches` made by a background thread up to `depth` ahead (torch's CPU kernels release the GIL, so the next
+    crops overlap the device's compute). An error there is raised here; leaving early stops the thread."""
     ahead: queue.Queue = queue.Queue(maxsize=depth)
     stop, done = threading.Event(), object()
 
@@ -503,9 +499,8 @@ def prefetched(batches: Iterator, depth: int) -> Iterator:
 # ------------------------------------------------------------------------------ batch work on the device
 def resized_crop_batch(images: torch.Tensor, boxes: torch.Tensor, size: int,
                        flips: torch.Tensor | None = None) -> torch.Tensor:
-    """The host path: box k = (top, left, h, w) of images[k] (N, C, H, W) resized to size x size (bilinear,
-    antialiased: what PIL / torchvision's resize of a crop does), flipped where `flips`; one image at a time.
-    uint8 on the CPU stays uint8 (torch's vectorised kernel, rounded); other dtypes compute in float."""
+    """The host path, one image at a time: box k = (top, left, h, w) of images[k] resized to size x size as PIL does
+    (bilinear, antialiased), flipped where `flips`. CPU uint8 stays uint8 (torch's vectorised kernel)."""
     out = []
     cpu_uint8 = images.device.type == "cpu" and images.dtype == torch.uint8
     flip = [False] * len(boxes) if flips is None else flips.tolist()

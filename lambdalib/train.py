@@ -71,9 +71,8 @@ class Context:
 
 
 def _should_stop(ctx: Context, losses: list[torch.Tensor], peek: dev.Peek, bar) -> bool:
-    """Whether the losses so far end the epoch (fp32/bf16: any non-finite; fp16: the last FP16_STREAK all
-    non-finite), judged on the device and read without waiting, so a few steps late; under DDP every rank
-    must stop at the same step, so there the verdict is all-reduced and read at once (a sync per check)."""
+    """Whether the losses so far end the epoch (any non-finite; fp16: the last FP16_STREAK), judged on the device
+    and read a few steps late without waiting; under DDP all ranks must stop together, so it is all-reduced."""
     recent = torch.stack(losses[-FP16_STREAK:] if ctx.amp_dtype == torch.float16 else losses)
     finite = torch.isfinite(recent)
     stop = ~finite.any() & (len(recent) >= FP16_STREAK) if ctx.amp_dtype == torch.float16 else ~finite.all()
@@ -139,9 +138,8 @@ def _train_one_epoch(ctx: Context, model, loader, optimizer, scaler, bar) -> dic
 
 @contextmanager
 def batch_statistics(model: nn.Module):
-    """Every BatchNorm normalises by the batch's own mean and variance instead of its running averages (restored
-    afterwards). An eval-mode val loss in the thousands with a normal batch-statistics loss is the running
-    averages lagging the weights (few steps per epoch, momentum 0.1), not exploding weights or gradients."""
+    """Every BatchNorm normalises by the batch's own statistics (its running averages restored afterwards): a huge
+    eval-mode val loss with a normal one here is the averages lagging the weights, not an explosion."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [{name: buffer.clone() for name, buffer in m.named_buffers(recurse=False)} for m in norms]
     for norm in norms:
@@ -469,8 +467,8 @@ def _run_epoch(ctx: Context, data: Data, trainee: Trainee, epoch: int, bar) -> d
 
 
 def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
-    """The body of `run`, once the run folder is ours: data, model, then epochs until done, diverged or
-    interrupted, the record written after each (lambdalib.record) and mirrored to the logger."""
+    """The body of `run`, once the run folder is ours: epochs until done, diverged or interrupted, the record
+    written after each and mirrored to the logger."""
     config, dist, run_dir = ctx.config, ctx.dist, ctx.run_dir
     determinism = dev.set_determinism(config.deterministic, ctx.device)
     note = dev.precision_note(config.amp, ctx.device)
