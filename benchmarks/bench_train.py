@@ -155,7 +155,7 @@ def bare_step(model_name: str, size: int, amp: str, channels_last: bool, args) -
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = create(model_name, num_classes=10, img_size=size).to(device, memory_format=fmt).train()
     try:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # what train._adam picks on this torch
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # what device.adam picks on this torch
     except (RuntimeError, ValueError):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(args.batch, 3, size, size, device=device).contiguous(memory_format=fmt)

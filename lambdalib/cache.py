@@ -66,7 +66,7 @@ def store_size_for(paths: Sequence[str], img_size: int, sample: int = 32) -> int
         try:
             with Image.open(paths[k]) as image:
                 longest = max(longest, *image.size)
-        except data_lib._DECODE_ERRORS:  # noqa: SLF001  (an unreadable sample says nothing about size)
+        except data_lib.DECODE_ERRORS:  # an unreadable sample says nothing about size
             continue
     return min(cap, longest) if longest else cap
 
@@ -274,8 +274,8 @@ def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Pa
         def work(k: int) -> bool:
             try:
                 pixels, sizes[k] = decode(paths[k], size)
-            except data_lib._DECODE_ERRORS as err:  # noqa: SLF001  (data.py's list of what PIL raises)
-                unreadable[k] = data_lib._reason(paths[k], err)  # noqa: SLF001
+            except data_lib.DECODE_ERRORS as err:
+                unreadable[k] = data_lib.unreadable_reason(paths[k], err)
                 return False
             out[k] = pixels
             return True
@@ -479,7 +479,7 @@ def _select(store: DecodedImages, targets: np.ndarray, subset, on_error: str, sp
     if store.unreadable and on_error == "fail":
         row, reason = next(iter(sorted(store.unreadable.items())))
         more = len(store.unreadable) - 1
-        raise data_lib._unreadable(store.paths[row], reason,  # noqa: SLF001
+        raise data_lib.unreadable_error(store.paths[row], reason,
                                    f"; {more} more {split} images are unreadable" if more else "")
     if len(chosen) == 0:
         raise data_lib.UnreadableImageError(f"no readable {split} image left ({len(store.unreadable)} unreadable, "

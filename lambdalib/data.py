@@ -199,7 +199,7 @@ def stored_boxes(params: torch.Tensor, sizes: torch.Tensor, store: int) -> torch
 
 
 # what decoding a broken file raises (PIL's plugins differ; a decompression bomb is not an OSError)
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 def _open_rgb(path: str) -> Image.Image:
@@ -207,7 +207,7 @@ def _open_rgb(path: str) -> Image.Image:
         return image.convert("RGB")  # convert() decodes fully, so truncated files fail here
 
 
-def _reason(path: str, err: BaseException) -> str:
+def unreadable_reason(path: str, err: BaseException) -> str:
     """Why `path` could not be read, in a few words."""
     text = " ".join(str(err).split())
     try:
@@ -223,7 +223,7 @@ def _reason(path: str, err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _unreadable(path: str, reason: str, more: str = "") -> UnreadableImageError:
+def unreadable_error(path: str, reason: str, more: str = "") -> UnreadableImageError:
     return UnreadableImageError(
         f"{path} is not a readable image ({reason}){more}; replace it with a readable copy (e.g. extract the "
         "archive again), or set on_error='skip' to leave unreadable images out.", path)
@@ -268,8 +268,8 @@ def find_unreadable_images(paths: Sequence[str], workers: int | None = None) -> 
     def check(path: str) -> str | None:
         try:
             _open_rgb(path)
-        except _DECODE_ERRORS as err:
-            return _reason(path, err)
+        except DECODE_ERRORS as err:
+            return unreadable_reason(path, err)
         return None
 
     with ThreadPoolExecutor(max_workers=max(1, workers or default_workers())) as pool:  # PIL decodes without the GIL
@@ -369,7 +369,7 @@ class NoisyImagenette(Dataset):
         first, reason = next(iter(bad.items()))
         more = f"; {len(bad) - 1} more {self.split} images are unreadable" if len(bad) > 1 else ""
         if self.on_error == "fail" or len(bad) == len(rows):
-            raise _unreadable(first, reason, more if self.on_error == "fail" else
+            raise unreadable_error(first, reason, more if self.on_error == "fail" else
                               f"; all {len(bad)} {self.split} images are unreadable")
         self.skipped = list(bad)
         warnings.warn(f"skipping {len(bad)} unreadable {self.split} image(s) of {len(rows)}, e.g. {first} "
@@ -386,13 +386,13 @@ class NoisyImagenette(Dataset):
             path = self.paths[i]
             try:
                 image = _open_rgb(path)
-            except _DECODE_ERRORS as err:
+            except DECODE_ERRORS as err:
                 if self.on_error == "fail":
-                    raise _unreadable(path, _reason(path, err)) from err
+                    raise unreadable_error(path, unreadable_reason(path, err)) from err
                 if path not in self.bad_files:
                     self.bad_files.add(path)
-                    warnings.warn(f"skipping unreadable image {path}: {_reason(path, err)}", RuntimeWarning,
-                                  stacklevel=2)
+                    warnings.warn(f"skipping unreadable image {path}: {unreadable_reason(path, err)}",
+                                  RuntimeWarning, stacklevel=2)
                 continue
             if self.transform is not None:
                 image = self.transform(image)

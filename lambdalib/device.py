@@ -33,7 +33,8 @@ from .files import RecordError, atomic_torch_save, atomic_write, describe_os_err
 from .imagenette import MEAN, STD
 from .paths import project_root
 
-# a CUDA 12.6 build of the pinned torch: reportedly still compiled for sm_60 (P100) and sm_70 (V100)
+# PyTorch 2.14's legacy CUDA 12.6 build still has sm_50/60/70 kernels (Maxwell, P100, V100), its 13.x builds
+# start at sm_75 (support matrix: pytorch/pytorch#190355; 2.15 plans to drop 12.6: #190385)
 CU126_INDEX = "https://download.pytorch.org/whl/cu126"
 # autocast dtype of a resolved config's amp; CPU autocast honours bf16 and fp16 too
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
