@@ -8,11 +8,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lambdalib"
 MAX_MODULE_LINES = 600
-# Issue #21 asked for about 7,000 lines; the package was ~9,100 after round 4 added the TorchScript/fx/ONNX paths
-# of the layer, the GPU data path (device.py) and 18 claims, and ~9,350 after #26 added the four-lambda-layer
-# family, the lambda layer implementations as labels, claim rows 2 and 12b and what the study's scale can decide
-# of each claim. A ceiling: it only shrinks from here.
-MAX_PACKAGE_LINES = 9360
+# Issue #21 asked for about 7,000 lines. Round 4 added the TorchScript/fx/ONNX paths of the layer, the GPU data
+# path (device.py) and 18 claims (~9,100 lines), #26 the four-lambda-layer family, the layer implementations as
+# labels and claim rows 2 and 12b (~9,350); round 6 took out 656 lines of repeated code and docstrings that
+# restated signatures. What is left is 6,348 lines of code, 862 of docstrings, 1,321 blank (PEP 8's) and 163 of
+# comments. A ceiling: it only shrinks from here.
+MAX_PACKAGE_LINES = 8700
 
 
 def test_no_function_takes_more_than_six_positional_arguments():
