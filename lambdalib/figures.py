@@ -37,6 +37,10 @@ NO_RUNS = "No runs yet."  # the report's empty tables say so; a figure without r
 BAND = "band: min–max over seeds"
 CONFIDENCE = 0.95  # accuracy vs noise: t interval over seeds
 RESTART = dict(color="0.45", linestyle=":", linewidth=1.3, zorder=1)
+# a block's train and val rows get their own y-axes when one row's highest loss (after epoch 1) is this many times
+# the other's: val-loss spikes of 100s on one shared axis flattened the train curves to a line
+APART = 4.0
+SYMLOG_ABOVE = 10.0  # a difference row reaching this many nats is drawn symmetric-log (linear within ±1)
 
 
 def _wrap(title: str, width: int) -> str:
@@ -107,6 +111,13 @@ def mean_band(curves: dict[int, dict[int, float]]) -> tuple[np.ndarray, ...]:
     return (np.array(epochs, dtype=float), *(np.array([f(v) for v in values]) for f in (np.mean, min, max, len)))
 
 
+def _rows_apart(runs: pd.DataFrame) -> bool:
+    """Whether these runs' train and val losses differ so much in range that one y-axis would flatten one row."""
+    tops = [max((v for curve in seed_curves(runs, key).values() for e, v in curve.items() if e > 1),
+                default=math.nan) for key in ("train_loss", "val_loss")]
+    return min(tops) > 0 and max(tops) > APART * min(tops)
+
+
 def paired_differences(base: dict[int, dict[int, float]], other: dict[int, dict[int, float]]) -> dict:
     """seed -> {epoch: other − base} for the seeds and epochs both have: a seed pair saw the same
     initial data order and noisy labels, so its difference is the model's, not the draw's."""
@@ -165,13 +176,20 @@ def _scale(axes: list, points: list[tuple[float, float]], log_above: float | Non
     if log_above is None:
         low, high = min(low, 0.0), max(high, 0.0)
     log = log_above is not None and low > 0 and high / low > log_above
+    symlog = log_above is None and max(-low, high) > SYMLOG_ABOVE
     pad = 0.08 * (high - low) or 0.05 * abs(high) or 0.1
     limits = (low / 1.08, high * 1.08) if log else (low - pad, high + pad)
-    locator = (ticker.LogLocator(subs=(1.0, 2.0, 5.0)) if log and high / low > 20
+    if symlog:
+        limits = (low * 1.5 if low < -1 else low - 0.5, high * 1.5 if high > 1 else high + 0.5)
+    locator = (ticker.LogLocator(subs=(1.0, 2.0, 5.0) if high / low > 20 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)) if log
+               else ticker.SymmetricalLogLocator(base=10, linthresh=1.0) if symlog
                else ticker.MaxNLocator(6, steps=[1, 2, 2.5, 5, 10]))
     for ax in axes:
         if log:
             ax.set_yscale("log")
+        elif symlog:
+            ax.set_yscale("symlog", linthresh=1.0)
+        if log or symlog:
             ax.yaxis.set_minor_locator(ticker.NullLocator())
         ax.yaxis.set_major_locator(locator)
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
@@ -201,7 +219,8 @@ def _diverged(ax, runs: pd.DataFrame, colour: str) -> bool:
 def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Figure:
     """A report table's loss curves: per noise level (columns) and block of `curve_blocks`, a train loss row, a val
     loss row and (with a reference model) the val loss of each model minus the reference's, seed by seed. A block's
-    loss rows share one y-axis (`_scale`); a noise level without runs of the block's subject draws nothing."""
+    loss rows share one y-axis (`_scale`) unless their ranges are APART; a noise level without runs of the block's
+    subject draws nothing."""
     mine = {family.label(d) for d in family.depths} | {f"R{d}" for d in family.depths}
     runs = runs[[registry.split_label(m)[0] in mine for m in runs["label"]]] if not runs.empty else runs
     blocks = curve_blocks(runs, family)
@@ -211,6 +230,7 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
     def subject(models):  # whose runs make a panel: a Lambda family's own models, or any baseline
         return models if family.position is None else [m for m in models if registry.family_of(m) == family]
 
+    apart = {i for i, (models, _) in enumerate(blocks) if _rows_apart(runs[runs["label"].isin(models)])}
     noises = sorted({n for models, _ in blocks for n in runs.loc[runs["label"].isin(subject(models)), "noise"]})
     rows = [(i, kind) for i, (_, ref) in enumerate(blocks) for kind in ("train_loss", "val_loss", "delta")
             if kind != "delta" or ref]
@@ -223,7 +243,7 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
     for r, (i, kind) in enumerate(rows):
         models, ref = blocks[i]
         colours = _colours(models)
-        group = (i, "delta" if kind == "delta" else "loss")
+        group = (i, kind if kind == "delta" or i in apart else "loss")
         for c, noise in enumerate(noises):
             here = runs[runs["label"].isin(models) & np.isclose(runs["noise"].astype(float), noise)]
             if not here["label"].isin(subject(models)).any():
@@ -271,7 +291,7 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
                 ax.set_ylabel(f"Δ val loss\n{each} − {ref}" if kind == "delta" else kind.replace("_", " "))
     _epoch_axis(fig.axes[0], max(int(e) for e in runs["epochs"]))
     for (i, kind), group in axes.items():
-        _scale(group, values.get((i, kind), []), log_above=4.0 if kind == "loss" else None)
+        _scale(group, values.get((i, kind), []), log_above=None if kind == "delta" else 4.0)
         if not values.get((i, kind)):  # nothing finite: numbers on the axis would suggest data
             group[0].set_yticks([])
     restarts = sorted({e for _, run in runs.iterrows() for e in run_restarts(run)})

@@ -85,6 +85,25 @@ def test_lambda_figure_puts_the_resnet_beside_its_twin_and_marks_restarts(study)
     assert figures.BAND in legend and any("warm restart (epoch 6, 16)" in t for t in legend)
 
 
+def test_val_loss_spikes_get_their_own_axis_and_the_difference_row_a_symmetric_log_one():
+    """As in the study's four-lambda-layer runs: eval-mode val losses in the hundreds beside train losses near 2.
+    On one shared axis the train curves were a flat line; on a linear difference axis everything below 100 was."""
+    spiky = [3.0, 2.5, 400.0, 2.3, 90.0, 2.2]
+    rows = [_run("R18", 0.0, s, _curve(s, 0.0, epochs=6)) for s in (0, 1)]
+    rows += [dict(_run("LR18_L2(rpe)", 0.0, s, [v + 0.01 * s for v in spiky]),
+                  _history=[dict(epoch=e, lr=1e-3, train_loss=2.4 - 0.1 * e, val_loss=v + 0.01 * s)
+                            for e, v in enumerate(spiky, 1)]) for s in (0, 1)]
+    fig = figures.curves_figure(pd.DataFrame(rows), L2_RPE, "Table 2")
+    FigureCanvasAgg(fig).draw()
+    train, val, delta = fig.axes
+    assert not train.get_shared_y_axes().joined(train, val)
+    assert train.get_ylim()[1] < 3.0 < 400.0 <= val.get_ylim()[1]  # each row fits its own losses
+    assert delta.get_yscale() == "symlog" and delta.get_ylim()[1] >= 400.0 - 2.5
+    labelled = [t.label1.get_text() for t in delta.yaxis.get_major_ticks()
+                if delta.get_ylim()[0] <= t.get_loc() <= delta.get_ylim()[1] and t.label1.get_text()]
+    assert {"0", "1", "10", "100"} <= set(labelled)
+
+
 def test_each_lambda_layer_implementation_is_its_own_line_beside_the_resnet(study):
     others = [dict(_run("LR18_L2(rpe)", 0.0, s, _curve(s + 7, 0.1)), label=f"LR18_L2(rpe)[{impl}]")
               for impl in ("lucidrains", "ours-n01") for s in (0, 1, 2)]
