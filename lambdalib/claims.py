@@ -230,31 +230,43 @@ def _paired(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]:
 def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]:
     """Row 2: share of runs with more than two lambda layers with a gradient explosion; 11: share of LR34_L3 runs with
     one; 14: share of those that overfit before exploding."""
-    groups, spikes, unreliable = {}, [], 0
+    groups, spikes, unreliable, censored = {}, [], 0, {}
     for _, run in ctx.done.iterrows():
         where, history = f"{run['where_setup']}, {fmt.noise(run['noise'])} noise", run["_history"]
         mine = [dict(s, label=run["label"], seed=int(run["seed"]), where=where) for s in curves.find_spikes(history)]
         spikes, unreliable = spikes + mine, unreliable + (not curves.batch_stats_reliable(history))
         first = next((s["epoch"] for s in mine if s["cause"] == curves.SPIKE_EXPLOSION), None)
         spec = registry.SPECS.get(run["model"])
-        if row.key == "2" and spec is not None and spec.position and spec.lambda_layers > 2:
-            groups.setdefault(("every set-up", "runs with more than two lambda layers"), []).append(
-                (run, first is not None))
-        elif row.key == "11" and run["label"].startswith("LR34_L3"):
-            groups.setdefault((run["where_setup"], run["label"]), []).append((run, first is not None))
+        share = (("every set-up", "runs with more than two lambda layers")
+                 if row.key == "2" and spec is not None and spec.position and spec.lambda_layers > 2
+                 else (run["where_setup"], run["label"]) if row.key == "11" and run["label"].startswith("LR34_L3")
+                 else None)
+        stopped = run["diverged_at"] if run["status"] == "diverged" and is_finite(run["diverged_at"]) else None
+        if share and first is None and stopped is not None and stopped < curves.LATE_EPOCH:
+            # our divergence rule ended it before "several epochs" without an explosion: it cannot say either way
+            censored.setdefault(share, []).append(f"{run['label']} s{int(run['seed'])} ({where}) at epoch {stopped:g}")
+            groups.setdefault(share, [])
+        elif share:
+            groups.setdefault(share, []).append((run, first is not None))
         elif row.key == "14" and first is not None:
             before = curves.val_loss_rise([r for r in history if r["epoch"] < first])
             groups.setdefault((run["where_setup"], "exploding runs"), []).append((run, before >= OVERFIT_DELTA))
     exploded = ctx.pub[ctx.pub["label"].str.startswith("LR34_L3") & ctx.pub["best_val_loss"].notna()]
     share = float((exploded["best_val_loss"] > curves.SPIKE_FACTOR * CHANCE_LOSS).mean())
     delta = share if row.delta is None else row.delta
+    left_out = f"stopped by the divergence rule before epoch {curves.LATE_EPOCH} without an explosion, so left out"
     comparisons = [Comparison(what, where, tuple(float(hit) for _, hit in runs), delta,
                               "typed in" if row.delta else "the report's share", kind="share",
                               seeds=tuple(int(r["seed"]) for r, _ in runs),
-                              ids=tuple(dict.fromkeys(r["experiment_id"] for r, _ in runs)))
+                              ids=tuple(dict.fromkeys(r["experiment_id"] for r, _ in runs)),
+                              degenerate="" if runs else f"every run {left_out}",
+                              note=f"{left_out}: {', '.join(censored[where, what])}" if (where, what) in censored
+                              else "")
                    for (where, what), runs in groups.items()]
     causes = ", ".join(f"{n} {cause}" for cause, n in Counter(s["cause"] for s in spikes).items())
     seen = f"{fmt.plural(len(spikes), 'val-loss spike')} in {fmt.plural(len(ctx.done), 'run')}"
+    stopped_early = sum(map(len, censored.values()))
+    seen = (f"{fmt.plural(stopped_early, 'run')} {left_out}; " if stopped_early else "") + seen
     return comparisons, (seen + (f" ({causes})" * bool(spikes)) + (
         f"; val_loss_batch_stats at or above chance while the eval-mode val loss is well below it in {unreliable} "
         "runs: not used to classify spikes" if unreliable else "")), spikes

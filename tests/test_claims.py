@@ -26,10 +26,12 @@ R, NR, C, CT = claims.REPRODUCED, claims.NOT_REPRODUCED, claims.CONTRADICTED, cl
 def write_run(results: Path, model: str, noise: float, seed: int, *, train: list[float], val: list[float],
               epoch_time: float = 1.0, grad: list[float] | None = None, batch_stats: list[float] | None = None,
               lr: list[float] | None = None, preset: str = "fast", status: str = "complete",
-              device: str = "CPU (test)", old_record: bool = False, lambda_layer: str = "ours") -> Path:
+              device: str = "CPU (test)", old_record: bool = False, lambda_layer: str = "ours",
+              epochs: int | None = None, diverged_at: int | None = None) -> Path:
     """One run record as the trainer writes it (config.json, history.csv, summary.json), from given curves.
     old_record: history.csv written without the val_loss_batch_stats column (records from before it)."""
-    config = RunConfig.from_params(model=model, noise=noise, seed=seed, preset=preset, epochs=len(val), img_size=64,
+    config = RunConfig.from_params(model=model, noise=noise, seed=seed, preset=preset, epochs=epochs or len(val),
+                                   img_size=64,
                                    batch_size=64, data="embedded", results=str(results),
                                    lambda_layer=lambda_layer).resolved()
     run_dir = config.run_dir()
@@ -46,7 +48,7 @@ def write_run(results: Path, model: str, noise: float, seed: int, *, train: list
         patch.setattr(record, "HISTORY_COLUMNS", columns)
         record.write_history(run_dir, [{k: row[k] for k in columns} for row in history])
     name = registry.resolve_name(model)
-    record.write_summary(run_dir, record.summarize(history, status, None, dict(
+    record.write_summary(run_dir, record.summarize(history, status, diverged_at, dict(
         run_id=config.run_id, experiment_id=config.experiment_id, model=name, label=registry.report_label(name),
         noise=noise, preset=preset, params=1, gflops=0.1, train_images=1600, val_images=700, amp="off",
         environment=dict(device=device, world_size=1))))
@@ -311,6 +313,28 @@ def test_more_than_two_lambda_layers_explode_is_a_share_of_their_runs(tmp_path, 
     every = row2({(p, s) for p in ("report", "fast") for s in SEEDS})
     assert every.comparisons[0].values == (1.0,) * 6 and every.verdict == R  # 6/6: at least 0.54
     assert row2({("report", 0), ("fast", 1)}).verdict == CT
+
+
+def test_a_run_our_divergence_rule_stopped_early_without_an_explosion_is_left_out_of_row_2(tmp_path):
+    """Row 2 is about explosions "after several epochs": a run our own rule ended at epoch 2 on a calm-gradient spike
+    (BatchNorm's running statistics, as in the study) cannot say either way, so it is named and not counted."""
+    for preset in ("report", "fast"):
+        for seed in SEEDS:
+            early = (preset, seed) == ("report", 1)
+            val = val_curve(0.0, 0.0)
+            calm = [v + 0.1 for v in val]
+            if early:
+                val = [val[0], 40.0]
+            write_run(tmp_path, "LR18_L3x4(rpe)", 0.0, seed, train=falling(1.0)[:len(val)], val=val,
+                      batch_stats=calm[:len(val)], preset=preset, epochs=EPOCHS,
+                      status="diverged" if early else "complete", diverged_at=2 if early else None)
+    row = by_key(claims.evaluate_claims(run_records.collect(tmp_path)))["2"]
+    (c,) = row.comparisons
+    assert c.values == (0.0,) * 5 and c.high == pytest.approx(expected([0.0] * 5, 1, "share")[2])
+    assert c.verdict == CT == row.verdict  # 0/5 reaches 0.52: δ 0.5 is not excluded (0/6 would have, wrongly)
+    assert c.note.endswith("left out: LR18_L3x4(rpe) s1 (report, 0 % noise) at epoch 2")
+    assert row.note.startswith(f"1 run stopped by the divergence rule before epoch {curves.LATE_EPOCH} without an "
+                               "explosion, so left out; ")
 
 
 def test_what_the_study_scale_decides_is_said_only_of_the_studys_scale(tmp_path, runs):
