@@ -92,20 +92,20 @@ def test_study_runs_every_cell_seed_by_seed_with_lc_unlike_rpe(monkeypatch, tmp_
     assert main(["reproduce", "--study", "--results", str(tmp_path)]) == 0
     assert order.pop() == ("report", tmp_path)  # the report, once, after the last run
     configs = [c for c, _ in order]
-    assert len(configs) == 57 and all(inline for _, inline in order)
+    assert len(configs) == 61 and all(inline for _, inline in order)
     assert [c.seed for c in configs] == sorted(c.seed for c in configs)
     assert {c.results for c in configs} == {str(tmp_path)} and {c.preset for c in configs} == {"fast", "report"}
     assert {c.noise for c in configs if c.preset == "fast"} == {0.0, 0.5}
-    assert {c.img_size for c in configs} == {64} and len({c.run_id for c in configs}) == 57
+    assert {c.img_size for c in configs} == {64} and len({c.run_id for c in configs}) == 61
     report = [registry.run_label(c.model, c.lambda_layer) for c in configs if c.preset == "report" and c.seed == 0]
     assert sorted(report) == sorted(["R18", "LR18_L3x4(rpe)", *(f"LR18_L2({p}){impl}" for p in ("rpe", "lc")
                                                                 for impl in ("", "[ours-n01]", "[lucidrains]"))])
-    assert sum(c.model == "LR18_L3x4(rpe)" for c in configs) == 6  # both presets, 3 seeds
+    assert sum(c.model == "LR18_L3x4(rpe)" for c in configs) == 10  # both presets, 5 seeds
     lc = [c for c in configs if c.position() == "lc" and c.lambda_layer != "lucidrains"]
     assert lc and all(c.identity()["lc_scope"] == 5 for c in lc)
     for config in lc[:1]:
         assert models.scope_covers_map(models.create(config.model, num_classes=10, **config.model_kwargs())) is None
-    assert "57 runs: 0 already finished, 57 run now" in capsys.readouterr().out
+    assert "61 runs: 0 already finished, 61 run now" in capsys.readouterr().out
 
 
 def test_reproduce_submits_the_grid_through_submitit(monkeypatch, tmp_path, capsys):
