@@ -113,8 +113,11 @@ def mean_band(curves: dict[int, dict[int, float]]) -> tuple[np.ndarray, ...]:
 
 def _rows_apart(runs: pd.DataFrame) -> bool:
     """Whether these runs' train and val losses differ so much in range that one y-axis would flatten one row."""
-    tops = [max((v for curve in seed_curves(runs, key).values() for e, v in curve.items() if e > 1),
-                default=math.nan) for key in ("train_loss", "val_loss")]
+    def top(key: str) -> float:  # the highest finite loss after epoch 1, over every run (each noise level too)
+        values = [float(r[key]) for _, run in runs.iterrows() for r in _split(run)[0] if r["epoch"] > 1]
+        return max((v for v in values if math.isfinite(v)), default=math.nan)
+
+    tops = [top("train_loss"), top("val_loss")]
     return min(tops) > 0 and max(tops) > APART * min(tops)
 
 
