@@ -215,7 +215,7 @@ def _attention_trained(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(unused)}: not with --trained, which explains each model's top-1 class on "
                          "both.png and three Imagenette validation images")
     labels = args.models or list(attention.TRAINED_LABELS)
-    noise = [float(n) for n in args.noise.split(",")] if args.noise else list(attention.TRAINED_NOISE)
+    noise = _noise_levels(args.noise) or list(attention.TRAINED_NOISE)
     result = attention.trained_figure(args.results, out=args.out, labels=labels, noise=noise, method=args.method)
     print(result.caption)
     print(f"\nfigure: {result.path}\ncaption: {result.caption_path}\ntable: {result.table_path} "

@@ -278,3 +278,11 @@ def test_without_lambda_networks_the_lucidrains_runs_fail_in_one_line_and_the_gr
     assert "pip install 'lambdalib[report-impl]'" in failure and len(failure.splitlines()) == 1
     done = [p.name for p in (tmp_path / "runs").iterdir() if (p / "summary.json").is_file()]
     assert len(done) == 1 and "lucidrains" not in done[0]
+
+
+@pytest.mark.parametrize("command", [["reproduce", "--quick"], ["attention", "--trained"]])
+def test_a_noise_list_that_is_not_numbers_names_the_flag(tmp_path, capsys, command):
+    assert main([*command, "--noise", "abc", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--noise 'abc': expected comma-separated fractions" in err
+    assert not list(tmp_path.iterdir())
