@@ -73,7 +73,10 @@ def data_fingerprint(data: str) -> str:
             for image in sorted((path / split).rglob("*")) if (path / split).is_dir() else []:
                 if image.is_file():
                     digest.update(f"{image.relative_to(path).as_posix()}\n".encode())
-                    digest.update(hashlib.sha1(image.read_bytes()).digest())
+                    try:
+                        digest.update(hashlib.sha1(image.read_bytes()).digest())
+                    except OSError:  # unreadable here: the data set's on_error says what that means, not this
+                        digest.update(b"unreadable")
     else:
         with path.open("rb") as handle:
             while chunk := handle.read(16 << 20):

@@ -80,6 +80,28 @@ def test_an_image_rewritten_in_place_at_its_own_size_is_another_experiment(tmp_p
     assert len(list((tmp_path / "results" / "runs").iterdir())) == 2
 
 
+def test_an_image_that_cannot_be_read_still_gives_the_folder_an_identity(tmp_path, monkeypatch):
+    """Reading every image for the digest must not turn a permission problem into a traceback before the data
+    set's own on_error handling (a one-line error, or skip) sees it."""
+    from pathlib import Path
+
+    from lambdalib.imagenette import data_fingerprint
+
+    data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
+    readable = data_fingerprint(str(data))
+    locked, read = next((data / "train").rglob("*.JPEG")), Path.read_bytes
+
+    def refuse(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    data_fingerprint.cache_clear()
+    assert data_fingerprint(str(data)) not in ("", readable)
+    data_fingerprint.cache_clear()
+
+
 def test_images_the_csv_does_not_list_are_named_in_a_warning(tmp_path):
     data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
     extra = next((data / "train").iterdir()) / "added_by_hand.JPEG"
