@@ -210,16 +210,14 @@ def _open_rgb(path: str) -> Image.Image:
 def unreadable_reason(path: str, err: BaseException) -> str:
     """Why `path` could not be read, in a few words."""
     text = " ".join(str(err).split())
-    try:
-        empty = os.path.getsize(path) == 0
-    except OSError:
-        empty = False
-    if empty:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
         return "empty file"
     if isinstance(err, UnidentifiedImageError):
         return "not an image format PIL recognises"
-    if isinstance(err, EOFError) or "truncated" in text.lower():
-        return f"truncated? {text}" if "truncated" not in text.lower() else text
+    if "truncated" in text.lower():
+        return text
+    if isinstance(err, EOFError):
+        return f"truncated? {text}"
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
@@ -466,9 +464,7 @@ class SeededLoader(DataLoader):
     def _in_process(self, batches: Iterator) -> Iterator:
         seed = int(torch.randint(2**62, (), generator=self.generator))
         outer = _rng_state()
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
+        seed_everything(seed)
         state = _rng_state()
         _set_rng_state(outer)
         while True:
