@@ -35,7 +35,7 @@ from PIL import Image
 from . import data as data_lib
 from . import device as dev
 from .files import pid_alive
-from .imagenette import EVAL_CROP_FRACTION
+from .imagenette import EVAL_CROP_FRACTION, file_digest
 
 FORMAT_VERSION = 1
 CACHE_DIRNAME = ".lambdalib-cache"
@@ -150,11 +150,12 @@ def _rule(kind: str, size: int) -> str:
 
 
 def cache_key(paths: Sequence[str], kind: str, size: int, root: Path) -> str:
-    """sha256 over the format version, the rule, the size and every file's (path relative to `root`, bytes, mtime)."""
+    """sha256 over the format version, the rule, the size and every file's path relative to `root` and bytes: an
+    image rewritten in place, even at its own size and modification time, is decoded again."""
     digest = hashlib.sha256(json.dumps([FORMAT_VERSION, kind, size, _rule(kind, size)]).encode())
     for path in paths:
-        st = os.stat(path)
-        digest.update(f"\n{os.path.relpath(path, root)}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        digest.update(f"\n{os.path.relpath(path, root)}\t".encode())
+        digest.update(file_digest(path))
     return digest.hexdigest()
 
 

@@ -100,10 +100,8 @@ def noise_column(noise: float, *, synthetic_hint: bool = True) -> str:
         return f"noisy_labels_{round(level * 100)}"
     hint = f" (noise is a fraction: {noise} % would be {float(noise) / 100:g})" if float(noise) > 1 else ""
     other = "; other rates exist only as seeded synthetic symmetric noise (synthetic=True)" if synthetic_hint else ""
-    raise ValueError(
-        f"noise={noise!r} is not an official Imagenette noise level; the official noisy labels exist for "
-        f"{list(NOISE_LEVELS)}{hint}{other}."
-    )
+    raise ValueError(f"noise={noise!r} is not an official Imagenette noise level; the official noisy labels exist for "
+                     f"{list(NOISE_LEVELS)}{hint}{other}.")
 
 
 def symmetric_noise(targets: Iterable[int], rate: float, num_classes: int = len(WNIDS), seed: int = 0) -> np.ndarray:

@@ -154,10 +154,8 @@ def _fetch(url: str, archive: Path, md5: str) -> None:
                     f"(or that md5 is wrong). Nothing was kept under {archive.parent}; replace the file with a "
                     "complete copy."
                 )
-            raise IntegrityError(
-                f"{url}: md5 {got} does not match the expected {md5}; the download was discarded. "
-                "Check the URL and md5 (an incomplete transfer also gives this), then run again."
-            )
+            raise IntegrityError(f"{url}: md5 {got} does not match the expected {md5}; the download was discarded. "
+                                 "Check the URL and md5 (an incomplete transfer also gives this), then run again.")
         os.replace(part, archive)
     except IntegrityError:
         raise

@@ -4,8 +4,10 @@ No lambdalib imports and no torch: config, data, download, figures and claims al
 """
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
+import io
 import math
 import re
 from pathlib import Path
@@ -55,28 +57,35 @@ def data_slug(data: str) -> str:
 KNOWN_DATA = ("embedded", "imagenette2", "imagenette2-160", "imagenette2-320")  # content known by the name
 
 
+def file_digest(path: str | Path) -> bytes:
+    """sha1 of a file's bytes; b"unreadable" when it cannot be read (the data set's on_error says what that means)."""
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).digest()
+    except OSError:
+        return b"unreadable"
+
+
 @functools.lru_cache(maxsize=32)
 def data_fingerprint(data: str) -> str:
     """What a data source holds, as 12 hex digits; '' where the name says it (the embedded set, the official
-    archives) or nothing can be read here (a URL, a missing path). A folder: its CSV and every image's path and
-    bytes, so an image rewritten in place at the same size is another data set (0.4 s for 13,394 images, 162 MB,
-    read from the page cache of a 2-core EPYC); an archive file: all its bytes. Two folders of one name never
-    share it."""
+    archives) or nothing can be read here (a URL, a missing path). A folder: its CSV and the bytes of every image
+    it lists, so an image rewritten in place (even at its own size and time) is another data set, and a file it
+    does not list (unused) changes nothing; 0.3 s for 13,394 images, 162 MB, read from the page cache of a 2-core
+    EPYC. An archive file: all its bytes. Two folders of one name never share it."""
     path = Path(data).expanduser()
     if data in KNOWN_DATA or "://" in data or not path.exists():
         return ""
     digest = hashlib.sha1()
     if path.is_dir():
-        csv = path / CSV_NAME
-        digest.update(csv.read_bytes() if csv.is_file() else b"")
-        for split in SPLITS:
-            for image in sorted((path / split).rglob("*")) if (path / split).is_dir() else []:
-                if image.is_file():
-                    digest.update(f"{image.relative_to(path).as_posix()}\n".encode())
-                    try:
-                        digest.update(hashlib.sha1(image.read_bytes()).digest())
-                    except OSError:  # unreadable here: the data set's on_error says what that means, not this
-                        digest.update(b"unreadable")
+        labels = (path / CSV_NAME).read_bytes() if (path / CSV_NAME).is_file() else b""
+        digest.update(labels)
+        try:
+            listed = {row.get("path") or "" for row in csv.DictReader(io.StringIO(labels.decode("utf-8", "replace")))}
+        except csv.Error:  # not a CSV: the data set says so in one line when it reads it
+            listed = set()
+        for name in sorted(listed - {""}):
+            digest.update(f"{name}\n".encode())
+            digest.update(file_digest(path / name))
     else:
         with path.open("rb") as handle:
             while chunk := handle.read(16 << 20):

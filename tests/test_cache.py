@@ -1,8 +1,11 @@
 """The decoded-image data path (lambdalib.cache): cache keyed, verified and built once; crops drawn like
 torchvision's RandomResizedCrop; batches repeat with the generator; eval crops equal data.val_transform's."""
+import io
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +81,22 @@ def test_a_changed_or_added_file_rebuilds_the_cache(tiny_imagenette, tmp_path):
     added = C.decoded_images(train_set.paths + [train_set.paths[0]], "train", 36, root=root, split="train",
                              cache_dir=cache_dir, progress=False)
     assert added.decoded == 41 and added.path != changed.path
+
+
+def test_an_image_rewritten_at_its_own_size_and_time_rebuilds_the_cache(tiny_imagenette, tmp_path):
+    """The key reads every image's bytes: a copy tool that keeps sizes and modification times cannot hand a run
+    the old pixels under the new data set's identity."""
+    root = copy_of(tiny_imagenette, tmp_path)
+    train_set, _ = splits(root)
+    cache_dir, image = tmp_path / "cache", Path(train_set.paths[3])
+    old = C.dataset_images(train_set, "train", 32, cache_dir=cache_dir, progress=False)
+    stat, buffer = image.stat(), io.BytesIO()
+    Image.new("RGB", (36, 36), "white").save(buffer, format="JPEG", quality=90)
+    image.write_bytes(buffer.getvalue() + bytes(stat.st_size - len(buffer.getvalue())))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    again = C.dataset_images(train_set, "train", 32, cache_dir=cache_dir, progress=False)
+    assert again.decoded == 40 and again.path != old.path and again.images[3].min() >= 250
 
 
 def test_an_interrupted_build_is_never_used(tiny_imagenette, tmp_path, monkeypatch):

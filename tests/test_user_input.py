@@ -102,6 +102,17 @@ def test_an_image_that_cannot_be_read_still_gives_the_folder_an_identity(tmp_pat
     data_fingerprint.cache_clear()
 
 
+def test_a_file_the_csv_does_not_list_leaves_the_identity_alone(tmp_path):
+    from lambdalib.imagenette import data_fingerprint
+
+    data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
+    before = data_fingerprint(str(data))
+    (data / "train" / ".DS_Store").write_bytes(b"finder")  # unused: the runs train on what the CSV lists
+    shutil.copy(next((data / "train").rglob("*.JPEG")), next((data / "val").iterdir()) / "spare.JPEG")
+    data_fingerprint.cache_clear()
+    assert data_fingerprint(str(data)) == before
+
+
 def test_images_the_csv_does_not_list_are_named_in_a_warning(tmp_path):
     data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
     extra = next((data / "train").iterdir()) / "added_by_hand.JPEG"
