@@ -237,17 +237,17 @@ def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dic
         spikes, unreliable = spikes + mine, unreliable + (not curves.batch_stats_reliable(history))
         first = next((s["epoch"] for s in mine if s["cause"] == curves.SPIKE_EXPLOSION), None)
         spec = registry.SPECS.get(run["model"])
-        share = (("every set-up", "runs with more than two lambda layers")
+        group = (("every set-up", "runs with more than two lambda layers")
                  if row.key == "2" and spec is not None and spec.position and spec.lambda_layers > 2
                  else (run["where_setup"], run["label"]) if row.key == "11" and run["label"].startswith("LR34_L3")
                  else None)
         stopped = run["diverged_at"] if run["status"] == "diverged" and is_finite(run["diverged_at"]) else None
-        if share and first is None and stopped is not None and stopped < curves.LATE_EPOCH:
+        if group and first is None and stopped is not None and stopped < curves.LATE_EPOCH:
             # our divergence rule ended it before "several epochs" without an explosion: it cannot say either way
-            censored.setdefault(share, []).append(f"{run['label']} s{int(run['seed'])} ({where}) at epoch {stopped:g}")
-            groups.setdefault(share, [])
-        elif share:
-            groups.setdefault(share, []).append((run, first is not None))
+            censored.setdefault(group, []).append(f"{run['label']} s{int(run['seed'])} ({where}) at epoch {stopped:g}")
+            groups.setdefault(group, [])
+        elif group:
+            groups.setdefault(group, []).append((run, first is not None))
         elif row.key == "14" and first is not None:
             before = curves.val_loss_rise([r for r in history if r["epoch"] < first])
             groups.setdefault((run["where_setup"], "exploding runs"), []).append((run, before >= OVERFIT_DELTA))
