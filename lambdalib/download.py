@@ -26,7 +26,7 @@ from torchvision.datasets.utils import calculate_md5, check_integrity, download_
 
 from . import paths
 from .files import pid_alive
-from .imagenette import CSV_NAME, EMBEDDED_NAME, SPLITS, data_slug
+from .imagenette import CSV_NAME, EMBEDDED_NAME, SPLITS, data_slug, listed_paths
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +214,8 @@ def _extract(archive: Path, folder: Path, md5: str, url: str) -> None:
 
 def _listed_paths(csv_path: Path) -> list[str]:
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            return [row["path"] for row in csv.DictReader(f) if row.get("path")]
-    except (KeyError, UnicodeDecodeError, csv.Error) as err:
+        return listed_paths(csv_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, csv.Error) as err:
         raise IntegrityError(f"its {CSV_NAME} is not the official label file ({_one_line(err)})") from err
 
 

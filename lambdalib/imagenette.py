@@ -57,6 +57,11 @@ def data_slug(data: str) -> str:
 KNOWN_DATA = ("embedded", "imagenette2", "imagenette2-160", "imagenette2-320")  # content known by the name
 
 
+def listed_paths(labels: str) -> list[str]:
+    """The `path` column of a noisy_imagenette.csv's text, empty cells left out (csv.Error when it is not a CSV)."""
+    return [row["path"] for row in csv.DictReader(io.StringIO(labels)) if row.get("path")]
+
+
 def file_digest(path: str | Path) -> bytes:
     """sha1 of a file's bytes; b"unreadable" when it cannot be read (the data set's on_error says what that means)."""
     try:
@@ -80,10 +85,10 @@ def data_fingerprint(data: str) -> str:
         labels = (path / CSV_NAME).read_bytes() if (path / CSV_NAME).is_file() else b""
         digest.update(labels)
         try:
-            listed = {row.get("path") or "" for row in csv.DictReader(io.StringIO(labels.decode("utf-8", "replace")))}
+            listed = listed_paths(labels.decode("utf-8", "replace"))
         except csv.Error:  # not a CSV: the data set says so in one line when it reads it
-            listed = set()
-        for name in sorted(listed - {""}):
+            listed = []
+        for name in sorted(set(listed)):
             digest.update(f"{name}\n".encode())
             digest.update(file_digest(path / name))
     else:
