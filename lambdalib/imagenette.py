@@ -9,6 +9,7 @@ import functools
 import hashlib
 import io
 import math
+import os
 import re
 from pathlib import Path
 
@@ -63,11 +64,19 @@ def listed_paths(labels: str) -> list[str]:
 
 
 def file_digest(path: str | Path) -> bytes:
-    """sha1 of a file's bytes; b"unreadable" when it cannot be read (the data set's on_error says what that means)."""
+    """sha1 of a file's bytes; b"unreadable" when it cannot be read (the data set's on_error says what that means).
+    Read once per process while the file's inode, size, mtime and ctime stay the same (a rewrite or chmod changes
+    ctime): the data fingerprint and the decoded cache's key then read each image once, not once each."""
     try:
-        return hashlib.sha1(Path(path).read_bytes()).digest()
+        st = os.stat(path)
+        return _read_digest(str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     except OSError:
         return b"unreadable"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _read_digest(path: str, *stat: int) -> bytes:
+    return hashlib.sha1(Path(path).read_bytes()).digest()
 
 
 @functools.lru_cache(maxsize=32)

@@ -99,6 +99,19 @@ def test_an_image_rewritten_at_its_own_size_and_time_rebuilds_the_cache(tiny_ima
     assert again.decoded == 40 and again.path != old.path and again.images[3].min() >= 250
 
 
+def test_the_identity_and_the_cache_key_read_each_image_once(tiny_imagenette, tmp_path, monkeypatch):
+    from lambdalib.imagenette import data_fingerprint
+
+    root = copy_of(tiny_imagenette, tmp_path)
+    train_set, _ = splits(root)
+    reads, read = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(str(self)) or read(self))
+    data_fingerprint(str(root))  # what a run's identity reads
+    C.dataset_images(train_set, "train", 32, cache_dir=tmp_path / "cache", progress=False)  # then its cache key
+    images = [name for name in reads if name.endswith(".JPEG")]
+    assert len(images) == len(set(images)) == 60  # 40 train + 20 val images, each read once
+
+
 def test_an_interrupted_build_is_never_used(tiny_imagenette, tmp_path, monkeypatch):
     train_set, _ = splits(tiny_imagenette)
     calls = {"n": 0}
