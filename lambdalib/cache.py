@@ -1,7 +1,7 @@
 """Decode once, augment in batches: the decoded-image data path, without DataLoader workers (whose JPEG decoding
 every epoch competes with the model for a 2-core machine's cores).
 
-`decoded_images` decodes each split ONCE into a memory-mapped uint8 cache keyed by the file list, the stored size,
+`decoded_images` decodes each split ONCE into a memory-mapped uint8 cache keyed by every file's bytes, the stored size,
 the resize rule and a format version (a stale cache is rebuilt, a partial one never used). `CachedLoader` draws
 torchvision's RandomResizedCrop + flip for whole batches from a caller-seeded generator, on the CPU in uint8
 ("host") or with the images in the device's memory ("device", airbench's habit: no host work or sync per step).
@@ -481,7 +481,7 @@ def _select(store: DecodedImages, targets: np.ndarray, subset, on_error: str, sp
         row, reason = next(iter(sorted(store.unreadable.items())))
         more = len(store.unreadable) - 1
         raise data_lib.unreadable_error(store.paths[row], reason,
-                                   f"; {more} more {split} images are unreadable" if more else "")
+                                        f"; {more} more {split} images are unreadable" if more else "")
     if len(chosen) == 0:
         raise data_lib.UnreadableImageError(f"no readable {split} image left ({len(store.unreadable)} unreadable, "
                                             f"e.g. {store.paths[next(iter(store.unreadable))]}); replace the files.")

@@ -83,8 +83,8 @@ def read_labels(root_or_csv: str | Path) -> pd.DataFrame:
         raise ValueError(f"{csv} lacks the columns {missing}; expected {list(CSV_COLUMNS)}.")
     repeated = labels["path"][labels["path"].duplicated()]
     if not repeated.empty:  # a repeated row would be trained on twice an epoch, or once under two labels
-        raise ValueError(f"{csv} lists {repeated.iloc[0]} (and {len(repeated) - 1} more) more than once; each image "
-                         "must have one row.")
+        more = f" (and {len(repeated) - 1} more)" * (len(repeated) > 1)
+        raise ValueError(f"{csv} lists {repeated.iloc[0]}{more} more than once; each image must have one row.")
     labels["is_valid"] = labels["is_valid"].astype(str).str.lower().eq("true")
     unknown = sorted(set(labels[list(CSV_COLUMNS[1:6])].to_numpy().ravel()) - set(WNIDS), key=str)
     if unknown:
@@ -366,7 +366,7 @@ class NoisyImagenette(Dataset):
         more = f"; {len(bad) - 1} more {self.split} images are unreadable" if len(bad) > 1 else ""
         if self.on_error == "fail" or len(bad) == len(rows):
             raise unreadable_error(first, reason, more if self.on_error == "fail" else
-                              f"; all {len(bad)} {self.split} images are unreadable")
+                                   f"; all {len(bad)} {self.split} images are unreadable")
         self.skipped = list(bad)
         warnings.warn(f"skipping {len(bad)} unreadable {self.split} image(s) of {len(rows)}, e.g. {first} "
                       f"({reason})", RuntimeWarning, stacklevel=3)

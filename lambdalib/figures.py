@@ -170,7 +170,8 @@ def label_colour(label: str) -> str:
 def _scale(axes: list, points: list[tuple[float, float]], log_above: float | None) -> None:
     """Shared y-limits of `axes` from (epoch, value) `points`, with at least four labelled ticks: set by the
     epochs after the first when epoch 1 would stretch the range by more than half (its losses from an untrained
-    net would flatten the rest), logarithmic when the values span more than `log_above` (None: linear, 0 shown)."""
+    net would flatten the rest), logarithmic when the values span more than `log_above` (None: linear with 0 shown,
+    symmetric-log beyond ±SYMLOG_ABOVE)."""
     every = [v for _, v in points]
     later = [v for e, v in points if e > 1] or every or [1.0, 3.0]
     every = every or later
@@ -181,9 +182,9 @@ def _scale(axes: list, points: list[tuple[float, float]], log_above: float | Non
     log = log_above is not None and low > 0 and high / low > log_above
     symlog = log_above is None and max(-low, high) > SYMLOG_ABOVE
     pad = 0.08 * (high - low) or 0.05 * abs(high) or 0.1
-    limits = (low / 1.08, high * 1.08) if log else (low - pad, high + pad)
-    if symlog:
-        limits = (low * 1.5 if low < -1 else low - 0.5, high * 1.5 if high > 1 else high + 0.5)
+    limits = ((low / 1.08, high * 1.08) if log  # symlog: a factor beyond ±1, half a unit inside (the linear part)
+              else (low * 1.5 if low < -1 else low - 0.5, high * 1.5 if high > 1 else high + 0.5) if symlog
+              else (low - pad, high + pad))
     locator = (ticker.LogLocator(subs=(1.0, 2.0, 5.0) if high / low > 20 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)) if log
                else ticker.SymmetricalLogLocator(base=10, linthresh=1.0) if symlog
                else ticker.MaxNLocator(6, steps=[1, 2, 2.5, 5, 10]))

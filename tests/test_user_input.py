@@ -131,6 +131,7 @@ def test_a_csv_that_lists_an_image_twice_is_one_line(tmp_path, capsys):
     assert main(train_args(data, tmp_path / "results")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "more than once" in err and lines[1].split(",")[0] in err
+    assert "(and" not in err  # one repeated row: no "(and 0 more)"
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
 
 
