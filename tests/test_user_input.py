@@ -104,6 +104,19 @@ def test_an_image_that_cannot_be_read_still_gives_the_folder_an_identity(tmp_pat
     assert data_fingerprint(str(data)) not in ("", readable)
 
 
+def test_an_archive_changed_past_its_first_16_mib_is_another_data_set(tmp_path):
+    from lambdalib.imagenette import data_fingerprint
+
+    archive = tmp_path / "mydata.tgz"
+    archive.write_bytes(bytes(17 << 20))
+    before = data_fingerprint(str(archive))
+    with archive.open("r+b") as handle:  # same size, one byte changed near the end
+        handle.seek(-1, 2)
+        handle.write(b"\x01")
+    data_fingerprint.cache_clear()
+    assert data_fingerprint(str(archive)) not in ("", before)
+
+
 def test_a_file_the_csv_does_not_list_leaves_the_identity_alone(tmp_path):
     from lambdalib.imagenette import data_fingerprint
 
