@@ -510,7 +510,7 @@ def trained_targets(folder: Path) -> tuple[Path, Path]:
     path, table = folder / "figures" / f"{TRAINED_NAME}.png", folder / "tables" / f"{TRAINED_NAME}.csv"
     for file, start in ((path, b"\x89PNG"), (path.with_suffix(".md"), CAPTION_START.format(path=path)),
                         (table, "model,noise,image,"), (table.with_suffix(".md"), "| model |")):
-        if file.is_dir() or file.exists() and not files.begins_with(file, start):
+        if files.foreign(file, start):
             raise ValueError(f"--out {folder}: {file} exists and is not a file lambdalib wrote; it is left as it is: "
                              "choose another folder")
     return path, table

@@ -81,7 +81,7 @@ def figure_target(out: Path | str | None, default: Path, *, flag: str = "--out",
             raise ValueError(f"{flag} {out}: a figure is written as .png; give a .png path or a folder")
     for suffix, first_line in (companions or {}).items():
         beside = path.with_suffix(suffix)
-        if beside.is_dir() or beside.exists() and not begins_with(beside, first_line.format(path=path)):
+        if foreign(beside, first_line.format(path=path)):
             raise ValueError(f"{flag} {out}: {beside} exists and is not a file lambdalib wrote; it is left as it "
                              "is: choose another name or folder")
     if path.is_dir():
@@ -89,14 +89,14 @@ def figure_target(out: Path | str | None, default: Path, *, flag: str = "--out",
     return path
 
 
-def begins_with(path: Path, start: str | bytes) -> bool:
-    """Whether the file at `path` begins with `start` (text as UTF-8; False when it cannot be read)."""
+def foreign(path: Path, start: str | bytes) -> bool:
+    """Whether `path` holds what lambdalib did not write there (a folder, or a file not beginning with `start`)."""
     start = start.encode() if isinstance(start, str) else start
     try:
         with open(path, "rb") as handle:
-            return handle.read(len(start)) == start
-    except OSError:
-        return False
+            return handle.read(len(start)) != start
+    except OSError as err:  # missing: nothing in the way; a folder or an unreadable file: someone else's
+        return not isinstance(err, FileNotFoundError)
 
 
 def pid_alive(pid: int) -> bool:
