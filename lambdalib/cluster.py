@@ -1,19 +1,13 @@
 """Submit the grid's runs to a cluster through submitit (SLURM, or local processes), one job per run.
 
-    from lambdalib import cluster
-    from lambdalib.sweep import Grid
-
-    executor = cluster.make_executor("results/submitit", cluster="slurm", slurm_partition="gpu",
-                                     timeout_min=12 * 60, mem_gb=32)
+    executor = cluster.make_executor("results/submitit", cluster="slurm", slurm_partition="gpu", mem_gb=32)
     jobs = cluster.submit(Grid(params=dict(data="imagenette2-160")).configs(), executor)
-    for job in jobs:
-        folder = job.result()                  # the run folder; a failed run raises its error here
+    folder = jobs[0].result()  # the run folder; a failed run raises its error here
 
-A job runs `lambdalib.train.run(config)`, as `lambdalib train` does, so it writes the ordinary run record that
-`lambdalib report` reads. Finished runs get no job; an interrupted one resumes from its last.pt, and so does a job
-SLURM stops at its time limit or preempts (submitit requeues it: `TrainJob.checkpoint`), so `timeout_min` only
-needs to cover one epoch. Paths are made absolute (a job may start elsewhere) and must be on a file system the
-compute nodes share. submitit is optional: `pip install submitit` (or the `cluster` extra).
+A job runs `lambdalib.train.run(config)`, as `lambdalib train` does, writing the ordinary run record. Finished runs
+get no job; an interrupted one resumes from its last.pt, and so does a job SLURM stops at its time limit or
+preempts (requeued: `TrainJob.checkpoint`), so `timeout_min` only needs to cover one epoch. Paths are made absolute
+and must be on a file system the compute nodes share. submitit is optional: `pip install submitit`.
 """
 from __future__ import annotations
 
@@ -75,21 +69,17 @@ def submit(configs: list[RunConfig], executor) -> list:
     todo = [config.portable() for config in pending(configs)]
     if not todo:
         return []
-    with executor.batch():
-        jobs = [executor.submit(TrainJob(), config) for config in todo]
-    return jobs
+    with executor.batch():  # the jobs are submitted when the block ends
+        return [executor.submit(TrainJob(), config) for config in todo]
 
 
 def make_executor(folder: str | os.PathLike, cluster: str | None = None, **params: Any):
-    """A `submitit.AutoExecutor` writing its job files and logs to `folder`, with lambdalib's defaults.
+    """A `submitit.AutoExecutor` writing its job files and logs to `folder`, with DEFAULTS and name='lambdalib'.
 
-    cluster: 'slurm', 'local' (processes on this machine), 'debug' (in this process), or None: SLURM where `sbatch`
-    exists, else local. params: submitit's, generic (timeout_min, gpus_per_node, cpus_per_task, mem_gb, ...) and
-    cluster-prefixed (slurm_partition, slurm_account, slurm_array_parallelism, slurm_additional_parameters, ...;
-    another cluster's are ignored); CONSTRUCTOR_PARAMS (slurm_max_num_timeout: how often a job at its time limit
-    is requeued) go to the executor's constructor. Defaults: DEFAULTS and name='lambdalib'; a local executor
-    reserves no cores or memory, takes the GPUs this machine has (at most 1) and starts every job at once (for one
-    machine, `lambdalib reproduce --jobs N` paces them).
+    cluster: 'slurm', 'local', 'debug' (in this process), or None: SLURM where `sbatch` exists, else local. params:
+    submitit's, generic (timeout_min, mem_gb, ...) and cluster-prefixed (slurm_partition, slurm_array_parallelism,
+    ...; another cluster's are ignored). A local executor reserves no cores or memory, takes at most 1 GPU and starts
+    every job at once (on one machine, `lambdalib reproduce --jobs N` paces them).
     """
     submitit = _submitit()
     at_start = {k: params.pop(k) for k in list(params) if k in CONSTRUCTOR_PARAMS}
@@ -98,8 +88,7 @@ def make_executor(folder: str | os.PathLike, cluster: str | None = None, **param
     if executor.cluster in ("local", "debug"):
         from .sweep import torch_cuda_count
 
-        settings.pop("cpus_per_task")
-        settings.pop("mem_gb")
+        del settings["cpus_per_task"], settings["mem_gb"]
         settings["gpus_per_node"] = min(1, torch_cuda_count())
     settings.update(params)
     executor.update_parameters(**settings)

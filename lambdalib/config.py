@@ -36,20 +36,16 @@ ADDED_IDENTITY: tuple[str, ...] = ("data_digest", "lambda_layer")
 FLOAT_FIELDS = ("noise", "lr", "weight_decay", "eta_min", "grad_clip", "diverge_factor")
 
 # fields given explicitly win over a preset or a profile
-PRESETS: dict[str, dict[str, Any]] = {
-    "report": dict(lr=1e-5),
-    "fast": dict(lr=1e-3),
-}
+PRESETS: dict[str, dict[str, Any]] = {"report": dict(lr=1e-5), "fast": dict(lr=1e-3)}
 # the sweep's scales (`reproduce --quick` / `--study`)
 PROFILES: dict[str, dict[str, Any]] = {
-    # every model and noise level, so every table and figure has its rows, in minutes on a 2-core CPU: a smoke
-    # test, not results (no checkpoints: 40 would be ~2-3 GB)
+    # every model and noise level, so every table and figure has its rows, in minutes on a CPU: a smoke test, not
+    # results (no checkpoints: 40 runs' would take gigabytes)
     "quick": dict(epochs=3, img_size=64, batch_size=32, preset="fast", data="embedded", train_per_class=24,
                   val_per_class=16, checkpoints="none"),
     # the committed study: the whole embedded set at 64 px (an 8x8 stage-2 map: the lambda layer acts, and the
-    # scaled lc scope r=5 differs from global rpe), 20 epochs (cosine cycles 5 + 10, then 5 epochs into the third:
-    # the last epoch is not the best by construction), bf16 autocast (x1.4-1.5 on a CPU with native bf16),
-    # best.pt for figure 7. README.md says why, what it costs and what it leaves out.
+    # scaled lc scope r=5 differs from global rpe), 20 epochs (cycles 5 + 10, then 5 into the third: the last epoch
+    # is not the best by construction), bf16 autocast, best.pt for figure 7. README.md says why and what it costs.
     "study": dict(epochs=20, img_size=64, batch_size=64, data="embedded", lc_scope=0, amp="bf16", checkpoints="best"),
 }
 
@@ -82,12 +78,11 @@ class RunConfig:
     lc_scope: int = _field(23, "scope r of the lc (lambda convolution) models, odd; 0 = scaled with the image: the "
                                "largest odd r <= 23 x img_size / 224, the share of the image the report's r=23 "
                                "covers at 224 px (not part of a non-lc model's identity)")
-    lambda_layer: str = _field("ours", "whose lambda layer a Lambda-ResNet uses: 'ours' (lambdalib.layers, "
-                                       "position table scaled to unit output), 'ours-n01' (ours with an N(0, 1) "
-                                       "position table, as lucidrains draws it), 'lucidrains' (the published "
-                                       "lambda-networks package the report used; lc at the report's r=23; pip install "
-                                       "'lambdalib[report-impl]')",
-                               LAMBDA_LAYERS)
+    lambda_layer: str = _field("ours", "whose lambda layer a Lambda-ResNet uses: 'ours' (lambdalib.layers, position "
+                                       "table scaled to unit output), 'ours-n01' (ours with an N(0, 1) position table, "
+                                       "as lucidrains draws it), 'lucidrains' (the published lambda-networks package "
+                                       "the report used; lc at the report's r=23; pip install "
+                                       "'lambdalib[report-impl]')", LAMBDA_LAYERS)
     seed: int = _field(0, "seed of the weights, the noise draw (synthetic) and the data order")
     data: str = _field("embedded", "'embedded', 'imagenette2-160', 'imagenette2-320', 'imagenette2', a folder in "
                                    "the imagenette2 layout, or an archive path / URL")
@@ -187,9 +182,8 @@ class RunConfig:
     def resolved(self) -> "RunConfig":
         """This config with every 'auto' / 0 made concrete (precision, world size, lc scope, data digest):
         what a run record holds."""
-        amp, world_size = self.amp, self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        if amp == "auto":
-            amp = _auto_precision(self.device)
+        amp = _auto_precision(self.device) if self.amp == "auto" else self.amp
+        world_size = self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         return replace(self, amp=amp, world_size=world_size, lc_scope=self.lc_scope or scaled_scope(self.img_size),
                        data_digest=self.data_digest or data_fingerprint(self.data))
 
@@ -207,8 +201,7 @@ class RunConfig:
             ident.pop("lc_scope")  # computes nothing there: R18 or rpe runs keep their identity
         if config.position() is None:
             ident.pop("lambda_layer", None)  # a ResNet has no lambda layer
-        for name in FLOAT_FIELDS:
-            ident[name] = float(ident[name])
+        ident.update({name: float(ident[name]) for name in FLOAT_FIELDS})
         if config.pipeline != 1:
             ident["pipeline"] = config.pipeline
         return ident
@@ -321,27 +314,16 @@ def preset_fields() -> frozenset[str]:
     return frozenset(name for values in PRESETS.values() for name in values)
 
 
-def help_text(name: str) -> str:
-    """The field's one-line help (what `--help` and the notebooks' parameters cells show)."""
-    return {f.name: f.metadata["help"] for f in fields(RunConfig)}[name]
-
-
 def _coerce(cls: type, name: str, value: Any) -> Any:
     """papermill and the CLI hand over strings and ints; convert to the field's type, naming the field."""
     kind = {f.name: f.type for f in fields(cls)}[name]
     try:
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
+        if kind == "bool" and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
-            return int(value)
-        if kind == "float":
-            return float(value)
-        return str(value)
+            return value.lower() in ("true", "1", "yes")
+        if kind == "int" and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return {"bool": bool, "int": int, "float": float}.get(kind, str)(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name}={value!r}: expected {kind}") from None

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from .config import help_text, parameter_fields, preset_fields
+from .config import parameter_fields, preset_fields
 
 # The set-up cell ends with `_names_before_parameters = set(globals())`; check_parameters compares with it.
 SNAPSHOT = "_names_before_parameters"
@@ -44,12 +44,13 @@ def notebook_defaults() -> dict[str, Any]:
 
 
 def run_config_parameters() -> list[Param]:
-    """The training notebooks' RunConfig parameters, in the dataclass's order, with their help."""
-    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in parameter_fields()}
+    """The training notebooks' RunConfig parameters, in the dataclass's order, with their help (each field's type
+    is a string: config.py postpones annotations)."""
+    by_name = {f.name: f for f in parameter_fields()}
     params = []
     for name, value in notebook_defaults().items():
-        hint = help_text(name)
-        params.append(Param(name, types[name], value, f"{PRESET_HELP}; {hint}" if value is None else hint))
+        hint = by_name[name].metadata["help"]
+        params.append(Param(name, by_name[name].type, value, f"{PRESET_HELP}; {hint}" if value is None else hint))
     return params
 
 
@@ -95,11 +96,9 @@ def training_parameters_source(family: Sequence[Param]) -> str:
 def check_parameters(namespace: dict[str, Any], declared: Iterable[str]) -> None:
     """Stop, in one line naming it and its closest known name, on a papermill parameter this notebook does not
     declare (a misspelt `-p noize 0.5`), instead of papermill's warning and a whole run with the default.
-
     Called with `globals()` after the parameters cell: a literal defined since the set-up cell's SNAPSHOT that is
-    not `declared` (nor an IPython _name) came from papermill's injected cell. Without SNAPSHOT (cells re-run by
-    hand) nothing is checked.
-    """
+    not `declared` (nor an IPython _name) came from papermill's injected cell; without SNAPSHOT (cells re-run by
+    hand) nothing is checked."""
     before = namespace.pop(SNAPSHOT, None)
     if before is None:
         return
