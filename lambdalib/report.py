@@ -1,16 +1,11 @@
-"""The report's tables and figures, rebuilt from run records only (nothing typed by hand).
+"""The report's tables and figures, rebuilt from run records only: `report.build()` turns results/runs/*/ into
+results/{README.md, tables/, figures/}.
 
-    from lambdalib import report
-    report.build()              # results/runs/*/ -> results/{README.md, tables/, figures/}
-
-Finished runs (complete, diverged: marked) make the tables and figures; unfinished ones are only listed, since
-their best values cover part of the schedule. A table cell is one experiment (mean ± sample std over seeds); a
-set-up (lambdalib.runs) gets its own section in every table and its own figures, so runs that differ in
-anything but model, noise and seed are never compared. One table per model family (registry.FAMILIES), plus
-the published numbers (lambdalib/published.csv) beside ours; figures are drawn by figures.py.
-
-Everything is computed first, then swapped in whole (`_publish`): a failure or a kill never leaves a mix of two
-reports. Written files hold no absolute paths, so a rebuild anywhere writes the same bytes.
+Only finished runs (complete, diverged: marked) make tables and figures: an unfinished run's best values cover part
+of its schedule. A cell is one experiment (mean ± sample std over seeds); each set-up (lambdalib.runs) gets its own
+section and figures, so runs that differ in anything but model, noise and seed are never compared. Everything is
+computed first, then swapped in whole (`_publish`): a kill never leaves a mix of two reports. Written files hold no
+absolute paths, so a rebuild anywhere writes the same bytes.
 """
 from __future__ import annotations
 
@@ -36,16 +31,11 @@ def tables() -> dict[int, registry.Family]:
     return {f.table: f for f in sorted(registry.FAMILIES.values(), key=lambda f: f.table)}
 
 
-def markdown_table(frame: pd.DataFrame, empty: str = NO_RUNS) -> str:
-    return fmt.markdown_table(frame, empty)
-
-
 TABLE_COLUMNS = SETUP_COLUMNS + [
     "table", "experiment_id", "architecture", "label", "model", "noise", "n_runs", "seeds", "status",
-    "best_train_loss", "best_train_loss_std", "best_val_loss", "best_val_loss_std",
-    "train_time_s", "train_time_s_std", "training_time", "best_val_acc", "best_val_acc_std",
-    "best_val_loss_epoch", "diverged_at", "n_diverged", "params", "gflops",
-    "mean_train_images_per_s", "mean_train_images_per_s_std", "run_ids"]
+    "best_train_loss", "best_train_loss_std", "best_val_loss", "best_val_loss_std", "train_time_s", "train_time_s_std",
+    "training_time", "best_val_acc", "best_val_acc_std", "best_val_loss_epoch", "diverged_at", "n_diverged", "params",
+    "gflops", "mean_train_images_per_s", "mean_train_images_per_s_std", "run_ids"]
 
 
 def results_table(cells: pd.DataFrame, number: int) -> pd.DataFrame:
@@ -83,10 +73,9 @@ def results_table_markdown(table: pd.DataFrame) -> pd.DataFrame:
 PUBLISHED = ("best_train_loss", "best_val_loss", "training_time", "training_time_s")  # published_<column>
 OURS = ("best_train_loss", "best_val_loss", "train_time_s", "n_runs", "diverged_at")  # ours_<column>
 COMPARISON_COLUMNS = SETUP_COLUMNS + [
-    "table", "architecture", "label", "noise",
-    "published_best_train_loss", "ours_best_train_loss", "published_best_val_loss", "ours_best_val_loss",
-    "published_training_time", "published_training_time_s", "ours_train_time_s", "ours_n_runs",
-    "ours_diverged_at", "note"]
+    "table", "architecture", "label", "noise", "published_best_train_loss", "ours_best_train_loss",
+    "published_best_val_loss", "ours_best_val_loss", "published_training_time", "published_training_time_s",
+    "ours_train_time_s", "ours_n_runs", "ours_diverged_at", "note"]
 
 
 def comparison_table(cells: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
@@ -135,7 +124,7 @@ def comparison_markdown(block: pd.DataFrame) -> str:
         "Note": block["note"].map(lambda n: f"[{notes.index(n) + 1}]" if isinstance(n, str) and n else ""),
     })
     footnotes = "".join(f"- [{i}] {note}\n" for i, note in enumerate(notes, 1))
-    return markdown_table(table) + (f"\nNotes on the published numbers:\n\n{footnotes}" if notes else "")
+    return fmt.markdown_table(table, NO_RUNS) + (f"\nNotes on the published numbers:\n\n{footnotes}" if notes else "")
 
 
 RUNS_INDEX_COLUMNS = ["Run", "Status", "Set-up", "Architecture", "Seed", "Epochs", "Best val loss",
@@ -272,18 +261,15 @@ def _what_this_is(setups: list[dict], n_runs: int) -> tuple[str, str]:
 def build(results_dir: Path | str | None = None, runs=None, out: Path | str | None = None, *,
           quiet: bool = False) -> Path:
     """Rebuild the report from the run records under results_dir/runs/ (default: the project's results/; `runs`:
-    these run folders instead) into `out` (default: results_dir), and return the path of its README.md.
-
-    A results_dir without runs/ is a FileNotFoundError that creates nothing (a mistyped --results); an empty
-    runs/ gives the "No runs yet" report. Logs every path written unless quiet.
-    """
+    these run folders instead) into `out` (default: results_dir); returns the path of its README.md. A results_dir
+    without runs/ is a FileNotFoundError that creates nothing (a mistyped --results); an empty runs/ gives the "No
+    runs yet" report. Logs every path written unless quiet."""
     results_dir = Path(results_dir) if results_dir else paths.results_dir()
     out = Path(out) if out else results_dir
     if runs is None and not (results_dir / "runs").is_dir():
-        raise FileNotFoundError(
-            f"no run records found at {results_dir / 'runs'} (no such folder); train some first "
-            "(`lambdalib train`, `lambdalib demo`) or name the results folder that holds runs/ (--results on the "
-            "command line, -p results in a notebook)")
+        raise FileNotFoundError(f"no run records found at {results_dir / 'runs'} (no such folder); train some first "
+                                "(`lambdalib train`, `lambdalib demo`) or name the results folder that holds runs/ "
+                                "(--results on the command line, -p results in a notebook)")
     all_runs, skipped = load_runs(results_dir, runs)
     finished = finished_runs(all_runs)
     cells = aggregate(all_runs)
@@ -294,8 +280,8 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
     # tables: one CSV with every set-up (set-up columns) and one markdown with a section per set-up
     families = tables()
     frames = {number: results_table(cells, number) for number in families}
-    table_md = {n: {s["setup"]: markdown_table(results_table_markdown(_of(frames[n], s))) for s in setups}
-                for n in families}
+    table_md = {n: {s["setup"]: fmt.markdown_table(results_table_markdown(_of(frames[n], s)), NO_RUNS)
+                    for s in setups} for n in families}
     for number, family in families.items():
         outputs[f"tables/{family.table_stem}.csv"] = frames[number].to_csv(index=False, lineterminator="\n")
         outputs[f"tables/{family.table_stem}.md"] = (f"## Table {number}: {family.title}\n\n"
@@ -303,14 +289,13 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
     comparison = comparison_table(cells, registry.published())
     comparison_md = {s["setup"]: comparison_markdown(_of(comparison, s)) for s in setups}
     outputs["tables/comparison.csv"] = comparison.to_csv(index=False, lineterminator="\n")
-    outputs["tables/comparison.md"] = ("## Published vs ours\n\n"
-                                     + _sections(setups, comparison_md))
+    outputs["tables/comparison.md"] = "## Published vs ours\n\n" + _sections(setups, comparison_md)
     index = runs_index(all_runs)
-    skipped_md = markdown_table(pd.DataFrame(skipped, columns=["Run", "File", "Problem"]), empty="None.")
+    skipped_md = fmt.markdown_table(pd.DataFrame(skipped, columns=["Run", "File", "Problem"]), "None.")
     internal = [c for c in all_runs.columns if c.startswith("_")]
     runs_csv = all_runs.drop(columns=["family", "model_order", "environment", *internal], errors="ignore")
     outputs["tables/runs.csv"] = runs_csv.to_csv(index=False, lineterminator="\n")  # env_* kept
-    outputs["tables/runs.md"] = ("## Run records\n\n" + markdown_table(index)
+    outputs["tables/runs.md"] = ("## Run records\n\n" + fmt.markdown_table(index, NO_RUNS)
                                + "\n## Unreadable run records (skipped)\n\n" + skipped_md)
 
     # the README: what it is, provenance, then per set-up its tables, the comparison and the figures
@@ -361,9 +346,9 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
             readme.append(f"_No loss curves for Table{'s' * (len(without) > 1)} {', '.join(without)}: no runs in "
                           "this set-up._\n")
     readme.append("## Unfinished runs (not in the tables or figures)\n\n"
-                  + markdown_table(index[index["In tables"] != "yes"], empty="None."))
+                  + fmt.markdown_table(index[index["In tables"] != "yes"], "None."))
     readme.append("## Unreadable run records (skipped)\n\n" + skipped_md)
-    readme.append("## All run records ([csv](tables/runs.csv))\n\n" + markdown_table(index))
+    readme.append("## All run records ([csv](tables/runs.csv))\n\n" + fmt.markdown_table(index, NO_RUNS))
     outputs["README.md"] = "\n".join(readme)
 
     written = _publish(out, outputs)
