@@ -10,11 +10,10 @@ import time
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import summary_table
 
-    rows = summary_table(img_size=args.img_size, num_classes=args.num_classes)
     header = f"{'label':<14} {'timm name':<24} {'params':>11} {'GFLOPs':>7}  lambda layer at ({args.img_size}px)"
     print(header)
     print("-" * len(header))
-    for r in rows:
+    for r in summary_table(img_size=args.img_size, num_classes=args.num_classes):
         print(f"{r['label']:<14} {r['name']:<24} {r['params']:>11,} {r['gflops']:>7.3f}  {r['lambda_site']}")
     print("\nR18/R34 are torchvision's ResNets exactly (the report's baselines); lowercase 'resnet18'/'resnet34' "
           "are timm's networks (other init and data config), not these.")
@@ -115,7 +114,7 @@ def _noise_levels(text: str | None) -> list[float] | None:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .config import PROFILES
-    from .sweep import Grid, default_jobs, study_grids
+    from .sweep import Grid, reproduce, study_grids, torch_cuda_count
 
     given = _given(args, skip=GRID_FIELDS)
     noise = _noise_levels(args.noise)
@@ -135,7 +134,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         grid.configs()  # every config of the grid valid before anything runs
     if args.submitit:
         return _submit([c for g in grids for c in g.configs()], args)
-    return _reproduce(grids, inline=args.quick or args.study or args.inline, jobs=args.jobs or default_jobs())
+    jobs = args.jobs or max(1, torch_cuda_count())  # one run per GPU; one at a time without GPUs
+    start = time.perf_counter()
+    try:
+        counts = reproduce(grids, inline=args.quick or args.study or args.inline, jobs=jobs)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command again to go on")
+        return 130
+    print(f"report: {grids[0].configs()[0].results_dir() / 'README.md'}")
+    print(f"{counts['total']} runs: {counts['skipped']} already finished, {counts['ran']} run now "
+          f"({counts['diverged']} diverged), {counts['failed']} failed, in {time.perf_counter() - start:.0f} s")
+    for line in counts["failures"]:
+        print(f"  failed: {line}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
 
 
 def _submit(configs, args: argparse.Namespace) -> int:
@@ -151,24 +162,6 @@ def _submit(configs, args: argparse.Namespace) -> int:
         print(f"  job {job.job_id}")
     print("when they are done: lambdalib report" + (f" --results {args.results}" if args.results else ""))
     return 0
-
-
-def _reproduce(grid, *, inline: bool, jobs: int) -> int:
-    from .sweep import reproduce
-
-    start = time.perf_counter()
-    try:
-        counts = reproduce(grid, inline=inline, jobs=jobs)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; run the same command again to go on")
-        return 130
-    results = grid[0].configs()[0].results_dir()
-    print(f"report: {results / 'README.md'}")
-    print(f"{counts['total']} runs: {counts['skipped']} already finished, {counts['ran']} run now "
-          f"({counts['diverged']} diverged), {counts['failed']} failed, in {time.perf_counter() - start:.0f} s")
-    for line in counts["failures"]:
-        print(f"  failed: {line}", file=sys.stderr)
-    return 1 if counts["failed"] else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -191,8 +184,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_attention(args: argparse.Namespace) -> int:
     from . import attention
 
-    if args.trained:
-        return _attention_trained(args)
+    if args.trained:  # figure 7 from our own run records
+        unused = [flag for flag, value in (("--image", args.image), ("--target", args.target),
+                                           ("--allow-random", args.allow_random)) if value]
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: not with --trained, which explains each model's top-1 class on "
+                             "both.png and three Imagenette validation images")
+        labels = args.models or list(attention.TRAINED_LABELS)
+        noise = _noise_levels(args.noise) or list(attention.TRAINED_NOISE)
+        result = attention.trained_figure(args.results, out=args.out, labels=labels, noise=noise, method=args.method)
+        print(result.caption)
+        print(f"\nfigure: {result.path}\ncaption: {result.caption_path}\ntable: {result.table_path} "
+              f"(markdown: {result.table_markdown_path})")
+        return 0
     if args.results or args.noise:
         raise ValueError("--results and --noise go with --trained (the figure of our own trained models)")
     target = int(args.target) if args.target and args.target.isdigit() else args.target
@@ -205,30 +209,11 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attention_trained(args: argparse.Namespace) -> int:
-    """`lambdalib attention --trained`: figure 7 from our own run records (attention.trained_figure)."""
-    from . import attention
-
-    unused = [flag for flag, value in (("--image", args.image), ("--target", args.target),
-                                       ("--allow-random", args.allow_random)) if value]
-    if unused:
-        raise ValueError(f"{', '.join(unused)}: not with --trained, which explains each model's top-1 class on "
-                         "both.png and three Imagenette validation images")
-    labels = args.models or list(attention.TRAINED_LABELS)
-    noise = _noise_levels(args.noise) or list(attention.TRAINED_NOISE)
-    result = attention.trained_figure(args.results, out=args.out, labels=labels, noise=noise, method=args.method)
-    print(result.caption)
-    print(f"\nfigure: {result.path}\ncaption: {result.caption_path}\ntable: {result.table_path} "
-          f"(markdown: {result.table_markdown_path})")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="lambdalib", description="Lambda-ResNets on Imagenette with noisy labels: models, training, report."
-    )
+    parser = argparse.ArgumentParser(prog="lambdalib", description="Lambda-ResNets on Imagenette with noisy labels: "
+                                                                  "models, training, report.")
     parser.add_argument("--version", action="version", version=f"lambdalib {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -237,11 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser(
-        "train", help="train one model on one noise level; re-running the same command resumes it",
-        description="Train one model (report label like 'LR18_L2(rpe)' or a timm name) and write its run record "
-                    "under results/runs/. Works under `torchrun --nproc_per_node N` (DDP).",
-    )
+    p = sub.add_parser("train", help="train one model on one noise level; re-running the same command resumes it",
+                       description="Train one model (report label like 'LR18_L2(rpe)' or a timm name) and write its "
+                                   "run record under results/runs/. Works under `torchrun --nproc_per_node N` (DDP).")
     _add_config_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
@@ -253,15 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the sample grid: a .png path or a folder (default results/figures/)")
     p.set_defaults(func=_cmd_data)
 
-    for name, quick_default in (("reproduce", False), ("demo", True)):
-        p = sub.add_parser(
-            name, help="the report's grid: 10 models x noise 0/5/25/50 %%, then the report"
-            if name == "reproduce" else "the main job on the embedded data: `reproduce --quick` into results/demo/",
-            description="Runs every (model, noise, seed) of the grid that has no finished record (through the "
-                        "numbered notebooks with papermill, or in-process with --inline / --quick / --study), then "
-                        "rebuilds the report. Every training flag sets that field for the whole grid.",
-        )
-        p.add_argument("--quick", action="store_true", default=quick_default,
+    for name, summary in (("reproduce", "the report's grid: 10 models x noise 0/5/25/50 %%, then the report"),
+                          ("demo", "the main job on the embedded data: `reproduce --quick` into results/demo/")):
+        p = sub.add_parser(name, help=summary, description="Runs every (model, noise, seed) of the grid that has no "
+                           "finished record (through the numbered notebooks with papermill, or in-process with "
+                           "--inline / --quick / --study), then rebuilds the report. Every training flag sets that "
+                           "field for the whole grid.")
+        p.add_argument("--quick", action="store_true", default=name == "demo",
                        help="profile 'quick': all ten models, every noise level, 3 epochs at 64 px on 24/16 images "
                             "per class of the embedded data (minutes on a laptop CPU; a smoke test, not results)")
         p.add_argument("--study", action="store_true",

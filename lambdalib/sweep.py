@@ -133,11 +133,6 @@ def torch_cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def default_jobs() -> int:
-    """One run per GPU on a multi-GPU machine; one at a time otherwise."""
-    return max(1, torch_cuda_count())
-
-
 def warm_caches(configs: list[RunConfig]) -> None:
     """Decode each (data, image size) of the grid once, here, before `jobs` processes would each decode the
     same images at once (every run then opens the finished cache)."""
