@@ -8,7 +8,6 @@ images come from is download.py. Typical use:
 """
 from __future__ import annotations
 
-import collections
 import functools
 import math
 import os
@@ -27,18 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 from .download import CSV_NAME, SPLITS, check_root, image_files, resolve_root
-from .imagenette import (
-    CLASS_NAMES,
-    CSV_COLUMNS,
-    EVAL_CROP_FRACTION,
-    MEAN,
-    OFFICIAL_NOISE_LEVELS,
-    STD,
-    WNIDS,
-    official_noise_level,
-)
-
-NOISE_LEVELS: tuple[float, ...] = OFFICIAL_NOISE_LEVELS
+from .imagenette import CLASS_NAMES, CSV_COLUMNS, EVAL_CROP_FRACTION, MEAN, STD, WNIDS, official_noise_level
+from .imagenette import OFFICIAL_NOISE_LEVELS as NOISE_LEVELS
 
 
 class UnreadableImageError(ValueError):
@@ -69,10 +58,8 @@ def read_labels(root_or_csv: str | Path) -> pd.DataFrame:
     if csv.is_dir():
         csv = csv / CSV_NAME
     if not csv.is_file():
-        raise FileNotFoundError(
-            f"{csv} not found. The official noisy labels ship as {CSV_NAME} inside every imagenette2 archive; "
-            "place it beside train/ and val/."
-        )
+        raise FileNotFoundError(f"{csv} not found. The official noisy labels ship as {CSV_NAME} inside every "
+                                "imagenette2 archive; place it beside train/ and val/.")
     try:
         labels = pd.read_csv(csv)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -150,8 +137,13 @@ def train_transform(img_size: int = 160) -> Callable:
 
 def val_transform(img_size: int = 160) -> Callable:
     """Resize(img_size / EVAL_CROP_FRACTION) + CenterCrop(img_size) + ToTensor + ImageNet normalisation."""
-    return T.Compose([T.Resize(round(img_size / EVAL_CROP_FRACTION)), T.CenterCrop(img_size), T.ToTensor(),
-                      T.Normalize(MEAN, STD)])
+    return T.Compose([*eval_ops(img_size), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+@functools.lru_cache(maxsize=8)
+def eval_ops(size: int) -> tuple[Callable, ...]:
+    """val_transform(size)'s PIL steps before ToTensor (Resize, CenterCrop): the eval cache applies the same ones."""
+    return T.Resize(round(size / EVAL_CROP_FRACTION)), T.CenterCrop(size)
 
 
 def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: torch.Generator | None = None,
@@ -236,30 +228,16 @@ def decode_whole(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.asarray(rgb, dtype=np.uint8), (height, width)
 
 
-@functools.lru_cache(maxsize=8)
-def eval_ops(size: int) -> tuple[Callable, ...]:
-    """data.val_transform(size)'s steps before ToTensor (Resize, CenterCrop): the very same PIL calls."""
-    ops = []
-    for op in val_transform(size).transforms:
-        if isinstance(op, T.ToTensor):
-            return tuple(ops)
-        ops.append(op)
-    raise ValueError("data.val_transform has no ToTensor step; the eval cache cannot reproduce it.")
-
-
 def decode_eval(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """val_transform(size)'s crop as uint8 HWC (the cache's evaluation rows) and the original (height, width)."""
-    with Image.open(path) as image:
-        width, height = image.size
-        rgb = image.convert("RGB")
-    for op in eval_ops(size):
-        rgb = op(rgb)
-    return np.asarray(rgb, dtype=np.uint8), (height, width)
+    rgb = _open_rgb(path)
+    width, height = rgb.size
+    return np.asarray(T.Compose(eval_ops(size))(rgb), dtype=np.uint8), (height, width)
 
 
 def find_unreadable_images(paths: Sequence[str], workers: int | None = None) -> dict[str, str]:
     """Decode every image as training would (threads: `workers`, default `default_workers()`); return
-    {path: reason} for those that fail, in the order given. About 0.5 ms per 224 px image per core."""
+    {path: reason} for those that fail, in the order given."""
 
     def check(path: str) -> str | None:
         try:
@@ -285,19 +263,9 @@ class NoisyImagenette(Dataset):
     warns once, records the file in this process's `bad_files` and returns the next readable sample).
     """
 
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        split: str = "train",
-        noise: float = 0.0,
-        *,
-        synthetic: bool = False,
-        seed: int = 0,
-        img_size: int = 160,
-        transform: Callable | str | None = "default",
-        on_error: str = "fail",
-        check_images: bool = False,
-    ) -> None:
+    def __init__(self, root: str | Path | None = None, split: str = "train", noise: float = 0.0, *,
+                 synthetic: bool = False, seed: int = 0, img_size: int = 160, on_error: str = "fail",
+                 transform: Callable | str | None = "default", check_images: bool = False) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; use one of {list(SPLITS)}.")
         if on_error not in ("fail", "skip", "raise"):  # "raise": the former name of "fail"
@@ -351,8 +319,7 @@ class NoisyImagenette(Dataset):
                 f"{len(missing)} of {len(listed)} {self.split} images listed in {self.root / CSV_NAME} are missing "
                 f"under {folder}, e.g. {self.root / missing[0]}. The folder must hold every file its CSV lists "
                 "(delete an extracted folder to extract its archive again; rebuild the embedded subset with "
-                "scripts/build_embedded_subset.py)."
-            )
+                "scripts/build_embedded_subset.py).")
         unlisted = sorted(found.difference(listed))
         if unlisted:  # a user who added images expecting them to be trained on would otherwise never know
             warnings.warn(f"{len(unlisted)} files under {folder} are not listed in {self.root / CSV_NAME} and are "
@@ -437,14 +404,14 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def _rng_state() -> tuple:
-    return torch.get_rng_state(), random.getstate(), np.random.get_state()
-
-
-def _set_rng_state(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    random.setstate(state[1])
-    np.random.set_state(state[2])
+def _swap_rng(state: tuple | None = None) -> tuple:
+    """The global torch, random and numpy RNG states; replaced by `state` when one is given."""
+    old = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    if state is not None:
+        torch.set_rng_state(state[0])
+        random.setstate(state[1])
+        np.random.set_state(state[2])
+    return old
 
 
 class SeededLoader(DataLoader):
@@ -461,49 +428,29 @@ class SeededLoader(DataLoader):
 
     def _in_process(self, batches: Iterator) -> Iterator:
         seed = int(torch.randint(2**62, (), generator=self.generator))
-        outer = _rng_state()
+        outer = _swap_rng()
         seed_everything(seed)
-        state = _rng_state()
-        _set_rng_state(outer)
+        state = _swap_rng(outer)
         while True:
-            outer = _rng_state()
-            _set_rng_state(state)
+            outer = _swap_rng(state)
             try:
                 batch = next(batches)
             except StopIteration:
                 return
             finally:
-                state = _rng_state()
-                _set_rng_state(outer)
+                state = _swap_rng(outer)
             yield batch
 
 
-def make_loader(
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    workers: int | None = None,
-    sampler: Sampler | None = None,
-    drop_last: bool = False,
-) -> DataLoader:
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, workers: int | None = None,
+                sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
     """A DataLoader whose order and augmentations are fully determined by `seed` (and the worker count): a
     generator seeded with `seed` shuffles (a `sampler`, e.g. DistributedSampler, replaces `shuffle`) and seeds
     the augmentations (SeededLoader). Each epoch continues the stream, so epochs differ but runs repeat."""
     workers = default_workers() if workers is None else workers
-    return SeededLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else None,
-        sampler=sampler,
-        num_workers=workers,
-        worker_init_fn=_seed_worker,
-        generator=torch.Generator().manual_seed(seed),
-        pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
-        persistent_workers=False,
-    )
+    return SeededLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
+                        num_workers=workers, worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(seed),
+                        pin_memory=torch.cuda.is_available(), drop_last=drop_last, persistent_workers=False)
 
 
 # --------------------------------------------------------------------------- overview
@@ -526,24 +473,14 @@ def first_per_class(targets, per_class: int) -> list[int]:
     """Indices of the first `per_class` items of each class (all items when per_class is 0)."""
     if per_class <= 0:
         return list(range(len(targets)))
-    seen: collections.Counter = collections.Counter()
-    keep = []
-    for index, target in enumerate(map(int, targets)):
-        seen[target] += 1
-        if seen[target] <= per_class:
-            keep.append(index)
-    return keep
+    classes = pd.Series(np.asarray(targets, dtype=np.int64))
+    return np.flatnonzero(classes.groupby(classes).cumcount() < per_class).tolist()
 
 
 def batch_stats_order(n: int, batch_size: int, batches: int = 10) -> list[int]:
     """Positions, among the n validation images, of val_loss_batch_stats' images: a fixed shuffle (seed 0, so
-    every run uses the same images) cut to `batches` whole batches (never a last batch of one).
-
-    Shuffled because the CSV lists images class by class, and train-mode BatchNorm on one-class batches removes
-    the class signal (the loss sat at chance, ln 10, where the eval-mode loss was 1.34). Every epoch, because
-    claims.py compares a spike with the column's earlier values; ten batches cost about a sixth of a full
-    Imagenette validation pass.
-    """
+    every run uses the same images) cut to `batches` whole batches (never a last batch of one). Shuffled because
+    the CSV lists images class by class, and train-mode BatchNorm on one-class batches removes the class signal."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     keep = min(n, batches * batch_size)
     return order[:keep - 1] if keep % batch_size == 1 else order[:keep]

@@ -66,12 +66,6 @@ def image_files(root: str | Path, splits: Iterable[str] = SPLITS) -> set[str]:
     return found
 
 
-def missing_files(root: str | Path, listed: Iterable[str]) -> list[str]:
-    """The relative 'split/wnid/file' paths of `listed` with no file under `root`."""
-    found = image_files(root)
-    return [p for p in listed if p not in found]
-
-
 def check_root(root: str | Path) -> Path:
     """Return `root` if it has the imagenette2 layout, else raise FileNotFoundError saying what is missing."""
     root = Path(root).expanduser()
@@ -87,8 +81,7 @@ def check_root(root: str | Path) -> Path:
             hint = f" {CSV_NAME} ships inside every imagenette2 archive (and in the fastai/imagenette repository)."
     raise FileNotFoundError(
         f"{root} is not an Imagenette folder: missing {', '.join(missing)}. Expected {root}/train/<wnid>/*.JPEG, "
-        f"{root}/val/<wnid>/*.JPEG and {root}/{CSV_NAME} (the layout of the imagenette2 archives).{hint}"
-    )
+        f"{root}/val/<wnid>/*.JPEG and {root}/{CSV_NAME} (the layout of the imagenette2 archives).{hint}")
 
 
 def _find_layout(folder: Path) -> Path | None:
@@ -149,11 +142,9 @@ def _fetch(url: str, archive: Path, md5: str) -> None:
         got = calculate_md5(part)
         if got != md5:
             if local is not None:
-                raise IntegrityError(
-                    f"{local}: md5 {got} does not match the expected {md5}; it is incomplete or another archive "
-                    f"(or that md5 is wrong). Nothing was kept under {archive.parent}; replace the file with a "
-                    "complete copy."
-                )
+                raise IntegrityError(f"{local}: md5 {got} does not match the expected {md5}; it is incomplete or "
+                                     "another archive (or that md5 is wrong). Nothing was kept under "
+                                     f"{archive.parent}; replace the file with a complete copy.")
             raise IntegrityError(f"{url}: md5 {got} does not match the expected {md5}; the download was discarded. "
                                  "Check the URL and md5 (an incomplete transfer also gives this), then run again.")
         os.replace(part, archive)
@@ -162,8 +153,7 @@ def _fetch(url: str, archive: Path, md5: str) -> None:
     except (OSError, ValueError, RuntimeError) as err:  # URLError is an OSError; a bad scheme a ValueError
         raise DataUnavailableError(
             f"Could not fetch {url} ({_one_line(err)}). Without network access, download that file elsewhere and "
-            f"place it at {archive} (md5 {md5}); it is then verified and used without downloading."
-        ) from err
+            f"place it at {archive} (md5 {md5}); it is then verified and used without downloading.") from err
     finally:  # also on Ctrl-C: a partial download never stays
         part.unlink(missing_ok=True)
 
@@ -195,10 +185,14 @@ def _extract(archive: Path, folder: Path, md5: str, url: str) -> None:
         top = _find_layout(tmp)
         if top is None:
             raise IntegrityError(f"no <top>/train/, <top>/val/ and <top>/{CSV_NAME} inside")
-        listed = _listed_paths(top / CSV_NAME)
+        try:
+            listed = listed_paths((top / CSV_NAME).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise IntegrityError(f"its {CSV_NAME} is not the official label file ({_one_line(err)})") from err
         if not listed:
             raise IntegrityError(f"its {CSV_NAME} lists no images")
-        lost = missing_files(top, listed)
+        found = image_files(top)
+        lost = [p for p in listed if p not in found]
         if lost:
             raise IntegrityError(f"truncated? {len(lost)} of the {len(listed)} images its {CSV_NAME} lists are "
                                  f"missing, e.g. {lost[0]}")
@@ -210,13 +204,6 @@ def _extract(archive: Path, folder: Path, md5: str, url: str) -> None:
         os.replace(top, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _listed_paths(csv_path: Path) -> list[str]:
-    try:
-        return listed_paths(csv_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise IntegrityError(f"its {CSV_NAME} is not the official label file ({_one_line(err)})") from err
 
 
 def _archive_reason(err: BaseException) -> str:
@@ -233,9 +220,8 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def prepare_archive(
-    source: str | Path, md5: str | None = None, *, download_root: str | Path | None = None, keep_archive: bool = True
-) -> Path:
+def prepare_archive(source: str | Path, md5: str | None = None, *, download_root: str | Path | None = None,
+                    keep_archive: bool = True) -> Path:
     """Fetch, md5-verify and extract an Imagenette archive (an official name, an http(s)/file:// URL or a local
     path) once into `download_root/<slug>/` (default `paths.data_dir()`); return that folder.
 
@@ -257,10 +243,8 @@ def prepare_archive(
     local = _local_path(url)
     if md5 is None:
         if local is None:
-            raise ValueError(
-                f"{url}: a remote archive needs its md5 to be verified. Download it and pass the local file "
-                "(its md5 is then computed), or call prepare_archive/resolve_root with md5=..."
-            )
+            raise ValueError(f"{url}: a remote archive needs its md5 to be verified. Download it and pass the local "
+                             "file (its md5 is then computed), or call prepare_archive/resolve_root with md5=...")
         if not local.is_file():
             raise DataUnavailableError(f"Archive {local} not found.")
         # a file named like an official archive must be it; any other local file vouches for itself
@@ -271,10 +255,8 @@ def prepare_archive(
     if _is_verified(folder, md5):
         return folder
     if folder.exists() and not (folder / _MARKER).exists():
-        raise ValueError(
-            f"{folder} exists but was not extracted and verified by lambdalib. Pass data='{folder}' to use it "
-            f"as it is, or delete it to fetch {name} again."
-        )
+        raise ValueError(f"{folder} exists but was not extracted and verified by lambdalib. Pass data='{folder}' to "
+                         f"use it as it is, or delete it to fetch {name} again.")
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root, name, folder.name)
     is_source = local is not None and local.resolve() == archive.resolve()  # never delete the user's file
@@ -313,17 +295,11 @@ def embedded_root() -> Path:
     raise FileNotFoundError(
         f"The embedded Imagenette subset is missing (looked in {', '.join(map(str, candidates))}). It is tracked "
         f"in the repository as data/{EMBEDDED_NAME}/; rebuild it with `python scripts/build_embedded_subset.py`, "
-        "or use data='imagenette2-160' to download the full set."
-    )
+        "or use data='imagenette2-160' to download the full set.")
 
 
-def resolve_root(
-    data: str | Path | None = None,
-    variant: str = "imagenette2-160",
-    *,
-    md5: str | None = None,
-    download_root: str | Path | None = None,
-) -> Path:
+def resolve_root(data: str | Path | None = None, variant: str = "imagenette2-160", *, md5: str | None = None,
+                 download_root: str | Path | None = None) -> Path:
     """Turn a `data` argument into a folder holding train/, val/ and noisy_imagenette.csv: None/"embedded" (the
     subset in the repository), an official archive name ("download": the one named by `variant`), a folder used
     as it is, or an archive path or URL (`prepare_archive`). Anything else is one line naming what is accepted.
