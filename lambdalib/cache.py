@@ -1,13 +1,10 @@
 """Decode once, augment in batches: the decoded-image data path, without DataLoader workers (whose JPEG decoding
 every epoch competes with the model for a 2-core machine's cores).
 
-`decoded_images` decodes each split ONCE into a memory-mapped uint8 cache keyed by every file's bytes, the stored size,
-the resize rule and a format version (a stale cache is rebuilt, a partial one never used). `CachedLoader` draws
-torchvision's RandomResizedCrop + flip for whole batches from a caller-seeded generator, on the CPU in uint8
-("host") or with the images in the device's memory ("device", airbench's habit: no host work or sync per step).
-
-    data = cached_loaders(train_set, val_set, img_size=64, batch_size=64, device=device)
-    for images, labels in data.train_loader(epoch_seed): ...
+`decoded_images` decodes each split ONCE into a memory-mapped uint8 cache keyed by every file's bytes, the stored
+size, the resize rule and a format version (a stale cache is rebuilt, a partial one never used). `CachedLoader`
+draws RandomResizedCrop + flip for whole batches from a caller-seeded generator, on the CPU in uint8 ("host") or
+with the images in the device's memory ("device": no host work or sync per step). Entry point: `cached_loaders`.
 """
 from __future__ import annotations
 
@@ -31,11 +28,13 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from . import data as data_lib
 from . import device as dev
 from .files import pid_alive
 from .imagenette import EVAL_CROP_FRACTION, file_digest
+from .paths import data_dir, project_root
 
 FORMAT_VERSION = 1
 CACHE_DIRNAME = ".lambdalib-cache"
@@ -125,8 +124,6 @@ def cache_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:
     when that is writable, outside this checkout and on a local disk (not Colab's Google Drive, where every read
     of a memory map would be a download); else git-ignored under data/ (the embedded set, read-only copies);
     else ~/.cache/lambdalib."""
-    from .paths import data_dir, project_root
-
     chosen = cache_dir if cache_dir is not None else os.environ.get("LAMBDALIB_CACHE_DIR") or None
     if chosen is not None:
         return _root_folder(Path(chosen).expanduser(), root)
@@ -264,8 +261,6 @@ def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Pa
     sizes = np.zeros((len(paths), 2), dtype=np.int64)
     unreadable: dict[int, str] = {}
     start = time.perf_counter()
-    from tqdm import tqdm
-
     # a live bar on a terminal only (like the trainer's): notebooks and logs get no bar debris
     bar = tqdm(total=len(paths), unit="img", desc=f"decode {split} once ({size} px)", dynamic_ncols=True,
                disable=not (progress and sys.stderr.isatty()))

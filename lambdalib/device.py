@@ -1,10 +1,6 @@
-"""The machine a run computes on: which device, whether this torch has kernels for it, in which precision and
-memory format, what fits in its memory, where checkpoints go on its disks (local, or a network drive), the
-batch work done on the device besides the model (crop, resize, flip, normalise whole batches), and how the
-host reads device values without waiting.
-
-Floor 1 (imports imagenette, files and paths only): cache and train build on it.
-"""
+"""The machine a run computes on: device, kernels, precision, memory format, memory, checkpoint disks (local or
+network), the batch work besides the model (crop, resize, flip, normalise), host reads without waiting.
+Floor 1 (imports imagenette, files and paths only): cache and train build on it."""
 from __future__ import annotations
 
 import functools
@@ -33,8 +29,7 @@ from .files import RecordError, atomic_torch_save, atomic_write, describe_os_err
 from .imagenette import MEAN, STD
 from .paths import project_root
 
-# PyTorch 2.14's legacy CUDA 12.6 build still has sm_50/60/70 kernels (Maxwell, P100, V100), its 13.x builds
-# start at sm_75 (support matrix: pytorch/pytorch#190355; 2.15 plans to drop 12.6: #190385)
+# the CUDA 12.6 build still has sm_50/60/70 kernels (Maxwell, P100, V100); 13.x starts at sm_75 (pytorch#190355)
 CU126_INDEX = "https://download.pytorch.org/whl/cu126"
 # autocast dtype of a resolved config's amp; CPU autocast honours bf16 and fp16 too
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,14 +39,12 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def arch_supported(capability: tuple[int, int], arch_list: Sequence[str]) -> bool:
     """Whether a torch built for `arch_list` ('sm_75', 'sm_90a', 'compute_90'; empty: not known, so yes) has kernels
     for a GPU of `capability`: a cubin for sm_XY runs on X.Y up to X.9, PTX (compute_XY) on any GPU from X.Y on."""
-    if not arch_list:
-        return True
     major, cc = capability[0], capability[0] * 10 + capability[1]
     for kind, _, number in (arch.partition("_") for arch in arch_list):
         code = int(number.rstrip("af"))
         if code <= cc and (kind == "compute" or (kind == "sm" and code // 10 == major)):
             return True
-    return False
+    return not arch_list
 
 
 def unsupported_gpu(index: int = 0) -> str | None:
@@ -201,9 +194,8 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ how it computes
 def precision_note(amp: str, device: torch.device) -> str | None:
-    """bf16 where the hardware has none is emulated: say so rather than let a run crawl unexplained. A CPU
-    without AVX512-BF16/AMX runs 6-30x slower than fp32 (benchmarks/README.md); a GPU below compute
-    capability 8.0 (T4, P100, V100) has no bf16 tensor cores, where fp16 (what amp='auto' picks) is faster."""
+    """bf16 where the hardware has none (a CPU without AVX512-BF16/AMX, a GPU below compute capability 8.0) is
+    emulated and slow: say so rather than let a run crawl unexplained (benchmarks/README.md)."""
     if amp != "bf16":
         return None
     if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -242,10 +234,8 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    return images.to(device, non_blocking=True, memory_format=layout), labels.to(device, non_blocking=True)
 
 
 @contextmanager
@@ -279,8 +269,8 @@ def compiles(wanted: bool, device: torch.device) -> bool:
 
 
 def adam(params, **kwargs) -> torch.optim.Adam:
-    """Fused Adam where this torch/device has it (one kernel for all tensors, 5x faster than the per-tensor
-    loop on CPU; the same update rule), else the plain one (e.g. CPU before torch 2.4)."""
+    """Fused Adam where this torch/device has it (one kernel for all tensors, the same update rule), else the
+    plain one (e.g. CPU before torch 2.4)."""
     params = list(params)
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
@@ -354,9 +344,8 @@ def keeping_previous(write: Callable[[Path], None], path: Path) -> None:
 
 
 class Checkpoints:
-    """Where a run's last.pt and best.pt are written: the run folder, or, when that is on a network drive
-    (Colab's Google Drive: R18's 134 MB last.pt is minutes of upload a lost session can cut off), local disk,
-    copied into the run folder at most every `every` seconds and when the run stops (`publish`)."""
+    """Where last.pt and best.pt are written: the run folder, or on a network drive (an upload a lost Colab
+    session can cut off) local disk, copied into the run folder at most every `every` s and at the end (`publish`)."""
 
     def __init__(self, run_dir: Path, every: float = 600.0) -> None:
         self.run_dir, self.every, self.remote = run_dir, every, network_mount(run_dir) is not None
@@ -540,8 +529,8 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int,
 
 @functools.lru_cache(maxsize=16)
 def _affine(device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) (C, 1, 1) with (x / 255 - MEAN) / STD = x * scale + shift, made once per device (made per
-    batch, they were a pageable host-to-device copy every step)."""
+    """(scale, shift) (C, 1, 1) with (x / 255 - MEAN) / STD = x * scale + shift, once per device (not a pageable
+    host-to-device copy every step)."""
     std = torch.tensor(STD, dtype=torch.float64).view(-1, 1, 1)
     scale, shift = 1.0 / (255.0 * std), -torch.tensor(MEAN, dtype=torch.float64).view(-1, 1, 1) / std
     return scale.to(device, torch.float32), shift.to(device, torch.float32)

@@ -1,19 +1,13 @@
-"""Training: one function, `run(config)`, that leaves the run record (lambdalib.record) every table and figure
-is built from.
+"""Training: `run(config)` leaves the run record (lambdalib.record) every table and figure is built from.
 
-last.pt holds the model, optimizer, scheduler, grad-scaler and history after the last good epoch (the one before
-it: last.pt.prev; kept once the run is complete only with checkpoints="best+last"), and the record never claims
-an epoch last.pt lacks. Re-running the same config resumes after it; every epoch reseeds all RNGs from (seed,
-epoch, rank) and the loader order from (seed, epoch), so a resumed run computes exactly what an uninterrupted
-one does (tested on CPU). Ctrl-C keeps the last finished epoch.
-
-No host sync within an epoch: losses, accuracy and gradient norms stay on the device until it ends, and
-non-finite losses are judged there every CHECK_EVERY steps and read without waiting (`device.Peek`). A diverged
-epoch (`divergence`) ends the run as "diverged at epoch N" (summary.json says why); last.pt stays at epoch N-1.
+last.pt holds the whole training state after the last good epoch (the one before: last.pt.prev), and the record
+never claims an epoch last.pt lacks. The same config resumes after it; every epoch reseeds all RNGs from (seed,
+epoch, rank) and the loader order from (seed, epoch), so a resumed run computes what an uninterrupted one does.
+No host sync within an epoch: non-finite losses are judged on the device every CHECK_EVERY steps and read without
+waiting (`device.Peek`). A diverged epoch N ends the run (summary.json says why); last.pt stays at epoch N-1.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -21,7 +15,7 @@ import shutil
 import sys
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -160,13 +154,31 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dis
     pass. Under autocast a batch whose logits overflow fp16's range (65504: an early net with large BatchNorm
     statistics gets there) is evaluated again in fp32, so a precision artefact never reads as a divergence.
     batch_stats: see `batch_statistics` (a batch of one image is left out)."""
+    def sweep(amp: torch.dtype | None, only: set | None = None):
+        # (loss sum, correct) on the device, each batch's finiteness (device bools), images counted; under
+        # autocast a non-finite batch adds nothing (it is redone in fp32)
+        sums = torch.zeros(2, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+        finite, count = [], 0
+        for k, (images, labels) in enumerate(loader):
+            if (only is not None and k not in only) or (batch_stats and len(labels) < 2):
+                continue
+            images, labels = dev.to_device(images, labels, device, channels_last)
+            with dev.autocast(device, amp):
+                logits = model(images).float()
+            ok = torch.isfinite(logits).all()
+            batch = torch.stack([F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum()])
+            sums += (torch.where(ok, batch, 0) if amp is not None else batch).to(sums.dtype)
+            finite.append(ok)
+            count += len(labels)
+        return sums, finite, count
+
     model.eval()
     with batch_statistics(model) if batch_stats else nullcontext():
-        sums, finite, count = _evaluate(model, loader, device, (amp_dtype, channels_last, batch_stats))
+        sums, finite, count = sweep(amp_dtype)
         host = torch.cat([sums, torch.stack(finite).to(sums.dtype)]).tolist() if finite else [0.0, 0.0]
         redo = {k for k, ok in enumerate(host[2:]) if not ok}
         if amp_dtype is not None and redo:
-            sums = sums + _evaluate(model, loader, device, (None, channels_last, batch_stats), only=redo)[0]
+            sums = sums + sweep(None, only=redo)[0]
             host = sums.tolist()
     loss_sum, correct = host[:2]
     if dist is not None:
@@ -174,30 +186,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dis
     return (loss_sum / count, correct / count) if count else (math.nan, math.nan)
 
 
-def _evaluate(model: nn.Module, loader, device: torch.device, how: tuple, only: set | None = None):
-    """(loss sum, correct) on the device, each batch's finiteness (device bools), images counted; how = (amp
-    dtype, channels_last, batch_stats). Under autocast a non-finite batch adds nothing (evaluate redoes it)."""
-    amp_dtype, channels_last, batch_stats = how
-    sums = torch.zeros(2, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
-    finite, count = [], 0
-    for k, (images, labels) in enumerate(loader):
-        if (only is not None and k not in only) or (batch_stats and len(labels) < 2):
-            continue
-        images, labels = dev.to_device(images, labels, device, channels_last)
-        with dev.autocast(device, amp_dtype):
-            logits = model(images).float()
-        ok = torch.isfinite(logits).all()
-        batch = torch.stack([F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum()])
-        sums += (torch.where(ok, batch, 0) if amp_dtype is not None else batch).to(sums.dtype)
-        finite.append(ok)
-        count += len(labels)
-    return sums, finite, count
-
-
 def divergence(row: dict, history: list[dict], factor: float, classes: int) -> str:
     """Why this epoch counts as diverged ("" if it does not). An untrained net's loss is about ln(classes). The
     val loss is compared with its own start (the first epoch's, at least ln(classes)): early BatchNorm running
-    statistics can put it at 10-1000 while training is healthy (the report's explosion was 71622.614)."""
+    statistics can put it far above ln(classes) while training is healthy."""
     if not row["finite"]:
         return "non-finite loss"
     chance = math.log(classes)
@@ -231,9 +223,7 @@ def existing_record(config: RunConfig) -> dict | None:
     differs when that folder holds another experiment (only possible with run_name or by hand)."""
     config = _recorded_precision(config)
     run_dir = config.run_dir()
-    if not (run_dir / "config.json").exists():
-        return load_summary(run_dir)
-    changed = record.load_config(run_dir).differences(config)
+    changed = record.load_config(run_dir).differences(config) if (run_dir / "config.json").exists() else {}
     if changed:
         detail = ", ".join(f"{k}: {was!r} -> {now!r}" for k, (was, now) in changed.items())
         hint = ""
@@ -377,11 +367,6 @@ class Trainee:
     history: list[dict]  # the epochs that last.pt holds: the record never claims more
     params: int
     gflops: float
-
-    def state(self, config: RunConfig, history: list[dict]) -> dict:
-        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), history=history,
-                    config=config.to_dict())
 
 
 def _build(ctx: Context, num_classes: int) -> Trainee:
@@ -541,7 +526,9 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
                 if config.checkpoints != "none" and row["val_loss"] <= min(r["val_loss"] for r in done):
                     store.save("best.pt", dict(model=trainee.model.state_dict(), epoch=epoch, config=config.to_dict(),
                                                classes=data.classes))
-                store.save("last.pt", trainee.state(config, done))
+                store.save("last.pt", dict(model=trainee.model.state_dict(), optimizer=trainee.optimizer.state_dict(),
+                                           scheduler=trainee.scheduler.state_dict(), scaler=trainee.scaler.state_dict(),
+                                           history=done, config=config.to_dict()))
             history = done  # committed: last.pt holds it
             if store.publish():
                 recorded = history
@@ -565,7 +552,7 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
         ctx.say(f"\ninterrupted: {run_dir} keeps epochs 1-{len(history)}; run the same command again to resume")
         raise
     except RecordError as err:  # e.g. the disk filled up: keep the record at what last.pt holds
-        with contextlib.suppress(RecordError):
+        with suppress(RecordError):
             write_record("interrupted", None, recorded)
         raise RecordError(f"{err}; the record keeps epochs 1-{len(recorded)}, which the same command "
                           f"resumes from") from None
