@@ -100,9 +100,6 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_FOLDER = "demo"  # results/demo/: `lambdalib demo` trains here, so the committed results/ stay as they are
-
-
 def _noise_levels(text: str | None) -> list[float] | None:
     if not text:
         return None
@@ -125,7 +122,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if args.command == "demo" and "results" not in given:  # the newcomer's run: its own, git-ignored folder
             from .paths import results_dir
 
-            params["results"] = str(results_dir() / DEMO_FOLDER)
+            params["results"] = str(results_dir() / "demo")  # so the committed results/ stay as they are
         grids = [Grid(params=params, seeds=list(range(args.seeds)))]
     for grid in grids:
         grid.params.update(given)

@@ -16,8 +16,6 @@ from typing import Any
 
 from .config import RunConfig
 
-INSTALL_HINT = "lambdalib.cluster needs submitit: pip install submitit (or pip install 'lambdalib[cluster]')"
-
 # the defaults of make_executor: one GPU per run (a run is one process; DDP runs are for torchrun), a
 # day per job (a requeued job resumes, so this bounds one stretch, not the run), CPU cores to decode with
 DEFAULTS = dict(gpus_per_node=1, tasks_per_node=1, nodes=1, cpus_per_task=8, timeout_min=24 * 60, mem_gb=32)
@@ -29,7 +27,8 @@ def _submitit():
     try:
         import submitit
     except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
+        raise ImportError("lambdalib.cluster needs submitit: pip install submitit (or pip install "
+                          "'lambdalib[cluster]')") from err
     return submitit
 
 

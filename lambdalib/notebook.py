@@ -166,19 +166,17 @@ def report_parts(readme: Path | str, cwd: Path | str | None = None) -> list[tupl
         return _LINK.sub(one, markdown)
 
     parts: list[tuple[str, Any]] = []
-    shown: set[Path] = set()
     position = 0
     for match in _IMAGE.finditer(text):
         target = (match["target"] or match["src"]).strip("<>")
         path = (root / target.partition("#")[0]).resolve()
         if not _local(target) or not path.is_file():
             continue  # a remote image renders by itself; a missing one stays a (broken) link
-        parts.append(("markdown", relink(text[position:match.start()])))
-        parts.append(("image", path))
-        shown.add(path)
+        parts += [("markdown", relink(text[position:match.start()])), ("image", path)]
         position = match.end()
     parts.append(("markdown", relink(text[position:])))
     parts = [(kind, value) for kind, value in parts if kind != "markdown" or value.strip()]
+    shown = {value for kind, value in parts if kind == "image"}
 
     extra: list[tuple[str, Any]] = []
     readme_lines = {line.strip() for line in text.splitlines()}

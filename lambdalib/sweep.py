@@ -166,14 +166,12 @@ def reproduce(grid: Grid | list[Grid], *, inline: bool = False, report: bool = T
     todo = []
     for config, params in zip(configs, parameters):
         try:
-            finished = is_finished(config)
+            if is_finished(config):
+                counts["skipped"] += 1
+            else:
+                todo.append((config, params))
         except Exception as err:  # noqa: BLE001  (a folder of another experiment, an unreadable record)
             failures.append(f"{config.run_id}: {err}")
-            continue
-        if finished:
-            counts["skipped"] += 1
-        else:
-            todo.append((config, params))
     bar = tqdm(total=len(todo), desc="reproduce", unit="run", disable=not progress)
 
     free_slots: queue.Queue = queue.Queue()  # a run takes a GPU (or core share) when a worker frees one
