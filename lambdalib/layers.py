@@ -7,23 +7,22 @@ For every query position n and head h (|k| = query depth, |v| = dim_out / heads,
 
 Position embeddings e_nm depend only on the offset m - n: "rpe", one learned vector per offset of an (H, W) map
 (so the layer is tied to H, W); "lc", the lambda convolution, offsets within an r x r window (zero outside), any
-map size. The position term is computed "dense" (q.e first: b*h*n*m*(k+v) multiply-adds, a fraction of the
-replaced 3x3 conv at every LR18 shape) or, lc only, "conv" (a convolution of v with the r x r table, the paper's
-way: b*n*k*v*r^2, cheaper once the map is much larger than the scope); "auto" picks the cheaper, same result.
+map size. The position term is computed "dense" (q.e first: b*h*n*m*(k+v) multiply-adds) or, lc only, "conv" (a
+convolution of v with the r x r table, the paper's way: b*n*k*v*r^2, cheaper once the map is much larger than the
+scope); "auto" picks the cheaper, same result.
 
-The table is drawn N(0, 1/(|k| |u| m)), m the positions each query sees, so y has unit scale at init (lucidrains'
-N(0, 1) table gives std ~ 63 at 16x16, which a following BatchNorm hides in the forward pass but not in the
-gradients). The output keeps the input's memory format, so a layer inside an NCHW network does not switch the
-rest of it to channels-last.
+The table is drawn N(0, 1/(|k| |u| m)), m the positions each query sees, so y has unit scale at init (an N(0, 1)
+table, as lucidrains', is hidden by a following BatchNorm in the forward pass but not in the gradients). The output
+keeps the input's memory format, so a layer inside an NCHW network does not switch the rest of it to channels-last.
 
-Leaving eager PyTorch (tests/test_export_paths.py): the layer is scriptable, traceable (and so exportable by the
-legacy ONNX exporter), symbolically traceable by ``torch.fx`` (the shape-dependent work happens in two
-``torch.fx.wrap``-ped functions; timm's fx feature extraction keeps the whole layer a leaf) and works under
-``torch.compile`` and ``torch.export``. TorchScript and tracing compute the position term with plain ops (the
-q.e map kept for backward) instead of the memory-lean autograd Function, which neither can record.
+The layer is scriptable, traceable (so the legacy ONNX exporter takes it), fx-traceable (the shape-dependent work
+is in two ``torch.fx.wrap``-ped functions) and works under ``torch.compile`` and ``torch.export``
+(tests/test_export_paths.py). TorchScript and tracing, which cannot record the memory-lean autograd Function,
+compute the position term with plain ops.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal, Optional, Tuple
 
@@ -42,12 +41,9 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 def relative_offsets_index(height: int, width: int, table_h: int, table_w: int,
                            device: Optional[torch.device] = None) -> torch.Tensor:
-    """Index (n, m) -> flat index into a (table_h, table_w) offset table centred on offset 0.
-
-    Offsets (dy, dx) = position(m) - position(n) outside the table get index table_h * table_w,
-    which points at an extra zero row (the lambda convolution's zero padding). ``device`` None: the
-    default device (as torch.arange).
-    """
+    """Index (n, m) -> flat index into a (table_h, table_w) offset table centred on offset 0. Offsets
+    (dy, dx) = position(m) - position(n) outside the table get index table_h * table_w, which points at an extra
+    zero row (the lambda convolution's zero padding)."""
     pos = torch.arange(height * width, device=device)
     ys, xs = torch.div(pos, width, rounding_mode="floor"), torch.remainder(pos, width)
     dy = ys[None, :] - ys[:, None] + table_h // 2  # [n, m]
@@ -103,15 +99,13 @@ class LambdaLayer(nn.Module):
             if self.feat_size is None:
                 raise ValueError("LambdaLayer: position='rpe' needs feat_size=(H, W), the map size it will see")
             self.scope = 0  # global: every offset of the map
-            height, width = self.feat_size
-            table = (2 * height - 1, 2 * width - 1)
+            table = (2 * self.feat_size[0] - 1, 2 * self.feat_size[1] - 1)
         else:
             if scope < 1 or scope % 2 == 0:
                 raise ValueError(f"LambdaLayer: scope={scope} must be a positive odd number")
             self.scope = scope
-            table = (scope, scope)
-            if self.feat_size is not None:  # positions a map can never use are not stored
-                table = _scope_window(scope, *self.feat_size)
+            # positions a map can never use are not stored
+            table = (scope, scope) if self.feat_size is None else _scope_window(scope, *self.feat_size)
 
         factory = dict(device=device, dtype=dtype)
         # q, k, v by one bias-free 1x1 projection; batch norm on queries and values (the paper's choice)
@@ -124,8 +118,7 @@ class LambdaLayer(nn.Module):
         # the dense path's (n, m) -> offset index for the map it was built for (not saved: derived), moved with
         # the module; empty when that map takes the conv path (an lc model at a large size: n^2 entries)
         index = torch.empty(0, dtype=torch.long)
-        if self.feat_size is not None and not self._use_conv(self.feat_size[0] * self.feat_size[1],
-                                                             table[0] * table[1]):
+        if self.feat_size is not None and not self._use_conv(math.prod(self.feat_size), math.prod(table)):
             index = relative_offsets_index(*self.feat_size, *table, device="cpu").flatten()
         self.register_buffer("offsets_index", index if device is None else index.to(device), persistent=False)
         self.reset_parameters()
@@ -245,15 +238,14 @@ def _lambda_output(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
                    offsets_index: torch.Tensor, *, position: str, impl: str, scope: int, feat_hw: Tuple[int, int],
                    dims: Tuple[int, int, int, int]) -> torch.Tensor:
     """y = (content + position lambdas) applied to the queries, (b, heads*dim_v, H, W) in x's memory format.
-
     q: normalised queries (b, h*k, H, W); k: keys (b, u*k, H, W); v: normalised values (b, u*v, H, W);
-    dims = (heads, |k|, |u|, |v|).
-    """
+    dims = (heads, |k|, |u|, |v|)."""
     heads, dim_k, dim_u, dim_v = dims
     b, height, width = q.shape[0], q.shape[2], q.shape[3]
     n = height * width
     table = _table_for(pos_emb, position, scope, feat_hw, height, width)
-    channels_last = _is_channels_last(x)
+    # channels-last and not also plain contiguous (C == 1 or 1x1 maps are both)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     # layouts chosen so every contraction below is one batched matmul with no big permute:
     q = q.reshape(b, heads, dim_k, n)
     q_by_n = q.permute(3, 0, 1, 2).contiguous()  # n b h k
@@ -299,9 +291,8 @@ def _lambda_output(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
 def _conv_lambdas(v: torch.Tensor, table: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Position lambdas lambda_p[b, v, k, n] as a convolution of the values v (b, u, v, n) with the table."""
     b, dim_u, dim_v = v.shape[0], v.shape[1], v.shape[2]
-    th, tw = table.shape[-2], table.shape[-1]
     lam = F.conv2d(v.transpose(1, 2).reshape(b * dim_v, dim_u, height, width), table,
-                   padding=(th // 2, tw // 2))  # (b v) k H W
+                   padding=(table.shape[-2] // 2, table.shape[-1] // 2))  # (b v) k H W
     return lam.reshape(b, dim_v, table.shape[0], height * width)
 
 
@@ -309,11 +300,6 @@ def _conv_lambdas(v: torch.Tensor, table: torch.Tensor, height: int, width: int)
 @torch.compiler.disable
 def _conv_lambdas_outside_compile(v: torch.Tensor, table: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return _conv_lambdas(v, table, height, width)
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """A channels-last 4-d tensor that is not also plain contiguous (C == 1 or 1x1 maps are both)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _chunk(total: int, per_item: int, device: torch.device) -> int:
@@ -348,19 +334,17 @@ class _PositionTerm(torch.autograd.Function):
     def backward(ctx, grad):
         q_by_n, emb, v_cols = ctx.saved_tensors
         n, b, h, k = q_by_n.shape
-        grad_q, grad_emb = torch.empty_like(q_by_n), torch.empty_like(emb)
-        grad_v = torch.zeros_like(v_cols)
+        grad_q, grad_emb, grad_v = torch.empty_like(q_by_n), torch.empty_like(emb), torch.zeros_like(v_cols)
         for start in range(0, n, ctx.step):
             stop = min(n, start + ctx.step)
             nc = stop - start
-            q_chunk = q_by_n[start:stop].reshape(nc, b * h, k)
             qe = _q_dot_e(q_by_n[start:stop], emb[start:stop])
             g = grad[:, start:stop].reshape(b, nc * h, -1)
             grad_v += torch.bmm(qe.transpose(1, 2), g)
             grad_qe = torch.bmm(g, v_cols.transpose(1, 2))  # (b, nc h, M)
             grad_qe = grad_qe.view(b, nc, h, -1).transpose(0, 1).reshape(nc, b * h, -1)
             grad_q[start:stop] = torch.bmm(grad_qe, emb[start:stop].transpose(1, 2)).view(nc, b, h, k)
-            grad_emb[start:stop] = torch.bmm(q_chunk.transpose(1, 2), grad_qe)
+            grad_emb[start:stop] = torch.bmm(q_by_n[start:stop].reshape(nc, b * h, k).transpose(1, 2), grad_qe)
         return grad_q, grad_emb, grad_v
 
 
@@ -374,18 +358,14 @@ def _q_dot_e(q_chunk: torch.Tensor, emb_chunk: torch.Tensor) -> torch.Tensor:
 @torch.jit.unused
 def position_term(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
     """sum_m (q_n . e_nm) v_m for every n: q_by_n (n,b,h,k), emb (n,k,M), v_cols (b,M,v) -> (b,n,h,v).
-
-    Under autocast q and v arrive in half precision while the table stays fp32; the Function's backward
-    runs outside autocast, so all three are brought to one dtype here (autograd casts the grads back).
-    """
-    dtype = q_by_n.dtype
-    return _PositionTerm.apply(q_by_n, emb.to(dtype), v_cols.to(dtype))
+    Under autocast q and v arrive in half precision while the table stays fp32; the Function's backward runs
+    outside autocast, so all three are brought to one dtype here (autograd casts the grads back)."""
+    return _PositionTerm.apply(q_by_n, emb.to(q_by_n.dtype), v_cols.to(q_by_n.dtype))
 
 
 def _position_term_plain(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
     """position_term as plain ops, for TorchScript and tracing (which cannot record the autograd Function):
     the same products in one chunk, so autograd keeps the q.e map (b x n x h x m) for backward."""
     n, b, h = q_by_n.shape[0], q_by_n.shape[1], q_by_n.shape[2]
-    dtype = q_by_n.dtype
-    qe = _q_dot_e(q_by_n, emb.to(dtype))  # (b, n h, M)
-    return torch.bmm(qe, v_cols.to(dtype)).view(b, n, h, v_cols.shape[-1])
+    qe = _q_dot_e(q_by_n, emb.to(q_by_n.dtype))  # (b, n h, M)
+    return torch.bmm(qe, v_cols.to(q_by_n.dtype)).view(b, n, h, v_cols.shape[-1])

@@ -7,16 +7,14 @@ with timm.
 
 Architecture: torchvision's ResNet18/34 exactly, with ``conv2`` of the *last* basic block of a stage (stride 1, the
 stage's map size; the report says "stage 2 or 3" but not which block) replaced by a LambdaLayer; ``lambda_layers=n``
-puts one in each of the n blocks counted backward from there, across stage boundaries (``lambda_sites``). Built as
-timm's own ``ResNet`` through ``build_model_with_cfg``, so the models behave like any timm model (drop_rate,
-drop_path_rate, features_only, forward_intermediates, reset_classifier, a ``pretrained_cfg`` that
-``timm.data.resolve_data_config`` reads), with torchvision's module names (its state_dicts load unchanged; only the
-parameter-free ``relu`` is ``act1``) and torchvision's initialisation, bit for bit at the same seed
-(``zero_init_last=False``; the lambda layer replaces its conv after the ResNet's init).
+puts one in each of the n blocks counted backward from there (``lambda_sites``). Built as timm's own ``ResNet``
+through ``build_model_with_cfg``, so the models behave like any timm model (features_only, forward_intermediates,
+a ``pretrained_cfg`` that ``timm.data.resolve_data_config`` reads, ...), with torchvision's module names (its
+state_dicts load unchanged; only the parameter-free ``relu`` is ``act1``) and torchvision's initialisation, bit for
+bit at the same seed (``zero_init_last=False``; the lambda layer replaces its conv after the ResNet's init).
 
-Name trap: lowercase ``resnet18`` / ``resnet34`` are *timm's* models (timm's init, 224 px bicubic data config,
-``timm/resnet18.a1_in1k`` weights); the report's baselines are ``R18`` / ``ResNet18`` / ``lambdalib_resnet18``.
-``create`` warns (``LookalikeWarning``).
+Name trap: lowercase ``resnet18`` / ``resnet34`` are *timm's* models (timm's init, data config and weights); the
+report's baselines are ``R18`` / ``ResNet18`` / ``lambdalib_resnet18``. ``create`` warns (``LookalikeWarning``).
 """
 from __future__ import annotations
 
@@ -115,8 +113,7 @@ class ReportResNet(ResNet):
     (``lambda_sites``); ``position``, ``scope``, ``dim_k``, ``heads``, ``dim_u`` and ``impl`` go to each LambdaLayer,
     sized for its stage's map at ``img_size`` (int or (H, W)); the rest goes to timm's ``ResNet`` (``device`` and
     ``dtype`` reach the lambda layers too). ``zero_init_last=False`` is torchvision's init (True: timm's).
-    ``pretrained_cfg["fixed_input_size"]`` is True whenever the model refuses larger inputs, whatever cfg it is
-    given (an lc layer whose table is cropped to its map refuses them, as rpe does).
+    ``pretrained_cfg["fixed_input_size"]`` is True whenever the model refuses larger inputs, whatever cfg it is given.
     """
 
     __jit_unused_properties__ = ["pretrained_cfg"]  # a dict of anything: not for TorchScript
@@ -147,8 +144,7 @@ class ReportResNet(ResNet):
             self.lambda_site = "; ".join(sites)
 
     def refuses_larger_inputs(self) -> bool:
-        """True when an input larger than the model was built for is refused (an rpe layer refuses any other size;
-        an lc layer built for a map smaller than its window stores, and computes, only that map's offsets)."""
+        """True when an input larger than the model was built for is refused (see layers.refuses_larger_maps)."""
         return any(refuses_larger_maps(m.position, m.feat_size, m.scope) for m in self.modules()
                    if isinstance(m, LambdaLayer))
 
@@ -173,14 +169,12 @@ class ReportResNet(ResNet):
         if conv.stride != (1, 1):
             raise ValueError(f"layer{stage_index}[{block_index}].{conv_name} has stride {conv.stride}; the lambda "
                              f"layer replaces a stride-1 conv (use lambda_block=-1 or lambda_conv='conv2')")
-        feat = side[0] if side[0] == side[1] else side
         layer = report_impl_layer(conv, side, layer_args) if self.lambda_layer == "lucidrains" else \
-            LambdaLayer(conv.in_channels, conv.out_channels, feat_size=feat, **layer_args)
+            LambdaLayer(conv.in_channels, conv.out_channels, feat_size=side, **layer_args)
         if self.lambda_layer == "ours-n01":  # the position table as lucidrains draws it: N(0, 1)
             nn.init.normal_(layer.pos_emb, std=1.0)
         setattr(stage[block_index], conv_name, layer)
-        shape = f"{side[0]}x{side[1]}"
-        return f"layer{stage_index}.{block_index}.{conv_name} ({layer_args['position']}, {shape} map)"
+        return f"layer{stage_index}.{block_index}.{conv_name} ({layer_args['position']}, {side[0]}x{side[1]} map)"
 
 
 def report_impl_layer(conv: nn.Conv2d, side: tuple[int, int], args: dict) -> nn.Module:
@@ -199,9 +193,8 @@ def report_impl_layer(conv: nn.Conv2d, side: tuple[int, int], args: dict) -> nn.
 
 
 def _cfg(spec: ModelSpec, **kwargs) -> dict:
-    # at the default size with the default scope: rpe is tied to its map; lc refuses larger maps when its map is
-    # smaller than its window (stage 3 at 160 px: 10x10, a 19x19 table of the 23x23 window); with several layers,
-    # when any of them does
+    # fixed when any lambda layer at the default size and scope refuses larger maps: rpe always, lc when its map is
+    # smaller than its window (stage 3 at 160 px: 10x10, a 19x19 table of the 23x23 window)
     scope = ReportResNet.__init__.__kwdefaults__["scope"]
     fixed = spec.position is not None and any(
         refuses_larger_maps(spec.position, (feature_size(DEFAULT_IMG_SIZE, stage),) * 2, scope)
@@ -227,10 +220,9 @@ def _build(variant: str, depth: int, pretrained: bool = False, **kwargs) -> nn.M
                          f"`lambdalib train --model '{label}'` and load its checkpoint (checkpoint_path=..., or "
                          f"pretrained=True with pretrained_cfg_overlay=dict(file=...))")
     img = _pair(kwargs.setdefault("img_size", DEFAULT_IMG_SIZE))
-    output_stride = kwargs.get("output_stride", 32)
     current = dict(  # what timm.data.resolve_data_config and the builder read: this model, not a default
         input_size=(kwargs.get("in_chans", 3), *img),
-        pool_size=tuple(feature_size(s, 4, output_stride) for s in img),
+        pool_size=tuple(feature_size(s, 4, kwargs.get("output_stride", 32)) for s in img),
         num_classes=kwargs.get("num_classes", 1000),
         fixed_input_size=kwargs.get("lambda_stage") is not None and kwargs.get("position", "rpe") == "rpe",
     )
@@ -263,8 +255,7 @@ def _entrypoint(spec: ModelSpec):
             kwargs.setdefault("lambda_layers", spec.lambda_layers)
         return _build(spec.name, spec.depth, pretrained, **kwargs)
 
-    create_fn.__name__ = spec.name
-    create_fn.__qualname__ = spec.name
+    create_fn.__name__ = create_fn.__qualname__ = spec.name
     create_fn.__doc__ = f"{spec.label} of the report: {describe(spec.name)}"
     create_fn.__module__ = __name__
     return create_fn
@@ -319,8 +310,6 @@ def summary_table(img_size: int = DEFAULT_IMG_SIZE, num_classes: int = 10) -> li
     rows = []
     for name, spec in SPECS.items():
         model = create(name, num_classes=num_classes, img_size=img_size)
-        rows.append(dict(
-            label=spec.label, name=name, params=sum(p.numel() for p in model.parameters()),
-            gflops=count_flops(model, img_size) / 1e9, lambda_site=model.lambda_site or "-",
-        ))
+        rows.append(dict(label=spec.label, name=name, params=sum(p.numel() for p in model.parameters()),
+                         gflops=count_flops(model, img_size) / 1e9, lambda_site=model.lambda_site or "-"))
     return rows

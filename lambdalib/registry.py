@@ -133,22 +133,17 @@ def resolve_name(name: str) -> str:
         depth = match.group(1)
         if key == f"ResNet{depth}":  # the report's spelling
             return f"lambdalib_resnet{depth}"
-        raise ValueError(
-            f"Ambiguous model name {name!r}: 'ResNet{depth}' (= 'R{depth}', lambdalib_resnet{depth}) is the report's "
-            f"torchvision ResNet{depth}; lowercase 'resnet{depth}' is timm's resnet{depth} (timm's init and data "
-            f"config). Write 'R{depth}' or 'resnet{depth}'."
-        )
+        raise ValueError(f"Ambiguous model name {name!r}: 'ResNet{depth}' (= 'R{depth}', lambdalib_resnet{depth}) is "
+                         f"the report's torchvision ResNet{depth}; lowercase 'resnet{depth}' is timm's resnet{depth} "
+                         f"(timm's init and data config). Write 'R{depth}' or 'resnet{depth}'.")
     import timm  # late: only a name that is not ours needs timm's registry
 
     if timm.is_model(key):
         return key
     close = difflib.get_close_matches(key, [s.label for s in SPECS.values()] + list(SPECS), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(
-        f"Unknown model {name!r}.{hint} The report's models are: "
-        + ", ".join(f"{s.label} ({n})" for n, s in SPECS.items())
-        + "; any timm model name works too."
-    )
+    models = ", ".join(f"{s.label} ({n})" for n, s in SPECS.items())
+    raise ValueError(f"Unknown model {name!r}.{hint} The report's models are: {models}; any timm model name works too.")
 
 
 def report_label(name: str) -> str:

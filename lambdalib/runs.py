@@ -93,12 +93,11 @@ def _describe(setup: pd.Series, group: pd.DataFrame) -> tuple[str, str]:
         images = f"{train} train / {val} val images"
         on = f"all {train} training images ({val} validation images)"
     kind = "Smoke test" if setup["smoke_test"] else "Small-scale study" if setup["data"] == EMBEDDED else "Full scale"
-    label = " · ".join([kind, f"preset {setup['preset']}",
-                        str(setup["data"]), images, epochs, f"{setup['img_size']} px"]
+    px = f"{setup['img_size']} px"
+    label = " · ".join([kind, f"preset {setup['preset']}", str(setup["data"]), images, epochs, px]
                        + ([setup["recipe"]] if setup["recipe"] else []))
     opening, ending = SCALE_SENTENCE[kind]
-    return label, (f"{opening}: {epochs} on {on} of {data} at {setup['img_size']} px "
-                   f"(preset {setup['preset']}{recipe}){ending}")
+    return label, f"{opening}: {epochs} on {on} of {data} at {px} (preset {setup['preset']}{recipe}){ending}"
 
 
 def relative(run_dir: Path, results_dir: Path | None) -> str:
@@ -157,16 +156,11 @@ def _row(rec: Record) -> dict:
     env = summary.get("environment") or {}
     label = registry.run_label(config.model, config.lambda_layer)  # records before #26 hold the report label only
     noise = summary.get("noise", config.noise)
-    return dict(
-        summary, **setup, experiment_id=config.experiment_id, seed=config.seed, status=rec.status,
-        model_order=registry.model_rank(label),
-        family=spec.family if spec else None, label=label, noise=noise,
-        architecture=fmt.architecture(label, noise),
-        data_desc=f"{setup['data']} ({summary.get('train_images', '?')} train / "
-                  f"{summary.get('val_images', '?')} val images)",
-        **{f"env_{k}": v for k, v in env.items()},
-        _path=rec.path, _history=rec.history,
-    )
+    images = f"{summary.get('train_images', '?')} train / {summary.get('val_images', '?')} val images"
+    return dict(summary, **setup, experiment_id=config.experiment_id, seed=config.seed, status=rec.status,
+                model_order=registry.model_rank(label), family=spec.family if spec else None, label=label, noise=noise,
+                architecture=fmt.architecture(label, noise), data_desc=f"{setup['data']} ({images})",
+                **{f"env_{k}": v for k, v in env.items()}, _path=rec.path, _history=rec.history)
 
 
 def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.DataFrame, list[dict]]:
