@@ -1,15 +1,9 @@
 """The report's figures: loss curves per report table, accuracy vs noise, one run's curves, the data's sample grid.
 
-    fig = figures.curves_figure(runs.finished_runs(runs.collect("results")), registry.FAMILIES["L2_rpe"], "Table 2")
-    figures.save_png(fig, "curves.png")  # written atomically
-
-report.py decides which figures a set-up has (`report.figure_panels`); this module draws rows of `runs.collect` (one
-per run) and cells of `runs.aggregate` (one per experiment). Every figure is a matplotlib `Figure`, never pyplot (PNGs
-rendered with Agg, a notebook's backend left alone), in Okabe-Ito colours (ResNets black, a Lambda family its registry
-colour). A cell's seeds are one mean line and a min–max band, a Lambda model sits beside the ResNet of its depth with
-the paired (same-seed) difference under them; nothing is drawn without runs (ValueError). The lr's warm restarts are
-dotted lines (a loss jump there is the schedule, not instability), a diverged epoch an 'x'. PNGs carry no version
-stamp, so the same records give the same bytes.
+Draws rows of `runs.collect` (one per run) and cells of `runs.aggregate` (one per experiment); report.py decides which
+figures a set-up has. Every figure is a matplotlib `Figure`, never pyplot (a notebook's backend is left alone), in
+Okabe-Ito colours; nothing is drawn without runs (ValueError). PNGs carry no version stamp: the same records give
+the same bytes.
 """
 from __future__ import annotations
 
@@ -104,13 +98,6 @@ def seed_curves(runs: pd.DataFrame, key: str) -> dict[int, dict[int, float]]:
             for _, run in runs.iterrows()}
 
 
-def mean_band(curves: dict[int, dict[int, float]]) -> tuple[np.ndarray, ...]:
-    """(epochs, mean, min, max, n) over the curves that have a value at each epoch."""
-    epochs = sorted({e for curve in curves.values() for e in curve})
-    values = [[curve[e] for curve in curves.values() if e in curve] for e in epochs]
-    return (np.array(epochs, dtype=float), *(np.array([f(v) for v in values]) for f in (np.mean, min, max, len)))
-
-
 def _rows_apart(runs: pd.DataFrame) -> bool:
     """Whether these runs' train and val losses differ so much in range that one y-axis would flatten one row."""
     def top(key: str) -> float:  # the highest finite loss after epoch 1, over every run (each noise level too)
@@ -135,10 +122,9 @@ def _seeds_text(counts: set[int]) -> str:
 
 
 def curve_blocks(runs: pd.DataFrame, family: registry.Family) -> list[tuple[list[str], str | None]]:
-    """What a family's figure draws, per block of rows: (the model labels with runs, the reference of its
-    difference row or None). Baselines: one block, R34 − R18 when both have runs. A Lambda family: one block per
-    depth with runs of its Lambda model (each lambda layer implementation that has runs, ours first): the ResNet
-    of that depth (when it has runs) beside them."""
+    """A family's figure, per block of rows: (the model labels with runs, the reference of its difference row or
+    None). Baselines: one block, R34 − R18 when both have runs; a Lambda family: one block per depth with runs of its
+    Lambda model (each lambda layer that has runs, ours first), beside the ResNet of that depth when it has runs."""
     have = set(runs["label"]) if not runs.empty else set()
     if family.position is None:
         models = [family.label(d) for d in family.depths if family.label(d) in have]
@@ -168,10 +154,9 @@ def label_colour(label: str) -> str:
 
 
 def _scale(axes: list, points: list[tuple[float, float]], log_above: float | None) -> None:
-    """Shared y-limits of `axes` from (epoch, value) `points`, with at least four labelled ticks: set by the
-    epochs after the first when epoch 1 would stretch the range by more than half (its losses from an untrained
-    net would flatten the rest), logarithmic when the values span more than `log_above` (None: linear with 0 shown,
-    symmetric-log beyond ±SYMLOG_ABOVE)."""
+    """Shared y-limits and ticks (at least four labelled) of `axes` from (epoch, value) `points`: set by the epochs
+    after the first when epoch 1 would stretch the range by more than half (an untrained net's losses would flatten
+    the rest); log when they span more than `log_above` (None: linear, 0 shown, symmetric-log past ±SYMLOG_ABOVE)."""
     every = [v for _, v in points]
     later = [v for e, v in points if e > 1] or every or [1.0, 3.0]
     every = every or later
@@ -201,10 +186,14 @@ def _scale(axes: list, points: list[tuple[float, float]], log_above: float | Non
 
 
 def _draw_mean(ax, curves: dict, colour: str, name: str) -> list[tuple[float, float]]:
-    """One cell's mean line and min–max band; returns its (epoch, value) extremes for the y-range."""
-    epochs, mean, low, high, n = mean_band(curves)
-    if not len(epochs):
+    """One cell's mean line and min–max band over the curves with a value at each epoch (seed -> {epoch: value});
+    returns its (epoch, value) extremes for the y-range."""
+    epochs = sorted({e for curve in curves.values() for e in curve})
+    if not epochs:
         return []
+    values = [[curve[e] for curve in curves.values() if e in curve] for e in epochs]
+    mean, low, high, n = (np.array([f(v) for v in values]) for f in (np.mean, min, max, len))
+    epochs = np.array(epochs, dtype=float)
     ax.plot(epochs, mean, color=colour, linewidth=1.9, marker="o", markersize=3.2, label=f"{name} mean", zorder=3)
     if n.max() > 1:
         ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0, label=f"{name} band", zorder=2)
@@ -277,8 +266,7 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
                 base = seed_curves(here[here["label"] == ref], "val_loss")
                 for label in [m for m in present if m != ref]:
                     pairs = paired_differences(base, seed_curves(here[here["label"] == label], "val_loss"))
-                    values.setdefault(group, []).extend(
-                        _draw_mean(ax, pairs, colours[label], f"{label} − {ref} val"))
+                    values.setdefault(group, []).extend(_draw_mean(ax, pairs, colours[label], f"{label} − {ref} val"))
                 if len(present) < 2:
                     missing = " / ".join(m for m in models if m not in present)
                     ax.text(0.5, 0.5, f"no {missing} runs at this noise to pair with", ha="center", va="center",
@@ -332,9 +320,8 @@ def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Fi
 
 
 def _loss_axis(ax, good: list[dict], band: bool) -> tuple[float, float]:
-    """One run's y-axis (run_figure): the finite losses of the epochs before any divergence, logarithmic when they
-    span more than a factor 4, with a grey band above them for the 'x' of an off-scale diverged epoch. Returns (the
-    highest finite loss, where an off-scale 'x' goes)."""
+    """run_figure's y-axis over the finite losses before any divergence, log when they span more than a factor 4, with
+    a grey band on top for an off-scale diverged epoch. Returns (the highest finite loss, where its 'x' goes)."""
     finite = [r[k] for r in good for k in ("train_loss", "val_loss") if math.isfinite(r[k]) and r[k] > 0]
     low, high = (min(finite), max(finite)) if finite else (1.0, 3.0)
     log = high / low > 4
@@ -359,10 +346,9 @@ def _loss_axis(ax, good: list[dict], band: bool) -> tuple[float, float]:
 
 
 def run_figure(run: pd.Series) -> Figure:
-    """One run (a row of runs.collect) as its train and val loss per epoch, readable at any epoch count: markers
-    and the last value of each curve written next to it, integer epoch ticks over the planned schedule (an
-    unfinished run shows how far it got), the lr's warm restarts dotted, a diverged epoch as an 'x', the legend
-    under the axes, the title naming the model and noise (the row's 'architecture'), status and scale."""
+    """One run (a row of runs.collect): train and val loss per epoch over its planned schedule (an unfinished run
+    shows how far it got), the last values written when there are few epochs, the lr's warm restarts dotted, a
+    diverged epoch an 'x'; the title names the model and noise (the row's 'architecture'), status and set-up."""
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     ax = fig.subplots()
     good, bad = _split(run)
@@ -371,8 +357,7 @@ def run_figure(run: pd.Series) -> Figure:
     for key, name, style, marker, colour in (("train_loss", "train loss", "--", "o", OKABE_ITO[0]),
                                              ("val_loss", "val loss", "-", "s", OKABE_ITO[3])):
         values = [r[key] if math.isfinite(r[key]) else np.nan for r in good]
-        ax.plot(epochs, values, linestyle=style, marker=marker, markersize=7, linewidth=1.8, color=colour,
-                label=name)
+        ax.plot(epochs, values, linestyle=style, marker=marker, markersize=7, linewidth=1.8, color=colour, label=name)
         finite = [(e, v) for e, v in zip(epochs, values) if math.isfinite(v)]
         if finite and len(epochs) <= 5:  # few points: their values, as a line would not show a trend
             last = finite[-1][1]
@@ -422,10 +407,9 @@ def has_accuracy(cells: pd.DataFrame) -> bool:
 
 
 def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
-    """Best val top-1 at the measured noise levels only (one group each, no line through the levels between):
-    per model its mean over seeds with a 95 % t interval, a bare marker where one seed is all there is;
-    colour = `label_colour`, marker = depth; a dotted chance line (1/classes); a black 'x' where a run of the cell
-    diverged (its best is from before the divergence). No measured cell: ValueError."""
+    """Best val top-1 at the measured noise levels only (one group each, no line between them): per model its mean
+    over seeds with a 95 % t interval, hollow where one seed is all there is; colour `label_colour`, marker the depth;
+    a dotted chance line; a black 'x' where a run of the cell diverged (its best predates it). No cell: ValueError."""
     cells = cells[pd.to_numeric(cells["best_val_acc"], errors="coerce").notna()] if not cells.empty else cells
     if cells.empty:
         raise ValueError("no cell with a best val top-1 to draw")
