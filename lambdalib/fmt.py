@@ -12,10 +12,8 @@ MISSING = "—"
 
 def missing(value) -> bool:
     """None, NaN or pandas' NA: a value that was never measured."""
-    if value is None:
-        return True
     try:
-        return bool(value != value)  # NaN (float, numpy, pandas.NA raises -> treated below)
+        return value is None or bool(value != value)  # NaN (float, numpy, pandas.NA raises -> treated below)
     except (TypeError, ValueError):
         return True
 

@@ -14,21 +14,14 @@ import os
 from pathlib import Path
 
 
-def _is_project_root(folder: Path) -> bool:
-    pyproject = folder / "pyproject.toml"
-    return pyproject.is_file() and 'name = "lambdalib"' in pyproject.read_text(errors="ignore")
-
-
 def project_root() -> Path:
     if os.environ.get("LAMBDALIB_HOME"):
         return Path(os.environ["LAMBDALIB_HOME"]).expanduser().resolve()
     here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if _is_project_root(folder):
+    for folder in (here, *here.parents, Path(__file__).resolve().parent.parent):  # then the checkout installed from
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and 'name = "lambdalib"' in pyproject.read_text(errors="ignore"):
             return folder
-    installed_from = Path(__file__).resolve().parent.parent
-    if _is_project_root(installed_from):
-        return installed_from
     return here
 
 
