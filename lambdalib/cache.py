@@ -284,14 +284,12 @@ def decoded_images(paths: Sequence[str], kind: str, size: int, *, root: str | Pa
         checksums = _row_checksums(out)
         out = None  # unmapped before the rename (Windows cannot rename a mapped file)
         build_s = time.perf_counter() - start
-        manifest = dict(
-            format=FORMAT_VERSION, key=key, kind=kind, size=size, count=len(paths), split=split,
-            root=str(root), rule=_rule(kind, size), shape=[len(paths), size, size, 3],
-            dtype="uint8", file_bytes=tmp.stat().st_size, checksums=checksums,
-            unreadable={str(k): v for k, v in sorted(unreadable.items())},
-            unreadable_paths=[paths[k] for k in sorted(unreadable)], sizes=sizes.ravel().tolist(),
-            build_s=round(build_s, 3), pillow=Image.__version__,
-        )
+        manifest = dict(format=FORMAT_VERSION, key=key, kind=kind, size=size, count=len(paths), split=split,
+                        root=str(root), rule=_rule(kind, size), shape=[len(paths), size, size, 3], dtype="uint8",
+                        file_bytes=tmp.stat().st_size, checksums=checksums,
+                        unreadable={str(k): v for k, v in sorted(unreadable.items())},
+                        unreadable_paths=[paths[k] for k in sorted(unreadable)], sizes=sizes.ravel().tolist(),
+                        build_s=round(build_s, 3), pillow=Image.__version__)
         tmp_manifest.write_text(json.dumps(manifest) + "\n")
         os.replace(tmp, target)
         os.replace(tmp_manifest, target.with_suffix(".json"))  # last: a manifest means a complete file

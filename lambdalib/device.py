@@ -65,19 +65,17 @@ def unsupported_gpu(index: int = 0) -> str | None:
 def pick_device(choice: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
     """The device of RunConfig.device: 'auto' takes the GPU when this torch can compute on it, else the CPU
     with a warning naming the install that would use the GPU; an explicit 'cuda' it cannot use is refused."""
-    cpu = torch.device("cpu")
     if choice == "auto":
         if torch.cuda.is_available():
             why = unsupported_gpu(local_rank)
             if why is None:
                 return torch.device("cuda", local_rank)
             warnings.warn(f"{why}. Training on the CPU meanwhile.", stacklevel=2)
-            return cpu
-        if Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists():
+        elif Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists():
             warnings.warn("an NVIDIA GPU is present but this torch cannot use it (torch.cuda.is_available() is "
                           "False): training on the CPU. Install a torch build for this GPU (see the README).",
                           stacklevel=2)
-        return cpu
+        return torch.device("cpu")
     device = torch.device(choice)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={choice!r}: this machine has no Apple GPU that torch can use (MPS); use "

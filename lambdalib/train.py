@@ -326,7 +326,7 @@ def _prepare_data(ctx: Context) -> Data:
         stats_loader = cached.eval_loader(cached.val_indices[order][dist.rank::dist.world_size])
         skipped_paths, val_loader, workers = cached.skipped, cached.val_loader, 0
     else:
-        # every image decoded once up front (a second per 2,000 on one core), unreadable ones as above
+        # every image decoded once up front, unreadable ones as above
         cached, (train_set, val_set) = None, splits(True)
         skipped_paths = train_set.skipped + val_set.skipped
         train_subset = data_lib.first_per_class(train_set.clean_targets, config.train_per_class)
@@ -405,8 +405,7 @@ def _build(ctx: Context, num_classes: int) -> Trainee:
     if ctx.dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if ctx.compiled:
-        # shapes stay static but for the last, smaller batch (one more graph); train and eval modes each
-        # get their graphs once: a handful of compilations per run, all in the first epoch
+        # static shapes but for the last, smaller batch: a handful of compilations per run, all in epoch 1
         net = torch.compile(net)
     return Trainee(model, net, optimizer, scheduler, scaler, history, params, gflops)
 
@@ -463,18 +462,17 @@ def _train(ctx: Context, stop_after_epoch: int | None) -> Path:
     trainee = _build(ctx, len(data.classes))
     history = recorded = trainee.history  # recorded: what the record shows, never more than last.pt holds
     label = registry.run_label(config.model, config.lambda_layer)
-    extra = dict(
-        run_id=config.run_id, experiment_id=config.experiment_id, model=registry.resolve_name(config.model),
-        label=label, architecture=models.describe(config.model),
-        timm_lookalike=models.lookalike_note(config.model) is not None, noise=config.noise,
-        realised_noise=data.realised_noise, preset=config.preset,
-        params=trainee.params, gflops=round(trainee.gflops, 4), train_images=len(data.train),
-        val_images=data.val_images, amp=config.amp, precision=ctx.precision, channels_last=ctx.channels_last,
-        compiled=ctx.compiled, **determinism, loader="cached" if data.cached else "workers",
-        augment_on=data.cached.augment_on if data.cached else None, loader_workers=data.workers,
-        cache_store_px=data.cached.train_images.size if data.cached else None, skipped_images=len(data.skipped),
-        skipped_files=data.skipped, environment=dev.environment(ctx.device, dist.world_size),
-    )
+    extra = dict(run_id=config.run_id, experiment_id=config.experiment_id, model=registry.resolve_name(config.model),
+                 label=label, architecture=models.describe(config.model),
+                 timm_lookalike=models.lookalike_note(config.model) is not None, noise=config.noise,
+                 realised_noise=data.realised_noise, preset=config.preset, params=trainee.params,
+                 gflops=round(trainee.gflops, 4), train_images=len(data.train), val_images=data.val_images,
+                 amp=config.amp, precision=ctx.precision, channels_last=ctx.channels_last, compiled=ctx.compiled,
+                 **determinism, loader="cached" if data.cached else "workers",
+                 augment_on=data.cached.augment_on if data.cached else None, loader_workers=data.workers,
+                 cache_store_px=data.cached.train_images.size if data.cached else None,
+                 skipped_images=len(data.skipped), skipped_files=data.skipped,
+                 environment=dev.environment(ctx.device, dist.world_size))
     nondeterministic: set[str] = set()
     if dist.is_main:
         config.save(run_dir / "config.json")
