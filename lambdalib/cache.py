@@ -167,7 +167,6 @@ def _row_checksums(images: np.ndarray, block: int = 64) -> dict[str, int]:
 class DecodedImages:
     """A split's decoded images: `images` (N, size, size, 3) uint8, memory-mapped, row k = paths[k]; `sizes` the
     originals' (height, width); `unreadable` {row: reason}; `decoded`: images decoded now (0: cache reused)."""
-
     path: Path
     kind: str
     size: int
@@ -357,9 +356,8 @@ class CachedLoader:
             indices = np.arange(len(indices))
         self.images, self.labels, self.sizes, self.indices = images, labels, sizes, indices
         self.batch_size, self.shuffle, self.train, self.drop_last = batch_size, shuffle, train, drop_last
-        self.channels_last = channels_last
         self.rank, self.world_size, self.order_seed = rank, world_size, order_seed
-        self.augment_on, self.prefetch = augment_on, prefetch
+        self.channels_last, self.augment_on, self.prefetch = channels_last, augment_on, prefetch
         self.pin = self.device.type == "cuda" and augment_on == "host"
         self.generator = generator if generator is not None else self._generator(0)
 
@@ -437,7 +435,6 @@ class CachedLoader:
 class CachedData:
     """What `cached_loaders` returns: the dataset indices used (val: all ranks'), the unreadable paths left out
     (`skipped`), this rank's `val_loader`, and `train_loader` for each epoch."""
-
     train_images: DecodedImages
     val_images: DecodedImages
     train_indices: np.ndarray
@@ -449,8 +446,7 @@ class CachedData:
     _eval: dict = field(default_factory=dict)
 
     def train_loader(self, generator: torch.Generator | int, order_seed: int | None = None) -> CachedLoader:
-        """The training batches of one epoch, drawn from `generator` (seed it per (seed, epoch, rank));
-        with several ranks `order_seed` (the same on all, e.g. seed + epoch) orders them."""
+        """One epoch's training batches from `generator` (seed it per (seed, epoch, rank)); see `reseeded`."""
         return self._train.reseeded(generator, order_seed)
 
     def eval_loader(self, indices: Sequence[int], batch_size: int | None = None) -> CachedLoader:
@@ -505,8 +501,7 @@ def cached_loaders(train_set, val_set, *, img_size: int, batch_size: int, train_
     augment_on = choose_augment(augment_on, torch.device(device), used)
     args = dict(batch_size=batch_size, img_size=img_size, device=device, channels_last=channels_last,
                 augment_on=augment_on)
-    val_loader = CachedLoader(val_images, val_set.clean_targets, indices=val_idx[rank::world_size], shuffle=False,
-                              train=False, **args)
+    val_loader = CachedLoader(val_images, val_set.clean_targets, indices=val_idx[rank::world_size], **args)
     train = CachedLoader(train_images, train_set.targets, indices=train_idx, shuffle=True, train=True,
                          drop_last=drop_last, rank=rank, world_size=world_size, prefetch=prefetch, **args)
     return CachedData(train_images, val_images, train_idx, val_idx, skipped, val_loader, train, augment_on,

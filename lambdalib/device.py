@@ -267,8 +267,7 @@ def compiles(wanted: bool, device: torch.device) -> bool:
 
 
 def adam(params, **kwargs) -> torch.optim.Adam:
-    """Fused Adam where this torch/device has it (one kernel for all tensors, the same update rule), else the
-    plain one (e.g. CPU before torch 2.4)."""
+    """Fused Adam (one kernel, the same update rule) where this torch/device has it (not CPU before torch 2.4)."""
     params = list(params)
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
@@ -527,16 +526,14 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int,
 
 @functools.lru_cache(maxsize=16)
 def _affine(device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) (C, 1, 1) with (x / 255 - MEAN) / STD = x * scale + shift, once per device (not a pageable
-    host-to-device copy every step)."""
+    """(scale, shift) (C, 1, 1) with (x / 255 - MEAN) / STD = x * scale + shift, made once per device, not per step."""
     std = torch.tensor(STD, dtype=torch.float64).view(-1, 1, 1)
     scale, shift = 1.0 / (255.0 * std), -torch.tensor(MEAN, dtype=torch.float64).view(-1, 1, 1) / std
     return scale.to(device, torch.float32), shift.to(device, torch.float32)
 
 
 def normalise(images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """uint8 (or 0-255 float) NCHW -> float32 (x / 255 - MEAN) / STD in `memory_format`: ToTensor +
-    Normalize's result up to float rounding (<= 5e-7), in two passes after the conversion."""
+    """uint8 (or 0-255 float) NCHW -> float32 (x / 255 - MEAN) / STD in `memory_format`: ToTensor + Normalize."""
     scale, shift = _affine(str(images.device))
     floats = images.to(torch.float32, memory_format=memory_format, copy=True)
     return floats.mul_(scale).add_(shift)
