@@ -43,9 +43,7 @@ class RunBusyError(ValueError):
     """Another live process on this machine is training the same run folder."""
 
 
-def make_run_dir(run_dir: Path) -> None:
-    """Create the run folder, or say in one line why it cannot be (read-only, a file in the way, ...)."""
-    make_dir(run_dir)
+make_run_dir = make_dir  # create the run folder, or say in one line why it cannot be (read-only, a file in the way)
 
 
 def history_csv(history: list[dict]) -> str:

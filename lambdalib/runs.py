@@ -56,15 +56,13 @@ def setup_of(config: RunConfig) -> dict:
     """What makes runs comparable: the identity without model, noise and seed, as a file-name slug (readable
     scale + a hash of the whole set-up, so two set-ups never share a slug), its scale fields, the other
     fields that differ from the preset ('recipe') and whether it is a smoke test."""
-    ident = config.identity()
-    key = {k: v for k, v in ident.items() if k not in CELL_FIELDS}
+    key = {k: v for k, v in config.identity().items() if k not in CELL_FIELDS}
     # the lc scope a set-up asked for (R18 and rpe runs of the same grid share it): lc runs sit beside their
     # baselines, and two scopes are two set-ups; records from before the field read as the report's 23
     key["lc_scope"] = config.resolved().lc_scope
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     defaults = {**{f.name: f.default for f in fields(RunConfig)}, **PRESETS.get(key["preset"], {}), **PLAIN}
-    recipe = ", ".join(f"{k}={fmt.value(v)}" for k, v in key.items()
-                       if k not in SCALE_FIELDS and v != defaults.get(k))
+    recipe = ", ".join(f"{k}={fmt.value(v)}" for k, v in key.items() if k not in SCALE_FIELDS and v != defaults.get(k))
     per_class = (f"{key['train_per_class'] or 'all'}+{key['val_per_class'] or 'all'}pc"
                  if key["train_per_class"] or key["val_per_class"] else "all")
     slug = f"{key['preset']}_{key['data']}_{per_class}_e{key['epochs']}_{key['img_size']}px_{digest}"
@@ -141,8 +139,7 @@ def read_record(run_dir: Path | str) -> Record | None:
             raise record.RecordError(f"{run_dir / file} is missing (summary.json without its config)")
         config = record.load_config(run_dir)
         file = "history.csv"
-        history = record.read_history(run_dir)
-        return Record(run_dir, summary, config, history, record.status(run_dir, summary))
+        return Record(run_dir, summary, config, record.read_history(run_dir), record.status(run_dir, summary))
     except _READ_ERRORS as err:
         raise UnreadableRecord(file, err) from err
 
