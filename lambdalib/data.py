@@ -50,8 +50,6 @@ CorruptImageError = UnreadableImageError  # the former name
 
 
 # --------------------------------------------------------------------------- labels and noise
-
-
 def read_labels(root_or_csv: str | Path) -> pd.DataFrame:
     """Read noisy_imagenette.csv (from a folder or the CSV path) and check its columns and classes."""
     csv = Path(root_or_csv)
@@ -127,8 +125,6 @@ def class_table(labels: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- transforms and dataset
-
-
 def train_transform(img_size: int = 160) -> Callable:
     """RandomResizedCrop + horizontal flip + ToTensor + ImageNet normalisation."""
     return T.Compose([T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -152,11 +148,9 @@ def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: t
     """torchvision `RandomResizedCrop.get_params`, vectorised over images: (n, 4) int64 (top, left, h, w), on
     the device of `heights`. Always `attempts` draws per image (the first that fits is kept, else torchvision's
     centre crop), so the same seed gives the same crops whatever fits."""
-    device = heights.device if torch.is_tensor(heights) else torch.device("cpu")
-    heights = torch.as_tensor(heights, dtype=torch.float64, device=device).reshape(-1)
-    widths = torch.as_tensor(widths, dtype=torch.float64, device=device).reshape(-1)
+    draw = dict(dtype=torch.float64, device=heights.device)
+    heights, widths = heights.to(**draw).reshape(-1), widths.to(**draw).reshape(-1)
     n = len(heights)
-    draw = dict(dtype=torch.float64, device=device)
     target = (heights * widths)[:, None] * torch.empty(n, attempts, **draw).uniform_(*scale, generator=generator)
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     aspect = torch.exp(torch.empty(n, attempts, **draw).uniform_(*log_ratio, generator=generator))
@@ -164,7 +158,7 @@ def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: t
     h = torch.round(torch.sqrt(target / aspect))
     fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
     first, found = fits.to(torch.int8).argmax(dim=1), fits.any(dim=1)
-    pick = torch.arange(n, device=device)
+    pick = torch.arange(n, device=heights.device)
     w, h = w[pick, first], h[pick, first]
     in_ratio = widths / heights  # fallback: torchvision's centre crop
     fw = torch.where(in_ratio > max(ratio), torch.round(heights * max(ratio)), widths)
@@ -179,13 +173,10 @@ def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: t
 def stored_boxes(params: torch.Tensor, sizes: torch.Tensor, store: int) -> torch.Tensor:
     """Crop boxes (top, left, h, w) on the original images -> the same regions on the squashed store x store
     images, rounded to whole stored pixels (at least one)."""
-    params, sizes = params.to(torch.float64), sizes.to(torch.float64)
-    sy, sx = store / sizes[:, 0], store / sizes[:, 1]
-    y0 = torch.round(params[:, 0] * sy).clamp(0, store - 1)
-    x0 = torch.round(params[:, 1] * sx).clamp(0, store - 1)
-    y1 = torch.maximum(torch.round((params[:, 0] + params[:, 2]) * sy).clamp(max=store), y0 + 1)
-    x1 = torch.maximum(torch.round((params[:, 1] + params[:, 3]) * sx).clamp(max=store), x0 + 1)
-    return torch.stack([y0, x0, y1 - y0, x1 - x0], dim=1).to(torch.int64)
+    params, scale = params.to(torch.float64), store / sizes.to(torch.float64)  # (height, width): y then x, as in params
+    start = torch.round(params[:, :2] * scale).clamp(0, store - 1)
+    end = torch.maximum(torch.round((params[:, :2] + params[:, 2:]) * scale).clamp(max=store), start + 1)
+    return torch.cat([start, end - start], dim=1).to(torch.int64)
 
 
 # what decoding a broken file raises (PIL's plugins differ; a decompression bomb is not an OSError)
@@ -375,8 +366,6 @@ class NoisyImagenette(Dataset):
 
 
 # --------------------------------------------------------------------------- loader
-
-
 def default_workers() -> int:
     """DataLoader workers by default: min(usable CPU cores, 8)."""
     try:
@@ -454,8 +443,6 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, 
 
 
 # --------------------------------------------------------------------------- overview
-
-
 def overview(root: str | Path | None = None, noise_levels: Iterable[float] = NOISE_LEVELS) -> dict:
     """{"root", "classes": class_table, "noise": noise_table} from the CSV only (fast); unknown noise levels
     raise ValueError listing the official ones before any file is read."""

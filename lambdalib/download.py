@@ -53,8 +53,6 @@ class IntegrityError(ValueError):
 
 
 # --------------------------------------------------------------------------- layout
-
-
 def image_files(root: str | Path, splits: Iterable[str] = SPLITS) -> set[str]:
     """The relative 'split/wnid/file' paths of the files under `root`'s split folders (one scan per folder)."""
     root, found = Path(root), set()
@@ -93,8 +91,6 @@ def _find_layout(folder: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- fetch / verify / extract
-
-
 def _archive_stem(name: str) -> str | None:
     """'imagenette2-160.tgz' -> 'imagenette2-160'; None when the name is not an archive's."""
     for suffix in _ARCHIVE_SUFFIXES:
@@ -284,8 +280,6 @@ def prepare_archive(source: str | Path, md5: str | None = None, *, download_root
 
 
 # --------------------------------------------------------------------------- the data argument
-
-
 def embedded_root() -> Path:
     """The small real Imagenette subset tracked in the repository (data/imagenette-mini/)."""
     candidates = [paths.data_dir() / EMBEDDED_NAME, Path(__file__).resolve().parents[1] / "data" / EMBEDDED_NAME]
