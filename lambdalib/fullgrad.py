@@ -3,10 +3,9 @@
     model, info = fullgrad.load_model("lambda_resnet26t")            # pretrained; raises if unavailable
     result = fullgrad.attention_map(model, "data/images/both.png")   # explains the top-1 class
 
-pytorch-grad-cam's FullGrad takes the layers of type *exactly* Conv2d or BatchNorm2d: it sums 6 of
-lambda_resnet26t's 40 bias terms (timm's BatchNormAct2d is a subclass) but all 20 of resnet18's.
-`CompleteFullGrad` keeps its arithmetic over every conv/norm layer with a bias, reading each norm+act
-layer's gradient *before* its activation, where the bias acts.
+pytorch-grad-cam's FullGrad takes only layers of type *exactly* Conv2d or BatchNorm2d, so it misses most of
+lambda_resnet26t's bias terms (timm's BatchNormAct2d is a subclass). `CompleteFullGrad` keeps its arithmetic over
+every conv/norm layer with a bias, reading each norm+act layer's gradient *before* its activation, where it acts.
 """
 from __future__ import annotations
 
@@ -344,14 +343,6 @@ def open_image(image: str | Path | Image.Image | None) -> Image.Image:
         return opened.convert("RGB")
 
 
-def preprocess(model: nn.Module, image: Image.Image) -> torch.Tensor:
-    """(1, 3, h, w) input from the model's own timm data config (size, interpolation, mean, std), with the
-    whole image squashed to the input (crop_pct 1): a centre crop would leave borders the map cannot cover."""
-    config = timm.data.resolve_data_config(model=model)
-    config.update(crop_pct=1.0, crop_mode="squash")
-    return timm.data.create_transform(**config)(image).unsqueeze(0)
-
-
 def _class_index(target: int | str, names: list[str]) -> int:
     if isinstance(target, str) and target.strip().isdigit():
         target = int(target)
@@ -380,7 +371,11 @@ def attention_map(model: nn.Module, image: str | Path | Image.Image | None = Non
         or [f"class {i}" for i in range(getattr(model, "num_classes", 0) or 1000)]
     index = None if target is None else _class_index(target, names)
     model.eval()
-    x = preprocess(model, picture).to(next(model.parameters()).device)
+    # the model's own timm data config, with the whole image squashed to the input (crop_pct 1): a centre crop
+    # would leave borders the map cannot cover
+    config = timm.data.resolve_data_config(model=model)
+    config.update(crop_pct=1.0, crop_mode="squash")
+    x = timm.data.create_transform(**config)(picture).unsqueeze(0).to(next(model.parameters()).device)
     layer_name = None
     if key.startswith("fullgrad"):
         cam = METHODS[key](model)
@@ -440,28 +435,22 @@ def normalised_entropy(cam: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum() / np.log(values.size))
 
 
-def box_mask(shape: tuple[int, int], boxes) -> np.ndarray:
-    """Boolean (height, width) mask of the union of `boxes` ((left, top, right, bottom), right/bottom exclusive)."""
-    mask = np.zeros(shape, dtype=bool)
-    for left, top, right, bottom in boxes:
-        mask[max(int(top), 0):max(int(bottom), 0), max(int(left), 0):max(int(right), 0)] = True
-    return mask
-
-
 def mass_in_boxes(cam: np.ndarray, boxes) -> float:
-    """The share of the map's total mass inside the union of `boxes` (in the map's pixels: the image's, as
-    `attention_map` returns it); a uniform map gives `area_share`. NaN for an all-zero map or no boxes."""
+    """The share of the map's total mass inside the union of `boxes` ((left, top, right, bottom) in the map's
+    pixels, right/bottom exclusive); NaN for an all-zero map or no boxes."""
     values, total = _mass(cam)
     boxes = list(boxes)
     if total <= 0 or not boxes:
         return float("nan")
-    return float(values[box_mask(values.shape, boxes)].sum() / total)
+    mask = np.zeros(values.shape, dtype=bool)
+    for left, top, right, bottom in boxes:
+        mask[max(int(top), 0):max(int(bottom), 0), max(int(left), 0):max(int(right), 0)] = True
+    return float(values[mask].sum() / total)
 
 
 def area_share(shape: tuple[int, int], boxes) -> float:
-    """The union of `boxes` as a share of a (height, width) image: what `mass_in_boxes` gives a uniform map,
-    the baseline an on-object share is read against (both.png's dog box: 0.229)."""
-    return float(box_mask(shape, boxes).mean()) if list(boxes) else float("nan")
+    """The union of `boxes` as a share of a (height, width) image: the uniform baseline of an on-object share."""
+    return mass_in_boxes(np.ones(shape), boxes)
 
 
 def boxes_file(image: str | Path) -> Path:
