@@ -4,8 +4,7 @@
     attention.trained_figure()   # from our run records' best.pt (no download), with its table
 
 Maps and their measures are fullgrad.py's; here: picking runs (PICK_RULE), the panels, caption and table.
-Each on-object share stands next to its uniform baseline, the box's share of the image area (both.png's dog
-box is 22.9 % of it: a share of 0.25 there is barely above what an evenly spread map gives).
+Each on-object share stands next to its uniform baseline, the box's share of the image area.
 """
 from __future__ import annotations
 
@@ -39,6 +38,7 @@ PICK_RULE = ("per model and noise level, among the run folders with a best.pt: p
              "'complete', then official (not synthetic) noise, then the most epochs trained, then the lowest seed, "
              "then the run id (alphabetical)")
 CMAP, _BOX_COLOURS = "jet", ("red", "lime", "cyan", "magenta", "yellow")
+CAPTION_START = "![{path.stem}]({path.name})"  # the caption file beside a figure begins so (files.figure_target)
 _VERDICT_COLOURS = {True: "darkgreen", False: "firebrick", None: "black"}  # prediction: right, wrong, no truth
 
 
@@ -221,10 +221,10 @@ def _panels(model, info: ModelInfo, rows: list[Row], key: str, target=None, **ex
 
 
 # ------------------------------------------------------------------------------------ drawing
-def _render(panels: list[Panel], rows: list[Row], caption: str, dpi: int, metadata: dict) -> tuple[object, bytes]:
-    """(Figure, PNG): the image column, one column of overlays per model (`panels` column by column), a colour
-    bar and the caption; saved through PIL as RGB (no alpha: a tenth smaller) with `metadata` and lambdalib's
-    version as PNG text chunks and nothing that varies between runs (no time stamp)."""
+def _render(panels: list[Panel], rows: list[Row], caption: str, dpi: int, metadata: dict, path: Path) -> object:
+    """The Figure of the image column, one column of overlays per model (`panels` column by column), a colour
+    bar and the caption, saved to `path` (and the caption beside it as .md) through PIL as RGB (no alpha: a tenth
+    smaller) with `metadata` and lambdalib's version as PNG text chunks and nothing that varies between runs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, works under any backend
     from matplotlib.patches import Rectangle
@@ -274,17 +274,10 @@ def _render(panels: list[Panel], rows: list[Row], caption: str, dpi: int, metada
         info.add_text(name, value)  # Latin-1 as tEXt, anything else as iTXt
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="png", pnginfo=info, dpi=(dpi, dpi))
-    return fig, buffer.getvalue()
-
-
-CAPTION_START = "![{path.stem}]({path.name})"  # the caption file beside a figure begins so (files.figure_target)
-
-
-def _save(png: bytes, path: Path, caption: str) -> Path:
     files.make_dir(path.parent)
-    files.atomic_write_bytes(path, png)
+    files.atomic_write_bytes(path, buffer.getvalue())
     files.atomic_write_text(path.with_suffix(".md"), f"{CAPTION_START.format(path=path)}\n\n{caption}\n")
-    return path.with_suffix(".md")
+    return fig
 
 
 # ---------------------------------------------------------------------------------- captions
@@ -435,8 +428,8 @@ def attention_figure(models: list, image: str | Path | None = None, *, method: s
         f"{title}: the image, then one panel per model; each title gives the model and the map's measures.",
         _reading_text([row]), _predictions_text(panels, [row], target), _layers_text(panels, key),
         "Weights: " + "; ".join(f"{p.info.label}: {p.info.weights}" for p in panels) + "."])
-    fig, png = _render(panels, [row], caption, dpi, {"Title": title, "Description": caption})
-    return AttentionFigure(path, caption, _save(png, path, caption), panels, fig)
+    fig = _render(panels, [row], caption, dpi, {"Title": title, "Description": caption}, path)
+    return AttentionFigure(path, caption, path.with_suffix(".md"), panels, fig)
 
 
 # ------------------------------------------------------------ figure 7 from our own trained models
@@ -469,8 +462,7 @@ def attention_table_markdown(csv_path: str | Path) -> str:
         columns, rows = list(reader.fieldnames or []), list(reader)
     if not rows:
         return "No attention maps of trained models yet (`lambdalib attention --trained`)."
-    boxes = [c[5:] for c in columns if c.startswith("mass_") and c != "mass_either"]
-    boxes += ["either"] if "mass_either" in columns else []
+    boxes = [c.removeprefix("mass_") for c in columns if c.startswith("mass_")]  # 'either' last, as written
     areas = bool(boxes) and all(f"area_{b}" in columns for b in boxes)
 
     def num(value: str | None) -> str:
@@ -549,10 +541,10 @@ def trained_figure(results: str | Path | None = None, out: str | Path | None = N
                 "Source": " ".join(run.run_id for run in picks.values()),
                 "Comment": json.dumps(dict(runs=provenance, images=[row.name for row in rows], method=key,
                                            pick_rule=PICK_RULE), sort_keys=True)}
-    fig, png = _render(panels, rows, caption, dpi, metadata)
+    fig = _render(panels, rows, caption, dpi, metadata, path)
     text, table_rows = _csv_text(panels)
     files.make_dir(table.parent)
     files.atomic_write_text(table, text)
     files.atomic_write_text(table.with_suffix(".md"), attention_table_markdown(table))
-    return AttentionFigure(path, caption, _save(png, path, caption), panels, fig, table, table.with_suffix(".md"),
+    return AttentionFigure(path, caption, path.with_suffix(".md"), panels, fig, table, table.with_suffix(".md"),
                            table_rows, picks, missing)

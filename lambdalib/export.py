@@ -169,11 +169,9 @@ def _description(name: str, hub: dict) -> str | None:
 
 
 def _front_matter(summary: dict, config, row: dict | None, epoch: int) -> str:
-    meta: dict[str, Any] = dict(
-        library_name="timm", license=LICENSE, pipeline_tag="image-classification",
-        tags=["image-classification", "timm", "lambdalib", "lambda-networks", "imagenette", "noisy-labels"],
-        datasets=[HUB_DATASET], metrics=["accuracy"],
-    )
+    meta: dict[str, Any] = dict(library_name="timm", license=LICENSE, pipeline_tag="image-classification",
+                                tags=["image-classification", "timm", "lambdalib", "lambda-networks", "imagenette",
+                                      "noisy-labels"], datasets=[HUB_DATASET], metrics=["accuracy"])
     if row is not None and all(isinstance(row[k], float) and math.isfinite(row[k]) for k in ("val_acc", "val_loss")):
         meta["model-index"] = [dict(name=summary["run_id"], results=[dict(
             task=dict(type="image-classification", name="Image Classification"),
@@ -183,7 +181,6 @@ def _front_matter(summary: dict, config, row: dict | None, epoch: int) -> str:
                      dict(type="loss", value=row["val_loss"], name=f"val cross-entropy (clean labels), epoch {epoch}")],
         )])]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
-
 
 
 def model_card(summary: dict, config, best: dict, history: list[dict], hub: dict) -> str:
