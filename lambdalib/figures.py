@@ -510,10 +510,8 @@ def plot_samples(root: str | Path | None = None, noise: float = 0.25, n: int = 1
         ax.set_title(f"{clean} →\n{CLASS_NAMES[noisy]}" if flipped else clean, fontsize=8,
                      color="red" if flipped else "black")
         ax.axis("off")
-    kind = "synthetic" if synthetic else "official"
-    source = data_slug(str(data.root))
-    fig.suptitle(f"{source} {split}, {kind} noise {noise:g}: realised flip rate {data.flip_rate:.2%} "
-                 "(red: clean → noisy label)", fontsize=9)
+    fig.suptitle(f"{data_slug(str(data.root))} {split}, {'synthetic' if synthetic else 'official'} noise {noise:g}: "
+                 f"realised flip rate {data.flip_rate:.2%} (red: clean → noisy label)", fontsize=9)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
