@@ -222,9 +222,9 @@ def _panels(model, info: ModelInfo, rows: list[Row], key: str, target=None, **ex
 
 # ------------------------------------------------------------------------------------ drawing
 def _render(panels: list[Panel], rows: list[Row], caption: str, dpi: int, metadata: dict, path: Path) -> object:
-    """The Figure of the image column, one column of overlays per model (`panels` column by column), a colour
-    bar and the caption, saved to `path` (and the caption beside it as .md) through PIL as RGB (no alpha: a tenth
-    smaller) with `metadata` and lambdalib's version as PNG text chunks and nothing that varies between runs."""
+    """The Figure: the image column, one overlay column per model (`panels` column by column), a colour bar, the
+    caption. Saved to `path` (caption beside it as .md) via PIL as RGB (no alpha: a tenth smaller) with `metadata`
+    and lambdalib's version as PNG text chunks and nothing that varies between runs (no time stamp)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, works under any backend
     from matplotlib.patches import Rectangle
