@@ -243,7 +243,6 @@ def prepare_archive(source: str | Path, md5: str | None = None, *, download_root
                              "file (its md5 is then computed), or call prepare_archive/resolve_root with md5=...")
         if not local.is_file():
             raise DataUnavailableError(f"Archive {local} not found.")
-        # a file named like an official archive must be it; any other local file vouches for itself
         md5 = ARCHIVES[stem][1] if stem in ARCHIVES else calculate_md5(local)
 
     root = Path(download_root).expanduser() if download_root is not None else paths.data_dir()
