@@ -324,8 +324,7 @@ class _PositionTerm(torch.autograd.Function):
         out = q_by_n.new_empty(b, n, h, v_cols.shape[-1])
         for start in range(0, n, step):
             stop = min(n, start + step)
-            qe = _q_dot_e(q_by_n[start:stop], emb[start:stop])  # (b, nc h, M)
-            out[:, start:stop] = torch.bmm(qe, v_cols).view(b, stop - start, h, -1)
+            out[:, start:stop] = _position_term_plain(q_by_n[start:stop], emb[start:stop], v_cols)
         ctx.save_for_backward(q_by_n, emb, v_cols)
         ctx.step = step
         return out
@@ -364,8 +363,8 @@ def position_term(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor)
 
 
 def _position_term_plain(q_by_n: torch.Tensor, emb: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
-    """position_term as plain ops, for TorchScript and tracing (which cannot record the autograd Function):
-    the same products in one chunk, so autograd keeps the q.e map (b x n x h x m) for backward."""
+    """position_term as plain ops in one chunk: _PositionTerm's forward per chunk, and TorchScript's and tracing's
+    whole position term (they cannot record the autograd Function; autograd keeps the q.e map for backward)."""
     n, b, h = q_by_n.shape[0], q_by_n.shape[1], q_by_n.shape[2]
     qe = _q_dot_e(q_by_n, emb.to(q_by_n.dtype))  # (b, n h, M)
     return torch.bmm(qe, v_cols.to(q_by_n.dtype)).view(b, n, h, v_cols.shape[-1])

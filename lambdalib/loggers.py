@@ -15,12 +15,10 @@ from pathlib import Path
 from .config import RunConfig
 
 # history columns that are numbers worth a curve, grouped as dashboards expect
-SCALARS = {
-    "train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train", "val_acc": "accuracy/val",
-    "lr": "optim/lr", "grad_norm_mean": "optim/grad_norm_mean", "grad_norm_max": "optim/grad_norm_max",
-    "loss_scale": "optim/loss_scale", "skipped_steps": "optim/skipped_steps",
-    "epoch_time_s": "time/epoch_s", "train_images_per_s": "time/train_images_per_s",
-}
+SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train", "val_acc": "accuracy/val",
+           "lr": "optim/lr", "grad_norm_mean": "optim/grad_norm_mean", "grad_norm_max": "optim/grad_norm_max",
+           "loss_scale": "optim/loss_scale", "skipped_steps": "optim/skipped_steps",
+           "epoch_time_s": "time/epoch_s", "train_images_per_s": "time/train_images_per_s"}
 
 
 class NullLogger:

@@ -28,12 +28,9 @@ from .files import RecordError, atomic_write_text, describe_os_error, make_dir, 
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = [
-    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-    "grad_norm_mean", "grad_norm_max", "epoch_time_s", "train_images_per_s", "finite",
-    "precision", "loss_scale", "skipped_steps",
-    "val_loss_batch_stats",  # val loss with BatchNorm on batch statistics: tells BN lag from explosion
-]
+HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "grad_norm_mean", "grad_norm_max",
+                   "epoch_time_s", "train_images_per_s", "finite", "precision", "loss_scale", "skipped_steps",
+                   "val_loss_batch_stats"]  # val loss with BatchNorm on batch statistics: tells BN lag from explosion
 TIMING_COLUMNS = ("epoch_time_s", "train_images_per_s")  # the only columns allowed to differ between repeats
 
 FINISHED = ("complete", "diverged")  # a finished run never trains again and makes the tables
@@ -131,13 +128,10 @@ def summarize(history: list[dict], status: str, diverged_at: int | None, extra: 
         rows = [r for r in good if math.isfinite(r[column])]
         row = pick(rows, key=itemgetter(column)) if rows else {}
         bests[f"best_{column}"], bests[f"best_{column}_epoch"] = row.get(column), row.get("epoch")
-    return dict(
-        status=status, diverged_at=diverged_at, epochs_done=len(history), **bests,
-        train_time_s=sum(r["epoch_time_s"] for r in history),
-        mean_train_images_per_s=float(np.mean([r["train_images_per_s"] for r in history])) if history else None,
-        skipped_steps=int(sum(r.get("skipped_steps", 0) or 0 for r in history)),
-        **extra,
-    )
+    return dict(status=status, diverged_at=diverged_at, epochs_done=len(history), **bests,
+                train_time_s=sum(r["epoch_time_s"] for r in history),
+                mean_train_images_per_s=float(np.mean([r["train_images_per_s"] for r in history])) if history else None,
+                skipped_steps=int(sum(r.get("skipped_steps", 0) or 0 for r in history)), **extra)
 
 
 # --------------------------------------------------------------------------------------- lock

@@ -212,16 +212,14 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     for _, group in finished_runs(runs).groupby("experiment_id", sort=False):
         first = group.iloc[0]
         diverged = group["diverged_at"].dropna().astype(int)
-        statuses = group["status"].value_counts()
         cell = {k: first[k] for k in (*SETUP_COLUMNS, "scale", "experiment_id", "architecture", "label", "model",
                                       "noise", "model_order", "family")}
-        cell.update(
-            n_runs=len(group), seeds=";".join(str(s) for s in group["seed"]), run_ids=";".join(group["run_id"]),
-            status=", ".join(f"{n} {s}" for s, n in statuses.items()) if len(group) > 1 else first["status"],
-            best_val_loss_epoch=";".join(str(int(e)) for e in group["best_val_loss_epoch"].dropna()),
-            diverged_at=";".join(str(e) for e in diverged), n_diverged=len(diverged),
-            params=first.get("params"), gflops=first.get("gflops"),
-        )
+        statuses = group["status"].value_counts().items()
+        cell.update(n_runs=len(group), seeds=";".join(str(s) for s in group["seed"]), run_ids=";".join(group["run_id"]),
+                    status=", ".join(f"{n} {s}" for s, n in statuses) if len(group) > 1 else first["status"],
+                    best_val_loss_epoch=";".join(str(int(e)) for e in group["best_val_loss_epoch"].dropna()),
+                    diverged_at=";".join(str(e) for e in diverged), n_diverged=len(diverged),
+                    params=first.get("params"), gflops=first.get("gflops"))
         for metric in METRICS:  # skipna=False: a seed without a value leaves the mean undefined, not biased
             values = pd.to_numeric(group[metric], errors="coerce") if metric in group else pd.Series([math.nan])
             cell[metric] = values.mean(skipna=False)
