@@ -76,10 +76,8 @@ def describe(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------ model
 def feature_size(img_size: int, stage: int, output_stride: int = 32) -> int:
-    """Map side after ResNet stage ``stage`` (0 = stem conv, 1-4 = layer1-4) for an ``img_size`` input.
-
-    Each stride-2 step with padding rounds up; stages past ``output_stride`` are dilated instead (as timm).
-    """
+    """Map side after ResNet stage ``stage`` (0 = stem conv, 1-4 = layer1-4) for an ``img_size`` input: each
+    stride-2 step with padding rounds up; stages past ``output_stride`` are dilated instead (as timm)."""
     side = (img_size + 1) // 2  # stem conv
     if stage >= 1:
         side = (side + 1) // 2  # max-pool

@@ -27,9 +27,7 @@ class Family:
     position: str | None = None  # "rpe" | "lc" | None (the baselines)
     stage: int | None = None  # 1-4: where the lambda layer sits
     depths: tuple[int, ...] = DEPTHS
-    # how many lambda layers: conv2 of the last `lambda_layers` basic blocks, counted backward from the last block
-    # of `stage` across stage boundaries (R18, stage 3, 4 -> layer3[1], layer3[0], layer2[1], layer2[0])
-    lambda_layers: int = 1
+    lambda_layers: int = 1  # conv2 of this many basic blocks, counted backward from the last of `stage` (lambda_sites)
 
     @property
     def table_stem(self) -> str:
