@@ -60,9 +60,7 @@ def _scope_window(scope: int, height: int, width: int) -> Tuple[int, int]:
 def refuses_larger_maps(position: str, feat_size: Optional[Tuple[int, int]], scope: int) -> bool:
     """Whether a layer built so refuses maps larger than ``feat_size``: always for rpe (tied to its map; it
     refuses smaller ones too), and for lc when its table is cropped (a map whose 2*side-1 is below r)."""
-    if position == "rpe":
-        return True
-    return feat_size is not None and _scope_window(scope, feat_size[0], feat_size[1]) != (scope, scope)
+    return position == "rpe" or (feat_size is not None and _scope_window(scope, *feat_size) != (scope, scope))
 
 
 class LambdaLayer(nn.Module):
