@@ -218,12 +218,11 @@ def _build(variant: str, depth: int, pretrained: bool = False, **kwargs) -> nn.M
                          f"`lambdalib train --model '{label}'` and load its checkpoint (checkpoint_path=..., or "
                          f"pretrained=True with pretrained_cfg_overlay=dict(file=...))")
     img = _pair(kwargs.setdefault("img_size", DEFAULT_IMG_SIZE))
-    current = dict(  # what timm.data.resolve_data_config and the builder read: this model, not a default
-        input_size=(kwargs.get("in_chans", 3), *img),
-        pool_size=tuple(feature_size(s, 4, kwargs.get("output_stride", 32)) for s in img),
-        num_classes=kwargs.get("num_classes", 1000),
-        fixed_input_size=kwargs.get("lambda_stage") is not None and kwargs.get("position", "rpe") == "rpe",
-    )
+    # what timm.data.resolve_data_config and the builder read: this model, not a default
+    current = dict(input_size=(kwargs.get("in_chans", 3), *img),
+                   pool_size=tuple(feature_size(s, 4, kwargs.get("output_stride", 32)) for s in img),
+                   num_classes=kwargs.get("num_classes", 1000),
+                   fixed_input_size=kwargs.get("lambda_stage") is not None and kwargs.get("position", "rpe") == "rpe")
     return build_model_with_cfg(ReportResNet, variant, pretrained, pretrained_cfg=pretrained_cfg,
                                 pretrained_cfg_overlay={**current, **overlay}, depth=depth, **kwargs)
 
