@@ -55,9 +55,11 @@ class WandbLogger(NullLogger):
             import wandb
         except ImportError:
             raise ValueError('logger="wandb" needs wandb: pip install "lambdalib[wandb]"') from None
-        # resume="allow" with the run id: a resumed lambdalib run continues the same W&B run
-        self.run = wandb.init(project="lambdalib", name=config.run_id, id=_wandb_id(config.run_id),
-                              config=config.to_dict(), dir=str(run_dir), resume="allow", reinit=True)
+        # resume="allow" with the run id: a resumed lambdalib run continues the same W&B run, whose id allows
+        # letters, digits, '-' and '_' only (up to 128)
+        wandb_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in config.run_id)[:128]
+        self.run = wandb.init(project="lambdalib", name=config.run_id, id=wandb_id, config=config.to_dict(),
+                              dir=str(run_dir), resume="allow", reinit=True)
 
     def log_epoch(self, row: dict) -> None:
         self.run.log({tag: row[column] for column, tag in SCALARS.items()
@@ -65,11 +67,6 @@ class WandbLogger(NullLogger):
 
     def close(self) -> None:
         self.run.finish()
-
-
-def _wandb_id(run_id: str) -> str:
-    """W&B run ids allow letters, digits, '-' and '_' only (up to 128)."""
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in run_id)[:128]
 
 
 def check_logger(config: RunConfig) -> None:
