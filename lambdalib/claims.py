@@ -19,7 +19,7 @@ from . import curves, fmt, paths, registry
 from .config import PROFILES, RunConfig
 from .curves import finite_or_nan, is_finite
 from .imagenette import CHANCE_LOSS, FULL_IMAGENETTE
-from .runs import finished_runs
+from .runs import diverged_epoch, finished_runs
 
 REPRODUCED, NOT_REPRODUCED, CONTRADICTED = "reproduced", "not reproduced", "contradicted"
 CANNOT_TELL, NO_RUNS = "cannot tell", "no runs for this here"
@@ -241,7 +241,7 @@ def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dic
                  if row.key == "2" and spec is not None and spec.position and spec.lambda_layers > 2
                  else (run["where_setup"], run["label"]) if row.key == "11" and run["label"].startswith("LR34_L3")
                  else None)
-        stopped = run["diverged_at"] if run["status"] == "diverged" and is_finite(run["diverged_at"]) else None
+        stopped = diverged_epoch(run)
         if group and first is None and stopped is not None and stopped < curves.LATE_EPOCH:
             # our divergence rule ended it before "several epochs" without an explosion: it cannot say either way
             censored.setdefault(group, []).append(f"{run['label']} s{int(run['seed'])} ({where}) at epoch {stopped:g}")

@@ -22,6 +22,7 @@ from matplotlib.patches import Patch
 from . import files, fmt, record, registry
 from .data import NoisyImagenette
 from .imagenette import CLASS_NAMES, CLASSES, data_slug
+from .runs import diverged_epoch
 
 OKABE_ITO = registry.OKABE_ITO
 IMPL_COLOURS = {"ours-n01": OKABE_ITO[4], "lucidrains": OKABE_ITO[2]}  # the other lambda layers, in every family
@@ -55,7 +56,7 @@ def _wrap(title: str, width: int) -> str:
 def _split(run) -> tuple[list[dict], dict | None]:
     """A run's history as (the epochs before any divergence, the diverged epoch's row or None)."""
     history = run["_history"] if isinstance(run.get("_history"), list) else record.read_history(Path(run["_path"]))
-    diverged_at = run["diverged_at"] if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
+    diverged_at = diverged_epoch(run)
     return ([r for r in history if r["epoch"] != diverged_at],
             next((r for r in history if r["epoch"] == diverged_at), None))
 
@@ -202,11 +203,11 @@ def _draw_mean(ax, curves: dict, colour: str, name: str) -> list[tuple[float, fl
 
 def _diverged(ax, runs: pd.DataFrame, colour: str) -> bool:
     """An 'x' at the top of the panel at each epoch a seed diverged at."""
-    bad = runs[(runs["status"] == "diverged") & runs["diverged_at"].notna()]
-    for epoch in bad["diverged_at"]:
-        ax.plot([int(epoch)], [0.93], "x", color=colour, markersize=10, markeredgewidth=2.4,
+    epochs = [epoch for epoch in (diverged_epoch(run) for _, run in runs.iterrows()) if epoch is not None]
+    for epoch in epochs:
+        ax.plot([epoch], [0.93], "x", color=colour, markersize=10, markeredgewidth=2.4,
                 transform=ax.get_xaxis_transform(), clip_on=False, label="diverged", zorder=4)
-    return not bad.empty
+    return bool(epochs)
 
 
 def curves_figure(runs: pd.DataFrame, family: registry.Family, title: str) -> Figure:
@@ -352,7 +353,8 @@ def run_figure(run: pd.Series) -> Figure:
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     ax = fig.subplots()
     good, bad = _split(run)
-    diverged = run["status"] == "diverged" and pd.notna(run["diverged_at"])
+    diverged_at = diverged_epoch(run)
+    diverged = diverged_at is not None
     epochs = [r["epoch"] for r in good]
     for key, name, style, marker, colour in (("train_loss", "train loss", "--", "o", OKABE_ITO[0]),
                                              ("val_loss", "val loss", "-", "s", OKABE_ITO[3])):
@@ -367,7 +369,7 @@ def run_figure(run: pd.Series) -> Figure:
     if diverged:
         losses = (bad["train_loss"], bad["val_loss"]) if bad else (math.nan,)
         worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf  # NaN: off-scale
-        ax.plot([int(run["diverged_at"])], [worst if worst <= high else off_scale], "x", color="black",
+        ax.plot([diverged_at], [worst if worst <= high else off_scale], "x", color="black",
                 markersize=11, markeredgewidth=2.5,
                 label=f"diverged (loss {'non-finite' if math.isinf(worst) else f'{worst:.3g}'})")
     if not good and not diverged:
@@ -386,7 +388,7 @@ def run_figure(run: pd.Series) -> Figure:
             handles.append(Line2D([], [], **RESTART, label="lr warm restart"))
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     done = int(run["epochs_done"]) if pd.notna(run.get("epochs_done")) else len(good)
-    status = f"diverged at epoch {int(run['diverged_at'])}" if diverged else run["status"]
+    status = f"diverged at epoch {diverged_at}" if diverged else run["status"]
     fig.suptitle(_wrap(f"{run['architecture']}: {status}, {done}/{run['epochs']} epochs\n"
                        f"{run['setup_label']}", 70), fontsize=11)
     return fig

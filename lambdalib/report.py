@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import claims, figures, files, fmt, paths, registry
 from .record import FINISHED
-from .runs import SETUP_COLUMNS, SMOKE_EPOCHS, aggregate, finished_runs, load_runs
+from .runs import SETUP_COLUMNS, SMOKE_EPOCHS, aggregate, diverged_epoch, finished_runs, load_runs
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,10 @@ RUNS_INDEX_COLUMNS = ["Run", "Status", "Set-up", "Architecture", "Seed", "Epochs
                       "Best val top-1", "Training time", "Device", "In tables"]
 
 
-def _status_text(status: str, diverged_at, updated) -> str:
-    if status == "diverged" and pd.notna(diverged_at):
-        return f"diverged at epoch {int(diverged_at)}"
+def _status_text(run: pd.Series, updated) -> str:
+    status, diverged_at = run["status"], diverged_epoch(run)
+    if diverged_at is not None:
+        return f"diverged at epoch {diverged_at}"
     if status == "crashed":
         return (f"crashed (says running, but no process holds its lock; last update {updated}; "
                 "re-run the same command to resume)")
@@ -149,7 +150,7 @@ def runs_index(runs: pd.DataFrame) -> pd.DataFrame:
     known = runs.reindex(columns=["updated", "env_device"]).fillna({"updated": "unknown", "env_device": "?"})
     return pd.DataFrame({
         "Run": runs["run_id"],
-        "Status": [_status_text(s, d, u) for s, d, u in zip(runs["status"], runs["diverged_at"], known["updated"])],
+        "Status": [_status_text(run, u) for (_, run), u in zip(runs.iterrows(), known["updated"])],
         "Set-up": runs["setup"],
         "Architecture": runs["architecture"],
         "Seed": runs["seed"],

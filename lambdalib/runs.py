@@ -228,6 +228,11 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cells)
 
 
+def diverged_epoch(run) -> int | None:
+    """The epoch a run (a row of `collect`) diverged at; None unless its status is diverged with a recorded epoch."""
+    return int(run["diverged_at"]) if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
+
+
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs whose record is final (complete or diverged): what tables, figures and claims use."""
     return runs if runs.empty else runs[runs["status"].isin(FINISHED)]
