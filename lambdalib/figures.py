@@ -483,10 +483,7 @@ def save_png(fig: Figure, path: Path | str) -> Path:
     saying which path and why, and leaves no half-written file."""
     path = Path(path)
     data = png_bytes(fig)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise record.RecordError(files.describe_os_error(err, path)) from err
+    files.make_dir(path.parent, path)
     files.atomic_write_bytes(path, data)  # the record's temporary-then-rename write
     return path
 

@@ -58,12 +58,13 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def make_dir(folder: Path) -> None:
-    """Create a folder (and its parents), or say in one line why it cannot be (read-only, a file in the way)."""
+def make_dir(folder: Path, writing: Path | None = None) -> None:
+    """Create a folder (and its parents), or say in one line why it cannot be (read-only, a file in the way),
+    naming `writing` (the file it is for) when given, else the folder."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise RecordError(describe_os_error(err, folder)) from err
+        raise RecordError(describe_os_error(err, writing or folder)) from err
 
 
 def figure_target(out: Path | str | None, default: Path, *, flag: str = "--out",
