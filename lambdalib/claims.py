@@ -19,7 +19,7 @@ from . import curves, fmt, paths, registry
 from .config import PROFILES, RunConfig
 from .curves import finite_or_nan, is_finite
 from .imagenette import CHANCE_LOSS, FULL_IMAGENETTE
-from .runs import diverged_epoch, finished_runs
+from .runs import diverged_epoch, finished_runs, t_half_width
 
 REPRODUCED, NOT_REPRODUCED, CONTRADICTED = "reproduced", "not reproduced", "contradicted"
 CANNOT_TELL, NO_RUNS = "cannot tell", "no runs for this here"
@@ -63,7 +63,7 @@ def interval(values, confidence: float = 1 - ALPHA, kind: str = "t") -> tuple[fl
                 float(stats.beta.ppf(1 - a / 2, k + 1, n - k)) if k < n else 1.0)
     if n < 2:
         return mean, math.nan, math.nan
-    half = float(stats.t.ppf(1 - a / 2, n - 1)) * float(xs.std(ddof=1)) / math.sqrt(n)
+    half = t_half_width(float(xs.std(ddof=1)), n, confidence)
     return mean, mean - half, mean + half
 
 

@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 from . import files, fmt, record, registry
 from .data import NoisyImagenette
 from .imagenette import CLASS_NAMES, CLASSES, data_slug
-from .runs import diverged_epoch
+from .runs import diverged_epoch, t_half_width
 
 OKABE_ITO = registry.OKABE_ITO
 IMPL_COLOURS = {"ours-n01": OKABE_ITO[4], "lucidrains": OKABE_ITO[2]}  # the other lambda layers, in every family
@@ -394,15 +394,6 @@ def run_figure(run: pd.Series) -> Figure:
     return fig
 
 
-def t_half_width(std: float, n: int, confidence: float = CONFIDENCE) -> float:
-    """Half the width of the t interval of a mean over n seeds (NaN for n < 2: no interval from one value)."""
-    from scipy import stats  # late: only the accuracy figure needs it
-
-    if n < 2 or not math.isfinite(std):
-        return math.nan
-    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
-
-
 def has_accuracy(cells: pd.DataFrame) -> bool:
     """Whether accuracy_figure has a point to draw (a cell with a best val top-1)."""
     return not cells.empty and pd.to_numeric(cells["best_val_acc"], errors="coerce").notna().any()
@@ -430,7 +421,8 @@ def accuracy_figure(cells: pd.DataFrame, title: str) -> Figure:
         x = np.array([levels.index(float(n)) for n in mine["noise"]]) + step * (i - (len(present) - 1) / 2)
         y = 100 * mine["best_val_acc"].to_numpy(dtype=float)
         n = mine["n_runs"].to_numpy(dtype=int)
-        half = 100 * np.array([t_half_width(s, k) for s, k in zip(mine["best_val_acc_std"].astype(float), n)])
+        stds = mine["best_val_acc_std"].astype(float)
+        half = 100 * np.array([t_half_width(std, k, CONFIDENCE) for std, k in zip(stds, n)])
         colour, marker = label_colour(label), "o" if spec is None or spec.depth == 18 else "s"
         ax.plot(x, y, linestyle="none", color=colour, marker=marker, markersize=7, label=label, zorder=3)
         single = n < 2  # one seed: its value, hollow

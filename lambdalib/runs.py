@@ -228,6 +228,16 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cells)
 
 
+def t_half_width(std: float, n: int, confidence: float) -> float:
+    """Half the width of the two-sided Student-t interval at `confidence` of a mean over n values of sample std `std`
+    (NaN for n < 2: no interval from one value; NaN for a NaN std)."""
+    from scipy import stats  # late: reading runs needs no scipy
+
+    if n < 2:
+        return math.nan
+    return float(stats.t.ppf(1 - (1 - confidence) / 2, n - 1)) * std / math.sqrt(n)
+
+
 def diverged_epoch(run) -> int | None:
     """The epoch a run (a row of `collect`) diverged at; None unless its status is diverged with a recorded epoch."""
     return int(run["diverged_at"]) if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
