@@ -119,7 +119,7 @@ def paired_differences(base: dict[int, dict[int, float]], other: dict[int, dict[
 
 def _seeds_text(counts: set[int]) -> str:
     low, high = min(counts), max(counts)
-    return f"{low} seed" + "s" * (high > 1) if low == high else f"{low}–{high} seeds"
+    return fmt.plural(low, "seed") if low == high else f"{low}–{high} seeds"
 
 
 def curve_blocks(runs: pd.DataFrame, family: registry.Family) -> list[tuple[list[str], str | None]]:
