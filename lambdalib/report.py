@@ -200,7 +200,7 @@ def _provenance(runs: pd.DataFrame, skipped: list[dict]) -> str:
         lines = ["- Run records: none readable" if skipped else f"_{NO_RUNS}_"]
     else:
         status = runs["status"].value_counts().sort_index()
-        finished = runs[runs["status"].isin(FINISHED)]
+        finished = finished_runs(runs)
         finished = finished if not finished.empty else runs  # only unfinished runs: describe those
         lines = [
             f"- Run records: {len(runs)} ({', '.join(f'{n} {s}' for s, n in status.items())}); "
