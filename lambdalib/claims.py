@@ -145,8 +145,7 @@ def _done(runs: pd.DataFrame) -> pd.DataFrame:
     shared = set(presets[presets.duplicated(keep=False)].index)
     done["where_setup"] = [s if s in shared else str(presets[s]) for s in done["setup"]]
     done["setup_rank"] = done["setup"].map(list(dict.fromkeys(done["setup"])).index)
-    done["model_rank"] = done["label"].map(registry.model_rank)
-    return done.sort_values(["setup_rank", "noise", "model_rank", "seed"], kind="stable").reset_index(drop=True)
+    return done.sort_values(["setup_rank", "noise", "model_order", "seed"], kind="stable").reset_index(drop=True)
 
 
 def _report_stat(pub: pd.DataFrame, row: Row, label: str, noise: float) -> float:
