@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 import yaml
 from safetensors.torch import save
 
@@ -90,14 +89,9 @@ def _load_best(run_dir: Path, summary: dict, config) -> dict:
         else:
             why = "best.pt is missing (moved or deleted?)"
         raise FileNotFoundError(f"{run_dir}: no best.pt: {why}")
-    try:
-        best = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (torch raises many kinds for a damaged file)
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is unreadable ({reason}); train the run again to rewrite it") from None
-    if not (isinstance(best, dict) and isinstance(best.get("model"), dict) and best.get("classes")
-            and isinstance(best.get("config"), dict)):
-        raise ValueError(f"{path} is not a lambdalib best.pt (expected keys 'model', 'config', 'classes')")
+    best = record.load_checkpoint(path, "{path} is not a lambdalib best.pt (expected keys 'model', 'config', "
+                                  "'classes')", "{path} is unreadable ({reason}); train the run again to rewrite it",
+                                  also=("classes",))
     saved = best["config"]
     if saved.get("img_size") != config.img_size or _timm_name(saved.get("model", "")) != summary["model"]:
         raise ValueError(f"{path} holds {saved.get('model')!r} at {saved.get('img_size')} px, but the run record "

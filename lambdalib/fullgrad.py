@@ -32,7 +32,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from . import models, registry
+from . import models, record, registry
 from .config import RunConfig
 from .imagenette import CLASS_NAMES
 from .paths import data_dir
@@ -259,13 +259,8 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     file = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), None) if path.is_dir() else path
     if file is None:
         raise FileNotFoundError(f"{path}: no best.pt or last.pt; is this a run folder (results/runs/<id>)?")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001  safetensors, a zip, anything torch cannot unpickle
-        state = None
-    if not (isinstance(state, dict) and {"model", "config"} <= state.keys()):
-        raise ValueError(f"{file}: not a lambdalib run checkpoint (expected keys 'model' and 'config'); for timm "
-                         f"weights use load_model('<timm name>', pretrained='{file}')")
+    state = record.load_checkpoint(file, "{path}: not a lambdalib run checkpoint (expected keys 'model' and 'config'); "
+                                   "for timm weights use load_model('<timm name>', pretrained='{path}')")
     config = state["config"]
     classes = list(state.get("classes") or CLASS_NAMES)  # last.pt has no class list; our runs are Imagenette's
     # built as train.py built it (image size, the lc scope); configs from before a field read its default

@@ -59,6 +59,23 @@ def write_summary(run_dir: Path, summary: dict) -> None:
     atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
+def load_checkpoint(path: Path, refusal: str, unreadable: str = "", *, also: tuple[str, ...] = ()) -> dict:
+    """best.pt or last.pt as train.py saved it (a dict with the 'model' state dict and the 'config' dict, and
+    non-empty `also`), loaded on the CPU without running pickled code. Else ValueError `refusal`, or `unreadable`
+    when torch cannot read the file; in both {path} names it, in `unreadable` {reason} is torch's first line."""
+    import torch  # late: reading records needs no torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (torch raises many kinds for a damaged file: a zip, safetensors, ...)
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise ValueError((unreadable or refusal).format(path=path, reason=reason)) from None
+    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict)
+            and all(state.get(key) for key in also)):
+        raise ValueError(refusal.format(path=path))
+    return state
+
+
 # ------------------------------------------------------------------------------------- reading
 def _parse(column: str, value: str):
     if column == "precision":
