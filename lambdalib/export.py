@@ -58,7 +58,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinish
     if theirs:  # a folder of the user's, not an earlier export: its README.md would be overwritten
         raise FileExistsError(f"{out} holds files export did not write ({', '.join(sorted(theirs)[:3])}); choose "
                               "a new or empty --out folder")
-    record.make_run_dir(out)
+    files.make_dir(out)
     files.atomic_write_bytes(out / "model.safetensors", save(weights, metadata={"format": "pt"}))
     hub = hub_config(model, name, classes, args, config.img_size)
     files.atomic_write_text(out / "config.json", json.dumps(hub, indent=2) + "\n")

@@ -40,9 +40,6 @@ class RunBusyError(ValueError):
     """Another live process on this machine is training the same run folder."""
 
 
-make_run_dir = make_dir  # create the run folder, or say in one line why it cannot be (read-only, a file in the way)
-
-
 def history_csv(history: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
@@ -172,7 +169,7 @@ def acquire_run_lock(run_dir: Path) -> Path:
     """One trainer per run folder: two processes on the same run would interleave their writes. A lock whose
     owner is dead, is this process, or sits on another host (a lost Colab session's, on a shared drive) is taken
     over, with a note for the latter."""
-    make_run_dir(run_dir)
+    make_dir(run_dir)
     lock, host = run_dir / ".lock", platform.node()
     for _ in range(2):
         try:

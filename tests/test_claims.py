@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lambdalib import claims, curves, record, registry
+from lambdalib import claims, curves, files, record, registry
 from lambdalib import runs as run_records
 from lambdalib.config import RunConfig
 
@@ -35,7 +35,7 @@ def write_run(results: Path, model: str, noise: float, seed: int, *, train: list
                                    batch_size=64, data="embedded", results=str(results),
                                    lambda_layer=lambda_layer).resolved()
     run_dir = config.run_dir()
-    record.make_run_dir(run_dir)
+    files.make_dir(run_dir)
     config.save(run_dir / "config.json")
     grad, lr = grad or [2.0] * len(val), lr or [config.lr] * len(val)
     batch_stats = batch_stats or [v + 0.1 for v in val]

@@ -15,7 +15,7 @@ from conftest import make_tiny_imagenette
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 
-from lambdalib import cli, figures, fmt, record, registry, report, runs
+from lambdalib import cli, figures, files, fmt, record, registry, report, runs
 from lambdalib.config import RunConfig, data_slug
 from lambdalib.record import load_summary
 from lambdalib.train import run
@@ -40,7 +40,7 @@ def write_record(results: Path, *, status: str = "complete", loss: float = 2.0, 
     val loss `loss` at the last epoch; a diverged epoch has non-finite losses."""
     config = RunConfig.from_params(**{**SMOKE, **params, "results": str(results)}).resolved()
     run_dir = config.run_dir()
-    record.make_run_dir(run_dir)
+    files.make_dir(run_dir)
     config.save(run_dir / "config.json")
     done = config.epochs if epochs_done is None else epochs_done
     history = []
