@@ -232,8 +232,10 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    layout = torch.channels_last if channels_last else torch.preserve_format
-    return images.to(device, non_blocking=True, memory_format=layout), labels.to(device, non_blocking=True)
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
 
 
 @contextmanager
