@@ -446,7 +446,8 @@ class CachedData:
     _eval: dict = field(default_factory=dict)
 
     def train_loader(self, generator: torch.Generator | int, order_seed: int | None = None) -> CachedLoader:
-        """One epoch's training batches from `generator` (seed it per (seed, epoch, rank)); see `reseeded`."""
+        """One epoch's training batches from `generator` (seed it per (seed, epoch, rank)); with several ranks
+        `order_seed` (the same on all, e.g. seed + epoch) orders them."""
         return self._train.reseeded(generator, order_seed)
 
     def eval_loader(self, indices: Sequence[int], batch_size: int | None = None) -> CachedLoader:

@@ -10,10 +10,11 @@ import time
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import summary_table
 
+    rows = summary_table(img_size=args.img_size, num_classes=args.num_classes)  # an error before any output
     header = f"{'label':<14} {'timm name':<24} {'params':>11} {'GFLOPs':>7}  lambda layer at ({args.img_size}px)"
     print(header)
     print("-" * len(header))
-    for r in summary_table(img_size=args.img_size, num_classes=args.num_classes):
+    for r in rows:
         print(f"{r['label']:<14} {r['name']:<24} {r['params']:>11,} {r['gflops']:>7.3f}  {r['lambda_site']}")
     print("\nR18/R34 are torchvision's ResNets exactly (the report's baselines); lowercase 'resnet18'/'resnet34' "
           "are timm's networks (other init and data config), not these.")

@@ -1,8 +1,10 @@
 """Submit the grid's runs to a cluster through submitit (SLURM, or local processes), one job per run.
 
+    from lambdalib.sweep import Grid
+
     executor = cluster.make_executor("results/submitit", cluster="slurm", slurm_partition="gpu", mem_gb=32)
-    jobs = cluster.submit(Grid(params=dict(data="imagenette2-160")).configs(), executor)
-    folder = jobs[0].result()  # the run folder; a failed run raises its error here
+    for job in cluster.submit(Grid(params=dict(data="imagenette2-160")).configs(), executor):
+        folder = job.result()  # the run folder; a failed run raises its error here
 
 A job runs `lambdalib.train.run(config)`, as `lambdalib train` does, writing the ordinary run record. Finished runs
 get no job; an interrupted one resumes from its last.pt, and so does a job SLURM stops at its time limit or
@@ -77,7 +79,8 @@ def make_executor(folder: str | os.PathLike, cluster: str | None = None, **param
 
     cluster: 'slurm', 'local', 'debug' (in this process), or None: SLURM where `sbatch` exists, else local. params:
     submitit's, generic (timeout_min, mem_gb, ...) and cluster-prefixed (slurm_partition, slurm_array_parallelism,
-    ...; another cluster's are ignored). A local executor reserves no cores or memory, takes at most 1 GPU and starts
+    ...; another cluster's are ignored); CONSTRUCTOR_PARAMS (slurm_max_num_timeout) go to the executor's
+    constructor. A local executor reserves no cores or memory, takes at most 1 GPU and starts
     every job at once (on one machine, `lambdalib reproduce --jobs N` paces them).
     """
     submitit = _submitit()

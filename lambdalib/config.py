@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {"report": dict(lr=1e-5), "fast": dict(lr=1
 # the sweep's scales (`reproduce --quick` / `--study`)
 PROFILES: dict[str, dict[str, Any]] = {
     # every model and noise level, so every table and figure has its rows, in minutes on a CPU: a smoke test, not
-    # results (no checkpoints: 40 runs' would take gigabytes)
+    # results (no checkpoints: those of 40 runs would take gigabytes)
     "quick": dict(epochs=3, img_size=64, batch_size=32, preset="fast", data="embedded", train_per_class=24,
                   val_per_class=16, checkpoints="none"),
     # the committed study: the whole embedded set at 64 px (an 8x8 stage-2 map: the lambda layer acts, and the

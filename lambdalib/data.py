@@ -8,6 +8,7 @@ images come from is download.py. Typical use:
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import os
@@ -133,7 +134,7 @@ def train_transform(img_size: int = 160) -> Callable:
 
 def val_transform(img_size: int = 160) -> Callable:
     """Resize(img_size / EVAL_CROP_FRACTION) + CenterCrop(img_size) + ToTensor + ImageNet normalisation."""
-    return T.Compose([*eval_ops(img_size), T.ToTensor(), T.Normalize(MEAN, STD)])
+    return T.Compose([*eval_ops.__wrapped__(img_size), T.ToTensor(), T.Normalize(MEAN, STD)])  # fresh objects
 
 
 @functools.lru_cache(maxsize=8)
@@ -148,8 +149,9 @@ def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: t
     """torchvision `RandomResizedCrop.get_params`, vectorised over images: (n, 4) int64 (top, left, h, w), on
     the device of `heights`. Always `attempts` draws per image (the first that fits is kept, else torchvision's
     centre crop), so the same seed gives the same crops whatever fits."""
-    draw = dict(dtype=torch.float64, device=heights.device)
-    heights, widths = heights.to(**draw).reshape(-1), widths.to(**draw).reshape(-1)
+    device = heights.device if torch.is_tensor(heights) else torch.device("cpu")
+    draw = dict(dtype=torch.float64, device=device)
+    heights, widths = torch.as_tensor(heights, **draw).reshape(-1), torch.as_tensor(widths, **draw).reshape(-1)
     n = len(heights)
     target = (heights * widths)[:, None] * torch.empty(n, attempts, **draw).uniform_(*scale, generator=generator)
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -158,7 +160,7 @@ def sample_crop_params(heights: torch.Tensor, widths: torch.Tensor, generator: t
     h = torch.round(torch.sqrt(target / aspect))
     fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
     first, found = fits.to(torch.int8).argmax(dim=1), fits.any(dim=1)
-    pick = torch.arange(n, device=heights.device)
+    pick = torch.arange(n, device=device)
     w, h = w[pick, first], h[pick, first]
     in_ratio = widths / heights  # fallback: torchvision's centre crop
     fw = torch.where(in_ratio > max(ratio), torch.round(heights * max(ratio)), widths)
@@ -255,8 +257,9 @@ class NoisyImagenette(Dataset):
     """
 
     def __init__(self, root: str | Path | None = None, split: str = "train", noise: float = 0.0, *,
-                 synthetic: bool = False, seed: int = 0, img_size: int = 160, on_error: str = "fail",
-                 transform: Callable | str | None = "default", check_images: bool = False) -> None:
+                 synthetic: bool = False, seed: int = 0, img_size: int = 160,
+                 transform: Callable | str | None = "default", on_error: str = "fail",
+                 check_images: bool = False) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; use one of {list(SPLITS)}.")
         if on_error not in ("fail", "skip", "raise"):  # "raise": the former name of "fail"
@@ -460,14 +463,20 @@ def first_per_class(targets, per_class: int) -> list[int]:
     """Indices of the first `per_class` items of each class (all items when per_class is 0)."""
     if per_class <= 0:
         return list(range(len(targets)))
-    classes = pd.Series(np.asarray(targets, dtype=np.int64))
-    return np.flatnonzero(classes.groupby(classes).cumcount() < per_class).tolist()
+    seen: collections.Counter = collections.Counter()
+    keep = []
+    for index, target in enumerate(map(int, targets)):
+        seen[target] += 1
+        if seen[target] <= per_class:
+            keep.append(index)
+    return keep
 
 
 def batch_stats_order(n: int, batch_size: int, batches: int = 10) -> list[int]:
     """Positions, among the n validation images, of val_loss_batch_stats' images: a fixed shuffle (seed 0, so
     every run uses the same images) cut to `batches` whole batches (never a last batch of one). Shuffled because
-    the CSV lists images class by class, and train-mode BatchNorm on one-class batches removes the class signal."""
+    the CSV lists images class by class, and train-mode BatchNorm on one-class batches removes the class signal.
+    Every epoch, because claims.py compares a spike with the column's earlier values."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     keep = min(n, batches * batch_size)
     return order[:keep - 1] if keep % batch_size == 1 else order[:keep]

@@ -39,12 +39,14 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def arch_supported(capability: tuple[int, int], arch_list: Sequence[str]) -> bool:
     """Whether a torch built for `arch_list` ('sm_75', 'sm_90a', 'compute_90'; empty: not known, so yes) has kernels
     for a GPU of `capability`: a cubin for sm_XY runs on X.Y up to X.9, PTX (compute_XY) on any GPU from X.Y on."""
+    if not arch_list:
+        return True
     major, cc = capability[0], capability[0] * 10 + capability[1]
     for kind, _, number in (arch.partition("_") for arch in arch_list):
         code = int(number.rstrip("af"))
         if code <= cc and (kind == "compute" or (kind == "sm" and code // 10 == major)):
             return True
-    return not arch_list
+    return False
 
 
 def unsupported_gpu(index: int = 0) -> str | None:
@@ -192,8 +194,9 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ how it computes
 def precision_note(amp: str, device: torch.device) -> str | None:
-    """bf16 where the hardware has none (a CPU without AVX512-BF16/AMX, a GPU below compute capability 8.0) is
-    emulated and slow: say so rather than let a run crawl unexplained (benchmarks/README.md)."""
+    """bf16 where the hardware has none (a CPU without AVX512-BF16/AMX, a GPU below compute capability 8.0 such as
+    T4, P100, V100, where fp16, what amp='auto' picks, is faster) is emulated and slow: say so rather than let a run
+    crawl unexplained (benchmarks/README.md)."""
     if amp != "bf16":
         return None
     if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -343,8 +346,9 @@ def keeping_previous(write: Callable[[Path], None], path: Path) -> None:
 
 
 class Checkpoints:
-    """Where last.pt and best.pt are written: the run folder, or on a network drive (an upload a lost Colab
-    session can cut off) local disk, copied into the run folder at most every `every` s and at the end (`publish`)."""
+    """Where last.pt and best.pt are written: the run folder; when that is on a network drive (an upload a lost
+    Colab session can cut off), local disk, copied into the run folder at most every `every` s and at the end
+    (`publish`)."""
 
     def __init__(self, run_dir: Path, every: float = 600.0) -> None:
         self.run_dir, self.every, self.remote = run_dir, every, network_mount(run_dir) is not None

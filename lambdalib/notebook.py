@@ -96,6 +96,7 @@ def training_parameters_source(family: Sequence[Param]) -> str:
 def check_parameters(namespace: dict[str, Any], declared: Iterable[str]) -> None:
     """Stop, in one line naming it and its closest known name, on a papermill parameter this notebook does not
     declare (a misspelt `-p noize 0.5`), instead of papermill's warning and a whole run with the default.
+
     Called with `globals()` after the parameters cell: a literal defined since the set-up cell's SNAPSHOT that is
     not `declared` (nor an IPython _name) came from papermill's injected cell; without SNAPSHOT (cells re-run by
     hand) nothing is checked."""

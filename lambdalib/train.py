@@ -1,8 +1,9 @@
 """Training: `run(config)` leaves the run record (lambdalib.record) every table and figure is built from.
 
-last.pt holds the whole training state after the last good epoch (the one before: last.pt.prev), and the record
-never claims an epoch last.pt lacks. The same config resumes after it; every epoch reseeds all RNGs from (seed,
-epoch, rank) and the loader order from (seed, epoch), so a resumed run computes what an uninterrupted one does.
+last.pt holds the whole training state after the last good epoch (the one before: last.pt.prev, kept once the run
+is complete only with checkpoints="best+last"), and the record never claims an epoch last.pt lacks. The same config
+resumes after it; every epoch reseeds all RNGs from (seed, epoch, rank) and the loader order from (seed, epoch), so
+a resumed run computes what an uninterrupted one does.
 No host sync within an epoch: non-finite losses are judged on the device every CHECK_EVERY steps and read without
 waiting (`device.Peek`). A diverged epoch N ends the run (summary.json says why); last.pt stays at epoch N-1.
 """

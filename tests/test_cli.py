@@ -17,6 +17,13 @@ def test_models_table(capsys):
     assert out.count("\n") >= 12
 
 
+def test_models_table_refuses_a_bad_size_before_printing_anything(capsys):
+    """The table's header is printed only once its rows exist: a refused size leaves stdout empty."""
+    assert main(["models", "--img-size", "-1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "positive image size" in err
+
+
 def test_console_script_runs():
     done = subprocess.run([sys.executable, "-m", "lambdalib.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "lambdalib" in done.stdout

@@ -358,6 +358,25 @@ def test_eval_crop_fraction_is_the_val_transforms():
     assert resize.size == round(160 / D.EVAL_CROP_FRACTION) == 183 and tuple(crop.size) == (160, 160)
 
 
+def test_val_transform_and_the_eval_cache_do_not_share_steps():
+    """The eval cache's steps are cached objects; a caller changing its own val_transform must not change them."""
+    mine = D.val_transform(160)
+    mine.transforms[0].size = 10
+    assert D.eval_ops(160)[0].size == D.val_transform(160).transforms[0].size == 183
+
+
+def test_crop_params_take_plain_sequences():
+    drawn = [D.sample_crop_params(h, w, torch.Generator().manual_seed(3))
+             for h, w in (([100, 200], [150, 120]), (torch.tensor([100, 200]), torch.tensor([150, 120])))]
+    assert torch.equal(*drawn)
+
+
+def test_first_per_class_counts_whole_classes_of_any_sequence():
+    targets = [0, 1, 0, 1, 0, 1, 2]
+    assert D.first_per_class(targets, 1) == D.first_per_class(iter(targets), 1) == [0, 1, 6]
+    assert D.first_per_class(torch.tensor(targets), 2) == [0, 1, 2, 3, 6]
+
+
 def test_broken_label_files_are_one_line(tmp_path):
     folder = make_two_class_set(tmp_path / "set")
     csv = folder / D.CSV_NAME
