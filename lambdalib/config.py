@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -145,6 +146,10 @@ class RunConfig:
             return ValueError(f"{name}={getattr(self, name)!r}: {why}")
 
         resolve_name(self.model)  # raises with the list of known models
+        for f in fields(self):  # a count given as 1.5 or True would pass the range checks below
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise bad(f.name, "must be a whole number")
         if not 0.0 <= self.noise < 1.0:
             raise bad("noise", "must be a fraction in [0, 1), e.g. 0.25 for 25 %")
         if not self.synthetic_noise and official_noise_level(self.noise) is None:

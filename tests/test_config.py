@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lambdalib.config import RunConfig
@@ -103,6 +104,14 @@ def test_bad_choices_name_the_field_and_the_allowed_values():
         RunConfig.from_params(on_error="maybe")
     with pytest.raises(ValueError, match=r"amp='fp8'"):
         RunConfig.from_params(amp="fp8")
+
+
+@pytest.mark.parametrize("value", [1.5, True, "3"])
+def test_counts_must_be_whole_numbers(value):
+    """1.5 images per class passed every range check and then picked different subsets in the two loaders."""
+    with pytest.raises(ValueError, match=rf"train_per_class={value!r}: must be a whole number"):
+        RunConfig(train_per_class=value).validate()
+    RunConfig(train_per_class=np.int64(3)).validate()
 
 
 def test_results_live_on_drive_when_colab_has_it_mounted(tmp_path, monkeypatch):
