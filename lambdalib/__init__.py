@@ -29,7 +29,13 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 class _Stdout(logging.StreamHandler):
     """Writes to whatever sys.stdout is at the time (a notebook's, pytest's capture), not the one at import."""
 
-    stream = property(lambda self: sys.stdout, lambda self, _value: None)  # StreamHandler's assignment is ignored
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):  # StreamHandler.__init__ assigns one: ignored
+        pass
 
 
 def log_to_stdout(level: int = logging.INFO) -> None:

@@ -462,7 +462,8 @@ def attention_table_markdown(csv_path: str | Path) -> str:
         columns, rows = list(reader.fieldnames or []), list(reader)
     if not rows:
         return "No attention maps of trained models yet (`lambdalib attention --trained`)."
-    boxes = [c.removeprefix("mass_") for c in columns if c.startswith("mass_")]  # 'either' last, as written
+    boxes = [c.removeprefix("mass_") for c in columns if c.startswith("mass_") and c != "mass_either"]
+    boxes += ["either"] if "mass_either" in columns else []
     areas = bool(boxes) and all(f"area_{b}" in columns for b in boxes)
 
     def num(value: str | None) -> str:
@@ -541,10 +542,10 @@ def trained_figure(results: str | Path | None = None, out: str | Path | None = N
                 "Source": " ".join(run.run_id for run in picks.values()),
                 "Comment": json.dumps(dict(runs=provenance, images=[row.name for row in rows], method=key,
                                            pick_rule=PICK_RULE), sort_keys=True)}
-    fig = _render(panels, rows, caption, dpi, metadata, path)
-    text, table_rows = _csv_text(panels)
+    text, table_rows = _csv_text(panels)  # the table first: a figure never stands without its numbers
     files.make_dir(table.parent)
     files.atomic_write_text(table, text)
     files.atomic_write_text(table.with_suffix(".md"), attention_table_markdown(table))
+    fig = _render(panels, rows, caption, dpi, metadata, path)
     return AttentionFigure(path, caption, path.with_suffix(".md"), panels, fig, table, table.with_suffix(".md"),
                            table_rows, picks, missing)

@@ -89,9 +89,9 @@ def _load_best(run_dir: Path, summary: dict, config) -> dict:
         else:
             why = "best.pt is missing (moved or deleted?)"
         raise FileNotFoundError(f"{run_dir}: no best.pt: {why}")
-    best = record.load_checkpoint(path, "{path} is not a lambdalib best.pt (expected keys 'model', 'config', "
-                                  "'classes')", "{path} is unreadable ({reason}); train the run again to rewrite it",
-                                  also=("classes",))
+    best = record.load_checkpoint(
+        path, refusal="{path} is not a lambdalib best.pt (expected keys 'model', 'config', 'classes')",
+        unreadable="{path} is unreadable ({reason}); train the run again to rewrite it", also=("classes",))
     saved = best["config"]
     if saved.get("img_size") != config.img_size or _timm_name(saved.get("model", "")) != summary["model"]:
         raise ValueError(f"{path} holds {saved.get('model')!r} at {saved.get('img_size')} px, but the run record "

@@ -5,7 +5,7 @@
 
 pytorch-grad-cam's FullGrad takes only layers of type *exactly* Conv2d or BatchNorm2d, so it misses most of
 lambda_resnet26t's bias terms (timm's BatchNormAct2d is a subclass). `CompleteFullGrad` keeps its arithmetic over
-every conv/norm layer with a bias, reading each norm+act layer's gradient *before* its activation, where it acts.
+every conv/norm layer with a bias, reading each norm+act layer's gradient *before* its activation, where the bias acts.
 """
 from __future__ import annotations
 
@@ -259,8 +259,9 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     file = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), None) if path.is_dir() else path
     if file is None:
         raise FileNotFoundError(f"{path}: no best.pt or last.pt; is this a run folder (results/runs/<id>)?")
-    state = record.load_checkpoint(file, "{path}: not a lambdalib run checkpoint (expected keys 'model' and 'config'); "
-                                   "for timm weights use load_model('<timm name>', pretrained='{path}')")
+    state = record.load_checkpoint(
+        file, refusal="{path}: not a lambdalib run checkpoint (expected keys 'model' and 'config'); for timm "
+                      "weights use load_model('<timm name>', pretrained='{path}')")
     config = state["config"]
     classes = list(state.get("classes") or CLASS_NAMES)  # last.pt has no class list; our runs are Imagenette's
     # built as train.py built it (image size, the lc scope); configs from before a field read its default

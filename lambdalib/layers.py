@@ -12,7 +12,8 @@ convolution of v with the r x r table, the paper's way: b*n*k*v*r^2, cheaper onc
 scope); "auto" picks the cheaper, same result.
 
 The table is drawn N(0, 1/(|k| |u| m)), m the positions each query sees, so y has unit scale at init (an N(0, 1)
-table, as lucidrains', is hidden by a following BatchNorm in the forward pass but not in the gradients). The output
+table, as lucidrains', gives y a large scale, which a following BatchNorm hides in the forward pass but not in the
+gradients). The output
 keeps the input's memory format, so a layer inside an NCHW network does not switch the rest of it to channels-last.
 
 The layer is scriptable, traceable (so the legacy ONNX exporter takes it), fx-traceable (the shape-dependent work
@@ -43,7 +44,7 @@ def relative_offsets_index(height: int, width: int, table_h: int, table_w: int,
                            device: Optional[torch.device] = None) -> torch.Tensor:
     """Index (n, m) -> flat index into a (table_h, table_w) offset table centred on offset 0. Offsets
     (dy, dx) = position(m) - position(n) outside the table get index table_h * table_w, which points at an extra
-    zero row (the lambda convolution's zero padding)."""
+    zero row (the lambda convolution's zero padding). ``device`` None: the default device (as torch.arange)."""
     pos = torch.arange(height * width, device=device)
     ys, xs = torch.div(pos, width, rounding_mode="floor"), torch.remainder(pos, width)
     dy = ys[None, :] - ys[:, None] + table_h // 2  # [n, m]

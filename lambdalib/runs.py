@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import fmt, paths, record, registry
 from .config import PRESETS, RunConfig
+from .curves import is_finite
 from .record import FINISHED
 
 # identity fields that vary inside a set-up (the seed also inside a cell; the lambda layer's implementation is
@@ -240,7 +241,7 @@ def t_half_width(std: float, n: int, confidence: float) -> float:
 
 def diverged_epoch(run) -> int | None:
     """The epoch a run (a row of `collect`) diverged at; None unless its status is diverged with a recorded epoch."""
-    return int(run["diverged_at"]) if run["status"] == "diverged" and pd.notna(run["diverged_at"]) else None
+    return int(float(run["diverged_at"])) if run["status"] == "diverged" and is_finite(run["diverged_at"]) else None
 
 
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:

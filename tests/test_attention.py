@@ -280,3 +280,40 @@ def test_a_table_without_area_columns_reads_as_before():
         pytest.skip("no committed attention table")
     assert attention.attention_table_markdown(tables / "attention_trained.csv") == \
         (tables / "attention_trained.md").read_text()
+
+
+def test_the_either_column_comes_last_whatever_the_csv_order(tmp_path):
+    """A hand-edited table with its columns moved renders as the one lambdalib wrote."""
+    from pathlib import Path
+
+    table = Path(__file__).resolve().parents[1] / "results" / "tables" / "attention_trained.csv"
+    if not table.is_file():
+        pytest.skip("no committed attention table")
+    with open(table, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = list(reader.fieldnames), list(reader)
+    moved = ["mass_either", *(c for c in columns if c != "mass_either")]
+    with open(tmp_path / "moved.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=moved)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert attention.attention_table_markdown(tmp_path / "moved.csv") == attention.attention_table_markdown(table)
+
+
+def test_a_failed_table_write_leaves_no_figure(trained_home, tmp_path, monkeypatch):
+    """The table is written before the figure: a figure never stands without the numbers behind it."""
+    from lambdalib import files
+
+    results, _ = trained_home
+    out = tmp_path / "out"
+    real = files.atomic_write_text
+
+    def refuse_csv(path, text):
+        if str(path).endswith(".csv"):
+            raise OSError("disk full")
+        real(path, text)
+
+    monkeypatch.setattr(files, "atomic_write_text", refuse_csv)
+    with pytest.raises(OSError, match="disk full"):
+        attention.trained_figure(results, out=out)
+    assert not list(out.rglob("*.png"))

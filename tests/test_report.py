@@ -506,3 +506,10 @@ def test_every_image_the_committed_report_embeds_exists_once():
     targets = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (results / "README.md").read_text())
     assert targets and len(targets) == len(set(targets))
     assert [t for t in targets if not (results / t).is_file()] == []
+
+
+@pytest.mark.parametrize("epoch, expected", [(3, 3), (3.0, 3), (math.nan, None), (math.inf, None), ("x", None)])
+def test_a_diverged_run_without_a_readable_epoch_has_none(epoch, expected):
+    """figures and claims ask runs.diverged_epoch; a damaged record's epoch must not crash them (inf did)."""
+    assert runs.diverged_epoch({"status": "diverged", "diverged_at": epoch}) == expected
+    assert runs.diverged_epoch({"status": "complete", "diverged_at": epoch}) is None
