@@ -1,9 +1,14 @@
 """The report's figures: loss curves per report table, accuracy vs noise, one run's curves, the data's sample grid.
 
+    fig = figures.curves_figure(runs.finished_runs(runs.collect("results")), registry.FAMILIES["L2_rpe"], "Table 2")
+    figures.save_png(fig, "curves.png")  # written atomically
+
 Draws rows of `runs.collect` (one per run) and cells of `runs.aggregate` (one per experiment); report.py decides which
 figures a set-up has. Every figure is a matplotlib `Figure`, never pyplot (a notebook's backend is left alone), in
-Okabe-Ito colours; nothing is drawn without runs (ValueError). PNGs carry no version stamp: the same records give
-the same bytes.
+Okabe-Ito colours; nothing is drawn without runs (ValueError). A cell's seeds are a mean line and a min–max band; a
+Lambda model sits beside the ResNet of its depth, their same-seed difference under them. The lr's warm restarts are
+dotted lines (a loss jump there is the schedule, not instability), a diverged epoch an 'x'. PNGs carry no version
+stamp: the same records give the same bytes.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ results/{README.md, tables/, figures/}.
 
 Only finished runs (complete, diverged: marked) make tables and figures: an unfinished run's best values cover part
 of its schedule. A cell is one experiment (mean ± sample std over seeds); each set-up (lambdalib.runs) gets its own
-section and figures, so runs that differ in anything but model, noise and seed are never compared. Everything is
+section and figures, so runs that differ in anything but model, noise and seed are never compared. One table per
+model family (registry.FAMILIES), the published numbers (lambdalib/published.csv) beside ours. Everything is
 computed first, then swapped in whole (`_publish`): a kill never leaves a mix of two reports. Written files hold no
 absolute paths, so a rebuild anywhere writes the same bytes.
 """
