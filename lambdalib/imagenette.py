@@ -65,8 +65,8 @@ def listed_paths(labels: str) -> list[str]:
 
 def file_digest(path: str | Path) -> bytes:
     """sha1 of a file's bytes; b"unreadable" when it cannot be read (the data set's on_error says what that means).
-    Read once per process while its inode, size, mtime and ctime hold (a rewrite or chmod changes ctime), so the
-    data fingerprint and the decoded cache's key do not each read every image."""
+    Read once per process while its inode, size, mtime and ctime hold (a rewrite or chmod changes ctime): every
+    data fingerprint and cache key of a process reads each file once, yet sees a file rewritten in place."""
     try:
         st = os.stat(path)
         return _read_digest(str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -76,31 +76,31 @@ def file_digest(path: str | Path) -> bytes:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _read_digest(path: str, *stat: int) -> bytes:
-    return hashlib.sha1(Path(path).read_bytes()).digest()
+    digest = hashlib.sha1()
+    with Path(path).open("rb") as handle:  # in pieces: an archive can be gigabytes
+        while chunk := handle.read(16 << 20):
+            digest.update(chunk)
+    return digest.digest()
 
 
-@functools.lru_cache(maxsize=32)
 def data_fingerprint(data: str) -> str:
     """What a data source holds, as 12 hex digits; '' where the name says it (the embedded set, the official
     archives) or nothing can be read here (a URL, a missing path). A folder: its CSV and the bytes of every image
-    it lists, so an image rewritten in place (even at its own size and time) is another data set, and a file it
-    does not list (unused) changes nothing. An archive file: all its bytes. Two folders of one name never share it."""
+    it lists (worked out afresh each call: an image rewritten in place, even at its own size and time, in this
+    process too, is another data set), not its unlisted (unused) files. An archive file: all its bytes."""
     path = Path(data).expanduser()
     if data in KNOWN_DATA or "://" in data or not path.exists():
         return ""
+    if not path.is_dir():
+        return file_digest(path).hex()[:12]
     digest = hashlib.sha1()
-    if path.is_dir():
-        labels = (path / CSV_NAME).read_bytes() if (path / CSV_NAME).is_file() else b""
-        digest.update(labels)
-        try:
-            listed = listed_paths(labels.decode("utf-8", "replace"))
-        except csv.Error:  # not a CSV: the data set says so in one line when it reads it
-            listed = []
-        for name in sorted(set(listed)):
-            digest.update(f"{name}\n".encode())
-            digest.update(file_digest(path / name))
-    else:
-        with path.open("rb") as handle:
-            while chunk := handle.read(16 << 20):
-                digest.update(chunk)
+    labels = (path / CSV_NAME).read_bytes() if (path / CSV_NAME).is_file() else b""
+    digest.update(labels)
+    try:
+        listed = listed_paths(labels.decode("utf-8", "replace"))
+    except csv.Error:  # not a CSV: the data set says so in one line when it reads it
+        listed = []
+    for name in sorted(set(listed)):
+        digest.update(f"{name}\n".encode())
+        digest.update(file_digest(path / name))
     return digest.hexdigest()[:12]

@@ -104,8 +104,9 @@ def test_the_identity_and_the_cache_key_read_each_image_once(tiny_imagenette, tm
 
     root = copy_of(tiny_imagenette, tmp_path)
     train_set, _ = splits(root)
-    reads, read = [], Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(str(self)) or read(self))
+    reads, open_file = [], Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *args, **kwargs: reads.append(str(self)) or open_file(self, *args,
+                                                                                                      **kwargs))
     data_fingerprint(str(root))  # what a run's identity reads
     C.dataset_images(train_set, "train", 32, cache_dir=tmp_path / "cache", progress=False)  # then its cache key
     images = [name for name in reads if name.endswith(".JPEG")]

@@ -47,9 +47,6 @@ def test_a_data_folder_changed_in_place_is_another_experiment(tmp_path):
     data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
     before = RunConfig.from_params(model="R18", data=str(data)).run_id
     shutil.rmtree(data / "train" / sorted(p.name for p in (data / "train").iterdir())[0])
-    from lambdalib.imagenette import data_fingerprint
-
-    data_fingerprint.cache_clear()
     assert RunConfig.from_params(model="R18", data=str(data)).run_id != before
 
 
@@ -68,12 +65,10 @@ def _white_at_the_same_size(image):
 
 
 def test_an_image_rewritten_in_place_at_its_own_size_is_another_experiment(tmp_path, capsys):
-    from lambdalib.imagenette import data_fingerprint
-
+    """In one process, as in a notebook: the identity is read afresh for every run, not remembered."""
     data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
     assert main(train_args(data, tmp_path / "results")) == 0
     _white_at_the_same_size(next((data / "train").rglob("*.JPEG")))
-    data_fingerprint.cache_clear()  # a new process would read the folder afresh
     capsys.readouterr()
     assert main(train_args(data, tmp_path / "results")) == 0
     assert "already complete" not in capsys.readouterr().out
@@ -93,14 +88,14 @@ def test_an_image_that_cannot_be_read_still_gives_the_folder_an_identity(tmp_pat
     assert data_fingerprint(str(make_tiny_imagenette(tmp_path / "c" / "mydata", train_per_class=2,
                                                      val_per_class=1))) == readable
     data = make_tiny_imagenette(tmp_path / "b" / "mydata", train_per_class=2, val_per_class=1)
-    locked, read = next((data / "train").rglob("*.JPEG")), Path.read_bytes
+    locked, open_file = next((data / "train").rglob("*.JPEG")), Path.open
 
-    def refuse(self):
+    def refuse(self, *args, **kwargs):
         if self == locked:
             raise PermissionError(13, "Permission denied", str(self))
-        return read(self)
+        return open_file(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr(Path, "open", refuse)
     assert data_fingerprint(str(data)) not in ("", readable)
 
 
@@ -113,7 +108,6 @@ def test_an_archive_changed_past_its_first_16_mib_is_another_data_set(tmp_path):
     with archive.open("r+b") as handle:  # same size, one byte changed near the end
         handle.seek(-1, 2)
         handle.write(b"\x01")
-    data_fingerprint.cache_clear()
     assert data_fingerprint(str(archive)) not in ("", before)
 
 
@@ -124,7 +118,6 @@ def test_a_file_the_csv_does_not_list_leaves_the_identity_alone(tmp_path):
     before = data_fingerprint(str(data))
     (data / "train" / ".DS_Store").write_bytes(b"finder")  # unused: the runs train on what the CSV lists
     shutil.copy(next((data / "train").rglob("*.JPEG")), next((data / "val").iterdir()) / "spare.JPEG")
-    data_fingerprint.cache_clear()
     assert data_fingerprint(str(data)) == before
 
 
