@@ -236,10 +236,11 @@ def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dic
         spikes, unreliable = spikes + mine, unreliable + (not curves.batch_stats_reliable(history))
         first = next((s["epoch"] for s in mine if s["cause"] == curves.SPIKE_EXPLOSION), None)
         spec = registry.SPECS.get(run["model"])
-        group = (("every set-up", "runs with more than two lambda layers")
-                 if row.key == "2" and spec is not None and spec.position and spec.lambda_layers > 2
-                 else (run["where_setup"], run["label"]) if row.key == "11" and run["label"].startswith("LR34_L3")
-                 else None)
+        group = None  # the share of row 2 or 11 the run counts in (none for row 14)
+        if row.key == "2" and spec is not None and spec.position and spec.lambda_layers > 2:
+            group = ("every set-up", "runs with more than two lambda layers")
+        elif row.key == "11" and run["label"].startswith("LR34_L3"):
+            group = (run["where_setup"], run["label"])
         stopped = diverged_epoch(run)
         if group and first is None and stopped is not None and stopped < curves.LATE_EPOCH:
             # our divergence rule ended it before "several epochs" without an explosion: it cannot say either way

@@ -80,8 +80,8 @@ def make_executor(folder: str | os.PathLike, cluster: str | None = None, **param
     cluster: 'slurm', 'local', 'debug' (in this process), or None: SLURM where `sbatch` exists, else local. params:
     submitit's, generic (timeout_min, mem_gb, ...) and cluster-prefixed (slurm_partition, slurm_array_parallelism,
     ...; another cluster's are ignored); CONSTRUCTOR_PARAMS (slurm_max_num_timeout) go to the executor's
-    constructor. A local executor reserves no cores or memory, takes at most 1 GPU and starts
-    every job at once (on one machine, `lambdalib reproduce --jobs N` paces them).
+    constructor. A local executor reserves no cores or memory, takes at most 1 GPU and starts every job at once
+    (on one machine, `lambdalib reproduce --jobs N` paces them).
     """
     submitit = _submitit()
     at_start = {k: params.pop(k) for k in list(params) if k in CONSTRUCTOR_PARAMS}

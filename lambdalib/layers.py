@@ -13,8 +13,7 @@ scope); "auto" picks the cheaper, same result.
 
 The table is drawn N(0, 1/(|k| |u| m)), m the positions each query sees, so y has unit scale at init (an N(0, 1)
 table, as lucidrains', gives y a large scale, which a following BatchNorm hides in the forward pass but not in the
-gradients). The output
-keeps the input's memory format, so a layer inside an NCHW network does not switch the rest of it to channels-last.
+gradients). The output keeps the input's memory format: a layer in an NCHW network leaves the rest of it NCHW.
 
 The layer is scriptable, traceable (so the legacy ONNX exporter takes it), fx-traceable (the shape-dependent work
 is in two ``torch.fx.wrap``-ped functions) and works under ``torch.compile`` and ``torch.export``
