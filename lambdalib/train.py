@@ -248,6 +248,7 @@ def run(config: RunConfig, *, progress: bool = True, stop_after_epoch: int | Non
     dist = dev.setup_distributed(config.device)
     device = dev.pick_device(config.device, dist.local_rank, dist.enabled)
     loggers.check_logger(config)
+    config = replace(config, data_digest=config.resolved().data_digest)  # the data read once for every identity
 
     def decide() -> tuple[RunConfig, str | None]:  # (a GPU this torch has no kernels for: fp32 on the CPU)
         adopted = _recorded_precision(config, None if device.type == "cuda" else "off")

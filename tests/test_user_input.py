@@ -75,6 +75,17 @@ def test_an_image_rewritten_in_place_at_its_own_size_is_another_experiment(tmp_p
     assert len(list((tmp_path / "results" / "runs").iterdir())) == 2
 
 
+def test_a_training_run_reads_the_data_folders_bytes_once(tmp_path, monkeypatch):
+    """Its identity is asked for up to three run folders and the record; the fingerprint behind it is read once."""
+    from lambdalib import config as config_module
+
+    data = make_tiny_imagenette(tmp_path / "mydata", train_per_class=2, val_per_class=1)
+    reads, fingerprint = [], config_module.data_fingerprint
+    monkeypatch.setattr(config_module, "data_fingerprint", lambda source: reads.append(source) or fingerprint(source))
+    assert main(train_args(data, tmp_path / "results", "--amp", "auto")) == 0
+    assert reads == [str(data)]
+
+
 def test_an_image_that_cannot_be_read_still_gives_the_folder_an_identity(tmp_path, monkeypatch):
     """Reading every image for the digest must not turn a permission problem into a traceback before the data
     set's own on_error handling (a one-line error, or skip) sees it."""
