@@ -1,7 +1,7 @@
 """lambdalib: Lambda-ResNets on small data, reproducibly.
 
 `import lambdalib` registers the report's models with timm the moment timm is imported (so `lambdalib --help`
-and `lambdalib report` start without torch or timm); `LambdaLayer`, `create` and `models` load on first use.
+and `lambdalib report --help` start without torch or timm); `LambdaLayer`, `create` and `models` load on first use.
 Library code logs through the handler-less "lambdalib" logger (like timm's); `log_to_stdout()` shows it.
 """
 from __future__ import annotations

@@ -165,7 +165,7 @@ class RunConfig:
             raise bad("lc_scope", "must be an odd number of positions (23 as in the report) or 0 (scaled with the "
                                   "image size)")
         if self.img_size < 32:
-            raise bad("img_size", "must be at least 32 px (the ResNet stem downsamples by 32)")
+            raise bad("img_size", "must be at least 32 px (the ResNet downsamples by 32)")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise bad("lr", "must be a positive number")
         for name in ("weight_decay", "eta_min", "grad_clip"):

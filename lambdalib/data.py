@@ -476,7 +476,7 @@ def batch_stats_order(n: int, batch_size: int, batches: int = 10) -> list[int]:
     """Positions, among the n validation images, of val_loss_batch_stats' images: a fixed shuffle (seed 0, so
     every run uses the same images) cut to `batches` whole batches (never a last batch of one). Shuffled because
     the CSV lists images class by class, and train-mode BatchNorm on one-class batches removes the class signal.
-    Every epoch, because claims.py compares a spike with the column's earlier values."""
+    Every epoch, because curves.find_spikes compares a spike with the column's earlier values."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     keep = min(n, batches * batch_size)
     return order[:keep - 1] if keep % batch_size == 1 else order[:keep]

@@ -1,7 +1,7 @@
 """Writing files so that a crash, a Ctrl-C or a full disk never leaves half of one, and OS errors in one line.
 
-Every file lambdalib writes (run records, checkpoints, caches, reports) goes through `atomic_write`:
-a temporary name beside the target, renamed over it once complete.
+Run records, checkpoints, reports and exports go through `atomic_write`: a temporary name beside the target,
+renamed over it once complete (the decoded cache renames its own temporary files the same way).
 """
 from __future__ import annotations
 

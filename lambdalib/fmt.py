@@ -1,6 +1,6 @@
 """How numbers, durations, noise levels and tables read in everything lambdalib writes (one place each).
 
-A missing value (None, NaN) is always "—"; no pandas or torch needed to import this.
+A missing value (None, NaN) reads "—" in number, percent, with_std and duration; no pandas or torch to import it.
 """
 from __future__ import annotations
 

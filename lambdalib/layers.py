@@ -68,9 +68,9 @@ class LambdaLayer(nn.Module):
 
     position "rpe" needs ``feat_size``, the (H, W) it will see; "lc" needs ``scope``, the odd window side r (an rpe
     layer's ``scope`` is 0: global). For lc, feat_size sizes the init and crops the stored table to the offsets
-    that map can use: the layer then computes the exact lambda convolution on any map up to feat_size and raises
-    ValueError on a larger one (leave feat_size out to keep the full r x r table). dim_k, heads, dim_u: |k|, |h|,
-    |u| of the paper (dim_out must divide by heads). stride > 1 average-pools the output (as timm does).
+    that map can use: the exact lambda convolution on any map up to feat_size, and a ValueError on a larger one
+    where the table was cropped (2·side−1 < r; leave feat_size out to keep the full r x r table). dim_k, heads,
+    dim_u: |k|, |h|, |u| of the paper (dim_out must divide by heads). stride > 1 average-pools (as timm does).
     """
 
     def __init__(self, dim: int, dim_out: int | None = None, *, position: Position = "rpe",

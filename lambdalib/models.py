@@ -303,7 +303,7 @@ def count_flops(model: nn.Module, img_size: int) -> int:
 
 
 def summary_table(img_size: int = DEFAULT_IMG_SIZE, num_classes: int = 10) -> list[dict]:
-    """One row per model of the report: parameters, forward GFLOPs, where the lambda layer sits."""
+    """One row per registered model: parameters, forward GFLOPs, where the lambda layer sits."""
     rows = []
     for name, spec in SPECS.items():
         model = create(name, num_classes=num_classes, img_size=img_size)

@@ -4,11 +4,12 @@ results/runs/<run_id>/
     config.json    the resolved RunConfig (config.py says which fields make the experiment)
     history.csv    one row per finished epoch, HISTORY_COLUMNS
     summary.json   status, bests and their epochs, times, params, FLOPs, environment (see `summarize`)
-    last.pt        the state to resume from (train.py); removed once the run is finished
+    last.pt        the state to resume from (train.py); removed once complete (kept after a divergence, or asked)
     best.pt        the weights at the best validation loss (train.py)
     .lock          pid and host of the process training it
 
-The trainer writes through this module (atomically: files.atomic_write); lambdalib.runs reads whole records.
+The trainer writes history and summary through this module (atomically: files.atomic_write), config.json
+through RunConfig.save, checkpoints through device.Checkpoints; lambdalib.runs reads whole records.
 """
 from __future__ import annotations
 
@@ -86,11 +87,13 @@ def _parse(column: str, value: str):
 
 def read_history(run_dir: Path) -> list[dict]:
     """history.csv -> list of dicts with numbers parsed. Columns added since a record was written read as
-    missing (nan / 0); a file that is not a history raises RecordError naming it."""
+    missing; a file that is not a history (no epoch column, a cell that is no number) raises RecordError naming it."""
     path = Path(run_dir) / "history.csv"
     try:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
+        if rows and "epoch" not in rows[0]:
+            raise ValueError("no epoch column")
         return [{k: _parse(k, row.get(k) or "") for k in HISTORY_COLUMNS} for row in rows]
     except (ValueError, TypeError, KeyError, csv.Error, UnicodeDecodeError) as err:
         raise RecordError(f"{path} is not a readable history ({err}); delete the run folder to train it again") \

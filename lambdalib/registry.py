@@ -107,7 +107,7 @@ LOOKALIKES = {"resnet18": "lambdalib_resnet18", "resnet34": "lambdalib_resnet34"
 
 
 def model_names() -> list[str]:
-    """Every registered model's timm name, in the report's order (made-up families last)."""
+    """Every registered model's timm name: baselines, then each depth's families in table order (added ones last)."""
     return list(SPECS)
 
 

@@ -284,9 +284,26 @@ def test_seeds_unfinished_runs_and_stale_files(tmp_path):
     assert not (tmp_path / "figures" / "gone_setup").exists()
 
 
+def test_collected_rows_carry_the_schedule_of_their_config_json(tmp_path):
+    """Figures mark warm restarts from these columns; nothing else opens a run folder for them."""
+    write_record(tmp_path, t0=3, t_mult=2, epochs=12)
+    row = runs.collect(tmp_path).iloc[0]
+    assert (row["t0"], row["t_mult"]) == (3, 2) and figures.run_restarts(row) == [4, 10]
+
+
 # ------------------------------------------------------------------ failures that explain themselves
+def test_a_config_naming_an_unknown_model_is_skipped_with_a_warning_naming_config_json(tmp_path):
+    broken = write_record(tmp_path, model="R34")
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps(dict(config, model="nosuchmodel")))
+    with pytest.warns(UserWarning, match=r"skipping run .*: config\.json: ValueError: .*nosuchmodel"):
+        frame, skipped = runs.load_runs(tmp_path, None)
+    assert frame.empty and skipped[0]["File"] == f"runs/{broken.name}/config.json"
+
+
 @pytest.mark.parametrize("name,garbage", [("summary.json", "{not json"), ("config.json", '{"epochs": '),
-                                          ("history.csv", "epoch,lr,train_loss\nthree,x,y\n")])
+                                          ("history.csv", "epoch,lr,train_loss\nthree,x,y\n"),
+                                          ("history.csv", "hello world\nthis is not a history\n")])
 def test_an_unreadable_record_is_skipped_and_named(tmp_path, name, garbage):
     good = [write_record(tmp_path, noise=0.0), write_record(tmp_path, noise=0.05)]
     broken = write_record(tmp_path, model="R34")
