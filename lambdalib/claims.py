@@ -25,7 +25,7 @@ REPRODUCED, NOT_REPRODUCED, CONTRADICTED = "reproduced", "not reproduced", "cont
 CANNOT_TELL, NO_RUNS = "cannot tell", "no runs for this here"
 ALPHA = 0.05  # family-wise error of a claim: each of its k intervals is at 1 − ALPHA/k (Bonferroni)
 UNIFORM_ENTROPY = 0.95  # a FullGrad map of normalised entropy >= 0.95 is nearly uniform
-HARDWARE = ("device", "world_size", "jobs", "cpu_share", "threads")  # environment keys a time comparison pairs on
+HARDWARE = ("device", "world_size")  # environment keys a time comparison pairs on (device.environment records them)
 OVERFIT_DELTA = 0.1  # nats: the report prints no curve values; a rise under 0.1 nat is no visible "over-fit"
 TWICE = math.log(2)  # "very unstable", "sharp", "greatly": a factor 2 (ratios are compared as logs)
 OURS_PREFIX, ATTENTION_IMPL = "ours", "attn naive"  # the attention sweep's lambda layers and attention with n x n map
@@ -534,7 +534,8 @@ def _cell(text: str) -> str:
 
 def claims_markdown(runs: pd.DataFrame, attention_sweep: Path | str | None = None,
                     results_dir: Path | str | None = None) -> str:
-    """The README's "## Claims" section: RULES, the table, the numbers behind it, the recipe, the scale (no paths)."""
+    """The README's "## Claims" section: RULES, the table, the numbers behind it, the recipe, the scale (no
+    absolute paths)."""
     claims, mine = evaluate_claims(runs, attention_sweep, results_dir), recipe(runs)
     done, scale = _done(runs), PROFILES["study"]  # SCALE_DECIDES speaks of the committed study's scale only
     study = bool(len(done)) and all((done[k] == scale.get(k, 0)).all() for k in

@@ -286,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="a run's best weights as model.safetensors + timm config + model card",
                        description="Write best.pt's weights as model.safetensors, timm's config.json and a README.md "
-                                   "model card (every number from the run record) into <run folder>/export/: the "
-                                   "folder timm.create_model(..., pretrained=True) and the Hugging Face hub expect.")
+                                   "model card (every number from the run record or lambdalib's preprocessing) into "
+                                   "<run folder>/export/: the folder timm.create_model(..., pretrained=True) and the "
+                                   "Hugging Face hub expect.")
     p.add_argument("run", help="run folder (results/runs/<run id>) or its best.pt")
     p.add_argument("--out", help="output folder (default: <run folder>/export/)")
     p.add_argument("--allow-unfinished", action="store_true",

@@ -8,8 +8,9 @@
 
 A job runs `lambdalib.train.run(config)`, as `lambdalib train` does, writing the ordinary run record. Finished runs
 get no job; an interrupted one resumes from its last.pt, and so does a job SLURM stops at its time limit or
-preempts (requeued: `TrainJob.checkpoint`), so `timeout_min` only needs to cover one epoch. Paths are made absolute
-and must be on a file system the compute nodes share. submitit is optional: `pip install submitit`.
+preempts (requeued: `TrainJob.checkpoint`), so a run may span time limits: submitit requeues a job that times out
+3 times (`slurm_max_num_timeout` sets how many). Paths are made absolute and must be on a file system the compute
+nodes share. submitit is optional: `pip install submitit`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 from .config import RunConfig
 
 # the defaults of make_executor: one GPU per run (a run is one process; DDP runs are for torchrun), a
-# day per job (a requeued job resumes, so this bounds one stretch, not the run), CPU cores to decode with
+# day per job (a requeued job resumes: this bounds one stretch of up to 4), CPU cores to decode with
 DEFAULTS = dict(gpus_per_node=1, tasks_per_node=1, nodes=1, cpus_per_task=8, timeout_min=24 * 60, mem_gb=32)
 # submitit takes these when the executor is made, not through update_parameters
 CONSTRUCTOR_PARAMS = ("slurm_max_num_timeout", "slurm_python", "local_python")

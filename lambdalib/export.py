@@ -8,12 +8,12 @@
 
 Load it back with timm (after `import lambdalib`, which registers the architecture):
 
-    timm.create_model("<architecture>", pretrained=True, num_classes=10, img_size=<px>,
+    timm.create_model("local-dir:<out>", pretrained=True)         # timm >= 1.0.16 reads config.json
+    timm.create_model("<architecture>", pretrained=True, **model_args,  # config.json's: num_classes, img_size, ...
                       pretrained_cfg_overlay=dict(file="<out>/model.safetensors", num_classes=10))
-    timm.create_model("local-dir:<out>", pretrained=True)         # timm >= 1.0.16 reads config.json too
     timm.create_model("hf-hub:<user>/<repo>", pretrained=True)    # once uploaded (huggingface_hub.upload_folder)
 
-Every number in config.json and the card comes from the run record, never typed here.
+Every number in config.json and the card comes from the run record or lambdalib's preprocessing (imagenette.py).
 """
 from __future__ import annotations
 

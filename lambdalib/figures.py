@@ -5,10 +5,10 @@
 
 Draws rows of `runs.collect` (one per run) and cells of `runs.aggregate` (one per experiment); report.py decides which
 figures a set-up has. Every figure is a matplotlib `Figure`, never pyplot (a notebook's backend is left alone), in
-Okabe-Ito colours; nothing is drawn without runs (ValueError). A cell's seeds are a mean line and a min–max band; a
-Lambda model sits beside the ResNet of its depth, their same-seed difference under them. The lr's warm restarts are
-dotted lines (a loss jump there is the schedule, not instability), a diverged epoch an 'x'. PNGs carry no version
-stamp: the same records give the same bytes.
+each family's colour (registry: Okabe-Ito, Tol's wine for four lambda layers); nothing is drawn without runs
+(ValueError). A cell's seeds are a mean line and a min–max band; a Lambda model sits beside the ResNet of its depth,
+their same-seed difference under them. The lr's warm restarts are dotted lines (a loss jump there is the schedule,
+not instability), a diverged epoch an 'x'. `save_png` writes no version stamp: the same records, the same bytes.
 """
 from __future__ import annotations
 
@@ -83,15 +83,9 @@ def restart_epochs(t0: int, t_mult: int, epochs: int) -> list[int]:
 
 
 def run_restarts(run) -> list[int]:
-    """A run's restart epochs over its planned schedule, from its t0/t_mult (the row's, else its config.json);
-    a record without them: the epochs whose lr rose."""
+    """A run's restart epochs over its planned schedule, from its t0/t_mult (`runs.collect` has them from
+    config.json); a row without them: the epochs whose lr rose."""
     t0, t_mult = run.get("t0"), run.get("t_mult")
-    if (t0 is None or pd.isna(t0)) and run.get("_path") is not None:
-        try:
-            config = record.load_config(Path(run["_path"]))
-            t0, t_mult = config.t0, config.t_mult
-        except (record.RecordError, OSError):
-            t0 = None
     if t0 is not None and pd.notna(t0):
         return restart_epochs(int(t0), int(t_mult), int(run["epochs"]))
     good, _ = _split(run)
@@ -160,7 +154,7 @@ def label_colour(label: str) -> str:
 
 
 def _scale(axes: list, points: list[tuple[float, float]], log_above: float | None) -> None:
-    """Shared y-limits and ticks (at least four labelled) of `axes` from (epoch, value) `points`: set by the epochs
+    """Shared y-limits and ticks of `axes` from (epoch, value) `points`: set by the epochs
     after the first when epoch 1 would stretch the range by more than half (an untrained net's losses would flatten
     the rest); log when they span more than `log_above` (None: linear, 0 shown, symmetric-log past ±SYMLOG_ABOVE)."""
     every = [v for _, v in points]

@@ -32,7 +32,7 @@ class Param(NamedTuple):
 
 def notebook_fields() -> tuple[str, ...]:
     """The RunConfig fields the training notebooks (02-04) take as papermill parameters: all but `model`
-    (which they derive from `depth` and `stage`). The sweep passes exactly these."""
+    (which they derive from `depth`, `stage` and, in 03, `lambda_layers`). The sweep passes exactly these."""
     return tuple(f.name for f in parameter_fields() if f.name != "model")
 
 
@@ -84,7 +84,7 @@ def parameters_source(params: Sequence[Param], groups: dict[str, str] | None = N
 
 
 def training_parameters_source(family: Sequence[Param]) -> str:
-    """The training notebooks' parameters cell: the model's `family` parameters (depth, stage), then every
+    """The training notebooks' parameters cell: the model's `family` parameters (depth, stage, ...), then every
     RunConfig field but model, grouped as in the dataclass (the experiment, then how and where it runs)."""
     params = [*family, *run_config_parameters()]
     first_run_field = next(f.name for f in parameter_fields() if not f.metadata.get("identity", True))

@@ -3,10 +3,11 @@ results/{README.md, tables/, figures/}.
 
 Only finished runs (complete, diverged: marked) make tables and figures: an unfinished run's best values cover part
 of its schedule. A cell is one experiment (mean ± sample std over seeds); each set-up (lambdalib.runs) gets its own
-section and figures, so runs that differ in anything but model, noise and seed are never compared. One table per
-model family (registry.FAMILIES), the published numbers (lambdalib/published.csv) beside ours. Everything is
-computed first, then swapped in whole (`_publish`): a kill never leaves a mix of two reports. Written files hold no
-absolute paths, so a rebuild anywhere writes the same bytes.
+section and figures, so runs that differ in anything but model, lambda layer, noise and seed are never compared.
+One table per model family (registry.FAMILIES), the published numbers (lambdalib/published.csv) beside ours.
+Everything is computed first, then swapped in (`_publish`): a failed build leaves the old report whole, and one
+killed within the swap's six renames is replaced whole by the next. Written files hold no absolute paths, so a
+rebuild anywhere writes the same bytes.
 """
 from __future__ import annotations
 
@@ -314,8 +315,9 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         f"fewer than {SMOKE_EPOCHS} epochs or on a per-class subset (`train_per_class`, `val_per_class`); one "
         "on the whole embedded mini subset is a small-scale study. Training time is the sum of epoch times; a "
         "run diverges when a loss is non-finite, its train loss exceeds `diverge_factor` × ln(classes) or its "
-        "val loss `diverge_factor` × its first epoch's (the reason is in its summary.json), and its best "
-        "values are those of the epochs before (— when it has none). Full-precision CSVs are in `tables/`.\n",
+        "val loss `diverge_factor` × its first epoch's, ln(classes) at the least (the reason is in its summary.json), "
+        "and its best values are those of the epochs before (— when it has none). Full-precision CSVs are in "
+        "`tables/`.\n",
     ]
     if not finished.empty:  # the report's claims, one by one, from these records (lambdalib.claims)
         readme.append(claims.claims_markdown(all_runs, results_dir=results_dir))
@@ -369,7 +371,7 @@ def _trained_attention(out: Path) -> list[str]:
     table = out / "tables" / "attention_trained.csv"
     if not (figure.exists() and table.exists()):
         return []
-    from .attention import attention_table_markdown  # late: torch and grad-cam only when there is a figure
+    from .attention import attention_table_markdown  # late: timm and grad-cam only with figure 7
 
     # the caption file embeds its PNG by a path relative to figures/: the README embeds it once, above
     lines = caption.read_text().splitlines() if caption.exists() else []

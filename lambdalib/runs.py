@@ -1,9 +1,9 @@
-"""The one reader of run folders: results/runs/*/ -> one table of run records, and seeds -> table cells.
+"""The one reader of whole run records: results/runs/*/ -> one table of run records, and seeds -> table cells.
 
 A row is one run record (its summary.json, its set-up, its history as `_history`); `aggregate` turns the
 finished runs of one experiment (`RunConfig.experiment_id`: the identity without the seed) into one cell. A
-set-up is the identity without model, noise and seed: runs of two set-ups never share a table section or a
-figure. A record that cannot be read is skipped with a warning naming the file.
+set-up is the identity without model, lambda layer, noise and seed: runs of two set-ups never share a table
+section or a figure. A record that cannot be read is skipped with a warning naming the file.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _resolve(config: RunConfig, summary: dict) -> RunConfig:
 
 
 def setup_of(config: RunConfig) -> dict:
-    """What makes runs comparable: the identity without model, noise and seed, as a file-name slug (readable
+    """What makes runs comparable: the identity without CELL_FIELDS, as a file-name slug (readable
     scale + a hash of the whole set-up, so two set-ups never share a slug), its scale fields, the other
     fields that differ from the preset ('recipe') and whether it is a smoke test."""
     key = {k: v for k, v in config.identity().items() if k not in CELL_FIELDS}
@@ -129,7 +129,8 @@ _READ_ERRORS = (record.RecordError, OSError, ValueError, TypeError, KeyError, At
 
 def read_record(run_dir: Path | str) -> Record | None:
     """The record in `run_dir` (None: no summary.json, not a run record yet); UnreadableRecord when a file of
-    it cannot be read. Every reader of run folders (report, claims, attention, export, sweep) comes here."""
+    it cannot be read. Report, claims, figures, attention and export read records here; the trainer's resume check
+    (and the sweep's skip, which asks it) reads one folder's summary and config through `record`."""
     run_dir, file = Path(run_dir), "summary.json"
     try:
         summary = record.load_summary(run_dir)
@@ -157,8 +158,8 @@ def _row(rec: Record) -> dict:
     images = f"{summary.get('train_images', '?')} train / {summary.get('val_images', '?')} val images"
     return dict(summary, **setup, experiment_id=config.experiment_id, seed=config.seed, status=rec.status,
                 model_order=registry.model_rank(label), family=spec.family if spec else None, label=label, noise=noise,
-                architecture=fmt.architecture(label, noise), data_desc=f"{setup['data']} ({images})",
-                **{f"env_{k}": v for k, v in env.items()}, _path=rec.path, _history=rec.history)
+                architecture=fmt.architecture(label, noise), data_desc=f"{setup['data']} ({images})", t0=config.t0,
+                t_mult=config.t_mult, **{f"env_{k}": v for k, v in env.items()}, _path=rec.path, _history=rec.history)
 
 
 def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.DataFrame, list[dict]]:
@@ -176,9 +177,9 @@ def load_runs(results_dir: Path | None, runs, strict: bool = False) -> tuple[pd.
             # the record's own problem (unreadable file, unknown model, missing field): skip this run only
             if strict:
                 raise
-            warnings.warn(f"skipping run {run_dir.name}: {err}", stacklevel=3)
             if not isinstance(err, UnreadableRecord):
                 err = UnreadableRecord("config.json", err)  # readable files, but not a config we understand
+            warnings.warn(f"skipping run {run_dir.name}: {err}", stacklevel=3)
             skipped.append(dict(Run=run_dir.name, File=f"{rel}/{err.file}",
                                 Problem=str(err).replace(str(run_dir), rel)))
             continue

@@ -4,8 +4,9 @@ last.pt holds the whole training state after the last good epoch (the one before
 is complete only with checkpoints="best+last"), and the record never claims an epoch last.pt lacks. The same config
 resumes after it; every epoch reseeds all RNGs from (seed, epoch, rank) and the loader order from (seed, epoch), so
 a resumed run computes what an uninterrupted one does.
-No host sync within an epoch: non-finite losses are judged on the device every CHECK_EVERY steps and read without
-waiting (`device.Peek`). A diverged epoch N ends the run (summary.json says why); last.pt stays at epoch N-1.
+No host sync within an epoch of one process: non-finite losses are judged on the device every CHECK_EVERY steps
+and read without waiting (`device.Peek`; under DDP that verdict is all-reduced, a wait). A diverged epoch N ends
+the run (summary.json says why); last.pt stays at epoch N-1.
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ def _train_one_epoch(ctx: Context, model, loader, optimizer, scaler, bar) -> dic
         if len(losses) % CHECK_EVERY == 0 and _should_stop(ctx, losses, peek, bar):
             stopped = True
             break
-    # the epoch's one host sync
+    # the epoch's end: its host syncs
     loss_v, norm_v, correct_v = torch.stack([torch.stack(v).float() for v in (losses, norms, corrects)]).cpu().double()
     size_v = torch.tensor(sizes, dtype=torch.float64)
     ok = torch.isfinite(loss_v)

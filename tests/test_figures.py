@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from lambdalib import figures, record, registry, report
-from lambdalib.config import RunConfig
 
 PACKAGE = Path(figures.__file__).resolve().parent
 L2_RPE, BASELINES = registry.FAMILIES["L2_rpe"], registry.FAMILIES["baselines"]
@@ -56,13 +55,10 @@ def test_restart_epochs_follow_cosine_annealing_warm_restarts():
     assert figures.restart_epochs(5, 2, 5) == [] and figures.restart_epochs(0, 2, 15) == []
 
 
-def test_restart_epochs_come_from_the_records_config(tmp_path):
-    RunConfig.from_params(model="R18", t0=3, t_mult=2, epochs=12).save(tmp_path / "config.json")
-    row = pd.Series(dict(_run("R18", 0.0, 0, [2.0] * 12), _path=tmp_path))
-    assert figures.run_restarts(row.drop(["t0", "t_mult"])) == [4, 10]  # config.json: t0 3, t_mult 2
-    assert figures.run_restarts(row) == [6]  # the row's own fields win
-    fig = figures.run_figure(pd.Series(dict(row.drop(["t0", "t_mult"]), epochs_done=12, architecture="ResNet18(0%)",
-                                            setup_label="test")))
+def test_restart_epochs_come_from_the_rows_schedule():
+    row = pd.Series(dict(_run("R18", 0.0, 0, [2.0] * 12), t0=3, t_mult=2))
+    assert figures.run_restarts(row) == [4, 10]  # t0 3, t_mult 2
+    fig = figures.run_figure(pd.Series(dict(row, epochs_done=12, architecture="ResNet18(0%)", setup_label="test")))
     restarts = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"]
     assert sorted(line.get_xdata()[0] for line in restarts) == [4, 10]
     assert "lr warm restart" in [t.get_text() for t in fig.legends[0].get_texts()]

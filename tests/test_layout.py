@@ -18,8 +18,10 @@ MAX_MODULE_LINES = 600
 # epoch, Student-t width, checkpoint reader) took out 339 more (8,410); two reviews of that trim put back 41
 # lines where it had changed behaviour (first_per_class, sample_crop_params, val_transform, `models`, the order
 # attention writes its files in, its table's columns, an unreadable divergence epoch) or lost a why.
-# A ceiling: it only shrinks from here.
-MAX_PACKAGE_LINES = 8451
+# Round 8: two outside reads of every docstring and of the README found 27 statements untrue; making them true took
+# +5 (a history.csv without an epoch column refused, the data read once a run, reasons spelled out) after figures
+# stopped opening config.json for restarts (-6). A ceiling: it only shrinks from here.
+MAX_PACKAGE_LINES = 8456
 
 
 def test_no_function_takes_more_than_six_positional_arguments():
