@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default: one per GPU; 1 without GPUs)")
         p.add_argument("--submitit", metavar="FOLDER",
                        help="submit each unfinished run as a cluster job through submitit (pip install "
-                            "'lambdalib[cluster]'), its job files and logs in FOLDER, instead of running here")
+                            "submitit), its job files and logs in FOLDER, instead of running here")
         p.add_argument("--cluster", choices=("slurm", "local"),
                        help="with --submitit: 'slurm', or 'local' processes (default: SLURM where sbatch exists)")
         p.add_argument("--slurm-partition", help="with --submitit: the SLURM partition")

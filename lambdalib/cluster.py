@@ -30,8 +30,7 @@ def _submitit():
     try:
         import submitit
     except ImportError as err:
-        raise ImportError("lambdalib.cluster needs submitit: pip install submitit (or pip install "
-                          "'lambdalib[cluster]')") from err
+        raise ImportError("lambdalib.cluster needs submitit: pip install submitit") from err
     return submitit
 
 

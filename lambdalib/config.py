@@ -83,7 +83,7 @@ class RunConfig:
                                        "table scaled to unit output), 'ours-n01' (ours with an N(0, 1) position table, "
                                        "as lucidrains draws it), 'lucidrains' (the published lambda-networks package "
                                        "the report used; lc at the report's r=23; pip install "
-                                       "'lambdalib[report-impl]')", LAMBDA_LAYERS)
+                                       "lambda-networks==0.4.0)", LAMBDA_LAYERS)
     seed: int = _field(0, "seed of the weights, the noise draw (synthetic) and the data order")
     data: str = _field("embedded", "'embedded', 'imagenette2-160', 'imagenette2-320', 'imagenette2', a folder in "
                                    "the imagenette2 layout, or an archive path / URL")

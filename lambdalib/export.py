@@ -259,7 +259,8 @@ def model_card(summary: dict, config, best: dict, history: list[dict], hub: dict
     lines += [
         "## Usage",
         "",
-        "The architecture is lambdalib's: `pip install` lambdalib and import it before creating the model.",
+        "The architecture is lambdalib's: install it from its repository (`pip install -e .` in a clone) and import it "
+        "before creating the model.",
         "",
         "```python",
         "import timm",

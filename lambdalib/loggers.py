@@ -3,7 +3,7 @@ single source of every table and figure):
 
     lambdalib train ... --logger tensorboard      # event files in results/runs/<run id>/tensorboard/
     tensorboard --logdir results/runs              # every run, named by its run id
-    lambdalib train ... --logger wandb             # pip install "lambdalib[wandb]"; WANDB_MODE=offline works offline
+    lambdalib train ... --logger wandb             # pip install wandb; WANDB_MODE=offline works offline
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class WandbLogger(NullLogger):
         try:
             import wandb
         except ImportError:
-            raise ValueError('logger="wandb" needs wandb: pip install "lambdalib[wandb]"') from None
+            raise ValueError('logger="wandb" needs wandb: pip install wandb') from None
         # resume="allow" with the run id: a resumed lambdalib run continues the same W&B run, whose id allows
         # letters, digits, '-' and '_' only (up to 128)
         wandb_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in config.run_id)[:128]

@@ -182,7 +182,7 @@ def report_impl_layer(conv: nn.Conv2d, side: tuple[int, int], args: dict) -> nn.
         from lambda_networks import LambdaLayer as LucidrainsLambda
     except ImportError:
         raise ValueError("lambda_layer='lucidrains' needs the lambda-networks package: pip install "
-                         "'lambdalib[report-impl]'") from None
+                         "lambda-networks==0.4.0") from None
     if side[0] != side[1]:
         raise ValueError(f"lambda_layer='lucidrains' takes square maps only, not {side[0]}x{side[1]}")
     where = dict(r=args["scope"]) if args["position"] == "lc" else dict(n=side[0])

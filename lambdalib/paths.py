@@ -2,7 +2,7 @@
 
 The project root: $LAMBDALIB_HOME, then the nearest folder above the working directory that holds this
 project's pyproject.toml, then the checkout this package was installed from (pip install -e), then the
-working directory itself (a plain `pip install lambdalib`). data/ is always under it (local disk: fast).
+working directory itself (a plain `pip install .` of a clone). data/ is always under it (local disk: fast).
 
 results/ (run records and checkpoints) is under it too, except: $LAMBDALIB_RESULTS when set, and on
 Colab with Google Drive mounted, MyDrive/lambdalib/results — a Colab disconnect recycles the VM and all
