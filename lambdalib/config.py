@@ -83,7 +83,7 @@ class RunConfig:
                                        "table scaled to unit output), 'ours-n01' (ours with an N(0, 1) position table, "
                                        "as lucidrains draws it), 'lucidrains' (the published lambda-networks package "
                                        "the report used; lc at the report's r=23; pip install "
-                                       "lambda-networks==0.4.0)", LAMBDA_LAYERS)
+                                       "lambda-networks, version 0.4.0)", LAMBDA_LAYERS)
     seed: int = _field(0, "seed of the weights, the noise draw (synthetic) and the data order")
     data: str = _field("embedded", "'embedded', 'imagenette2-160', 'imagenette2-320', 'imagenette2', a folder in "
                                    "the imagenette2 layout, or an archive path / URL")
@@ -116,7 +116,7 @@ class RunConfig:
     compile: bool = _field(False, "run the model through torch.compile (Inductor; CUDA needs compute capability "
                                   "7.0+: T4 yes, P100 no)", identity=False)
     logger: str = _field("none", "also log every epoch to 'tensorboard' (event files in the run folder) or 'wandb' "
-                                 "(needs the wandb extra; WANDB_MODE=offline works without network)",
+                                 "(pip install wandb; with WANDB_MODE set to offline it works without network)",
                          ("none", "tensorboard", "wandb"), identity=False)
     on_error: str = _field("fail", "an unreadable image: 'fail' (stop, naming the file) or 'skip' (counted in the "
                                    "record)", ("fail", "skip"), identity=False)

@@ -58,7 +58,7 @@ CHECK_CELL = """\
 from lambdalib import log_to_stdout
 from lambdalib.notebook import check_parameters, say_where_results_go{extra_import}
 
-log_to_stdout()  # lambdalib's log lines (one per epoch, each file written) in this notebook's output
+log_to_stdout()  # lambdalib's log lines (one per epoch; each file a report writes) in this notebook's output
 # a papermill parameter this notebook does not declare (misspelt: -p noize 0.5) stops here
 check_parameters(globals(), {declared})
 say_where_results_go(globals().get("results") or "")  # on Colab: Google Drive when mounted"""
@@ -113,7 +113,7 @@ def family_notebook(position, title, blurb):
         model.append(Param("stage", "int", 2, "the stage whose last block gets the lambda layer: 2 or 3"))
         # LR18_L3x4(rpe): 4 = conv2 of every block of stages 2-3, counted backward from the last of `stage`
         model.append(Param("lambda_layers", "int", 1, "how many blocks, counted back from that one, get a lambda "
-                                                      "layer: 1 (the report's) or 4 (rpe, stage 3)"))
+                                                      "layer: 1 (the report's) or 4 (rpe, stage 3, depth 18)"))
     names = ", ".join(repr(p.name) for p in model)
     label = f"family_label({position!r}, depth{', stage, lambda_layers' if position else ''})"
     return notebook([
@@ -168,7 +168,8 @@ def fullgrad_notebook():
         *simple_parameters_cells([
             Param("models", "list", ["resnet18", "resnet50", "lambda_resnet26t", "lambda_resnet50ts"],
                   "timm names, pretrained"),
-            Param("run_folders", "list", [], "our run folders results/runs/ID or their best.pt, added to models"),
+            Param("run_folders", "list", [], "our run folders or their best.pt, as paths from notebooks/ "
+                  "(../results/runs/ID) or absolute, added to models"),
             Param("image", "str", None, "None: data/images/both.png, shipped with the repository"),
             Param("method", "str", "fullgrad", "or 'gradcam', 'gradcam++', 'scorecam', 'fullgradstock'"),
             Param("target", None, None, "None: the top-1 class of each model; else a class index or name"),
@@ -208,9 +209,10 @@ def fullgrad_notebook():
 
 def report_notebook():
     return notebook([
-        new_markdown_cell("# The report, regenerated from run records\n\nEvery table and figure below is "
-                          "rebuilt from `results/runs/*` (never typed). The same files are written to "
-                          "`results/` and shown in `results/README.md`."),
+        new_markdown_cell("# The report, regenerated from run records\n\nEvery table and loss curve below is "
+                          "rebuilt from `results/runs/*` (never typed); figure 7 and other attention maps are "
+                          "shown as `lambdalib attention` last drew them. The same files are in `results/` and "
+                          "shown in `results/README.md`."),
         new_code_cell(SETUP),
         *simple_parameters_cells([Param("results", "str", "", "empty: results/ of this repository")]),
         new_code_cell("from lambdalib import report\nfrom lambdalib.notebook import show_report\n\n"

@@ -2,6 +2,7 @@
 import ast
 import importlib.metadata
 import importlib.util
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -231,3 +232,12 @@ def test_colab_without_drive_says_how_to_keep_results(tmp_path, monkeypatch, cap
     (tmp_path / "MyDrive").mkdir()
     assert say_where_results_go() == tmp_path / "MyDrive" / "lambdalib" / "results"
     assert "disconnects" not in capsys.readouterr().out
+
+
+def test_a_command_in_a_help_text_reads_the_same_in_a_parameters_cell():
+    """papermill drops a parameter line with a second '=', so the cell rewords '=' ('==' as 'is'): a help text
+    that shows a command (pip install x==1, VAR=value) would reach the notebook garbled."""
+    for field in parameter_fields():
+        help_text = field.metadata.get("help", "")
+        for command in re.findall(r"pip install [^;)]+|[A-Z_]{3,}=\S+", help_text):
+            assert command in notebook._one_line_help(help_text), (field.name, command)
