@@ -27,7 +27,7 @@ def write_run(results: Path, model: str, noise: float, seed: int, *, train: list
               epoch_time: float = 1.0, grad: list[float] | None = None, batch_stats: list[float] | None = None,
               lr: list[float] | None = None, preset: str = "fast", status: str = "complete",
               device: str = "CPU (test)", old_record: bool = False, lambda_layer: str = "ours",
-              epochs: int | None = None, diverged_at: int | None = None) -> Path:
+              epochs: int | None = None, diverged_at: int | None = None, world_size: int = 1) -> Path:
     """One run record as the trainer writes it (config.json, history.csv, summary.json), from given curves.
     old_record: history.csv written without the val_loss_batch_stats column (records from before it)."""
     config = RunConfig.from_params(model=model, noise=noise, seed=seed, preset=preset, epochs=epochs or len(val),
@@ -51,7 +51,7 @@ def write_run(results: Path, model: str, noise: float, seed: int, *, train: list
     record.write_summary(run_dir, record.summarize(history, status, diverged_at, dict(
         run_id=config.run_id, experiment_id=config.experiment_id, model=name, label=registry.report_label(name),
         noise=noise, preset=preset, params=1, gflops=0.1, train_images=1600, val_images=700, amp="off",
-        environment=dict(device=device, world_size=1))))
+        environment=dict(device=device, world_size=world_size))))
     return run_dir
 
 
@@ -147,6 +147,10 @@ def test_every_verdict_branch_of_the_evaluator():
     # lo >= δ: reproduced; hi < 0: contradicted; 0 <= hi < δ: not reproduced; lo < δ <= hi: cannot tell
     assert judged([1.0, 1.01, 1.02]).verdict == R
     assert judged([-1.0, -1.01, -1.02], sign=-1).verdict == R  # the report's effect is a decrease
+    # and every other branch for a decrease: the interval is turned round, not read as it comes
+    assert judged([1.0, 1.01, 1.02], sign=-1).verdict == C
+    assert judged([-0.1, -0.11, -0.12], sign=-1).verdict == NR
+    assert judged([-0.3, -0.7, -0.5], sign=-1).verdict == CT
     assert judged([-1.0, -1.01, -1.02]).verdict == C
     assert judged([0.1, 0.11, 0.12]).verdict == NR
     straddle = judged([0.3, 0.7, 0.5])
@@ -416,6 +420,13 @@ def test_time_claim_pairs_only_equal_hardware(runs, tmp_path):
     mixed = by_key(claims.evaluate_claims(run_records.collect(tmp_path)))["8"].comparisons[0]
     assert mixed.seeds == (1, 2) and mixed.note == ("left out, on other hardware: seed 0 (LR18_L2(rpe) on CPU (x86_64, "
                                                     "1 threads), R18 on CPU (x86_64, 2 threads))")
+    # the same device, but one run of the pair in two processes: not the same hardware either
+    for model, time in (("R18", 1.0), ("LR18_L2(rpe)", 2.5)):
+        for seed in SEEDS:
+            write_run(tmp_path / "ddp", model, 0.0, seed, train=falling(1.0), val=val_curve(0, 0),
+                      epoch_time=time + 0.01 * seed, world_size=2 if (model, seed) == ("R18", 1) else 1)
+    ddp = by_key(claims.evaluate_claims(run_records.collect(tmp_path / "ddp")))["8"].comparisons[0]
+    assert ddp.seeds == (0, 2) and "seed 1" in ddp.note
 
 
 def test_explosion_claims_classify_and_count(runs):

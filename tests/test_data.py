@@ -388,3 +388,12 @@ def test_broken_label_files_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="not a readable CSV") as err:
         D.read_labels(folder)
     assert "\n" not in str(err.value)
+
+
+def test_only_an_official_rate_itself_uses_its_column():
+    from lambdalib.imagenette import official_noise_level
+
+    assert [official_noise_level(x) for x in (0.0, 0.01, 0.05, 0.25, 0.5)] == [0.0, 0.01, 0.05, 0.25, 0.5]
+    assert D.noise_column(0.25) == "noisy_labels_25"
+    for near in (0.25 + 1e-6, 0.2501, 0.049, 0.3):  # close is not the same: those take seeded synthetic noise
+        assert official_noise_level(near) is None

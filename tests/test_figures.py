@@ -279,6 +279,26 @@ def test_save_png_is_byte_stable_and_atomic(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_png_write_cut_short_leaves_the_previous_figure_whole(tmp_path, monkeypatch):
+    import errno
+
+    fig = Figure()
+    fig.subplots().plot([1, 2, 3])
+    before = figures.save_png(fig, tmp_path / "plot.png").read_bytes()
+    real = Path.write_bytes
+
+    def half_then_disk_full(self, data):
+        real(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_disk_full)
+    fig.axes[0].plot([3, 2, 1])
+    with pytest.raises(record.RecordError, match="no space left"):
+        figures.save_png(fig, tmp_path / "plot.png")
+    monkeypatch.undo()
+    assert (tmp_path / "plot.png").read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
 def test_figures_never_import_report_claims_or_train():
     tree = ast.parse((PACKAGE / "figures.py").read_text())
     found = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1

@@ -284,6 +284,15 @@ def test_seeds_unfinished_runs_and_stale_files(tmp_path):
     assert not (tmp_path / "figures" / "gone_setup").exists()
 
 
+def test_a_seed_without_a_best_value_leaves_the_cells_mean_undefined(tmp_path):
+    """A seed that diverged in epoch 1 has no best loss; averaging the other seeds alone would flatter the cell."""
+    write_record(tmp_path, seed=0, loss=2.0)
+    write_record(tmp_path, seed=1, status="diverged", diverged_at=1, epochs_done=1)
+    (cell,) = runs.aggregate(runs.finished_runs(runs.collect(tmp_path))).to_dict("records")
+    assert cell["n_runs"] == 2 and cell["n_diverged"] == 1
+    assert math.isnan(cell["best_val_loss"]) and math.isnan(cell["best_train_loss"])
+
+
 def test_collected_rows_carry_the_schedule_of_their_config_json(tmp_path):
     """Figures mark warm restarts from these columns; nothing else opens a run folder for them."""
     write_record(tmp_path, t0=3, t_mult=2, epochs=12)

@@ -12,7 +12,7 @@ import torch
 
 import lambdalib
 from lambdalib.config import RunConfig
-from lambdalib.record import FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, read_history
+from lambdalib.record import FINISHED, HISTORY_COLUMNS, TIMING_COLUMNS, load_summary, read_history
 from lambdalib.train import run
 
 
@@ -137,6 +137,9 @@ def test_divergence_rule():
     # a first-epoch val loss of 1780 (BatchNorm running statistics after a few steps) is the start, not a blow-up
     early = {**ok, "val_loss": 1780.0}
     assert divergence(early, [], 10, 10) == "" and divergence({**ok, "val_loss": 40.0}, [early], 10, 10) == ""
+    # the start is the first epoch's, not the last one's: a climb past 10x it diverges however gradual
+    climbing = [{**ok, "val_loss": 2.5}, {**ok, "val_loss": 20.0}]
+    assert "its start 2.5" in divergence({**ok, "val_loss": 30.0}, climbing, 10, 10)
 
 
 def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_imagenette, tmp_path, monkeypatch):
@@ -158,6 +161,20 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_imagenette, tm
     assert history[0]["finite"] and not history[1]["finite"]
     assert len(torch.load(run_dir / "last.pt", weights_only=True)["history"]) == 1
     assert torch.load(run_dir / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_best_pt_holds_the_epoch_of_the_best_val_loss(tiny_imagenette, tmp_path, monkeypatch):
+    from lambdalib import train
+
+    real, scripted = train._run_epoch, {1: 2.0, 2: 1.0, 3: 1.5}  # the best is epoch 2, not the last
+
+    def scripted_val_loss(ctx, data, trainee, epoch, bar):
+        return {**real(ctx, data, trainee, epoch, bar), "val_loss": scripted[epoch]}
+
+    monkeypatch.setattr(train, "_run_epoch", scripted_val_loss)
+    run_dir = run(tiny_config(tiny_imagenette, tmp_path, model="R18", epochs=3), progress=False)
+    assert load_summary(run_dir)["best_val_loss_epoch"] == 2
+    assert torch.load(run_dir / "best.pt", weights_only=True)["epoch"] == 2
 
 
 def test_a_timm_model_name_trains_too(tiny_imagenette, tmp_path):
