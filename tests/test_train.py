@@ -177,6 +177,17 @@ def test_best_pt_holds_the_epoch_of_the_best_val_loss(tiny_imagenette, tmp_path,
     assert torch.load(run_dir / "best.pt", weights_only=True)["epoch"] == 2
 
 
+def test_an_fp16_run_resumed_computes_what_an_uninterrupted_one_does(tiny_imagenette, tmp_path):
+    """The grad scaler's state (its scale, lowered by overflows) is part of last.pt; a fresh one would differ."""
+    full = read_history(run(tiny_config(tiny_imagenette, tmp_path / "full", model="R18", amp="fp16", epochs=2),
+                            progress=False))
+    assert full[0]["loss_scale"] < 65536.0  # torch's start: overflows moved it in epoch 1, so restoring it matters
+    config = tiny_config(tiny_imagenette, tmp_path / "cut", model="R18", amp="fp16", epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, progress=False, stop_after_epoch=1)
+    assert without_timings(read_history(run(config, progress=False))) == without_timings(full)
+
+
 def test_a_timm_model_name_trains_too(tiny_imagenette, tmp_path):
     run_dir = run(tiny_config(tiny_imagenette, tmp_path, model="resnet10t", epochs=1), progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
