@@ -161,6 +161,11 @@ def test_pick_rule(tmp_path):
         == "g_noise25"  # timm names work as labels
     assert attention.PickedRun(**{**r18.__dict__, "run_dir": runs / "R18_noise0_fast_e15_64px_embedded_1a2b3c4d_s0"}
                                ).short_id == "fast_e15_64px_embedded_1a2b3c4d_s0"
+    # the figure's rows: each label at every noise level, in the order asked
+    _fake_record(runs, "j_r18_noise50", noise=0.5)
+    _fake_record(runs, "k_rpe_noise0", model="LR18_L2(rpe)")
+    both = attention.pick_runs(tmp_path, labels=["R18", "LR18_L2(rpe)"], noise=[0.0, 0.5])
+    assert list(both) == [("R18", 0.0), ("R18", 0.5), ("LR18_L2(rpe)", 0.0), ("LR18_L2(rpe)", 0.5)]
 
 
 def test_synthetic_noise_loses_to_official(tmp_path):

@@ -17,3 +17,12 @@ def test_a_nan_val_loss_with_a_gradient_burst_is_an_explosion():
     (spike,) = curves.find_spikes(history)
     assert spike["epoch"] == 3 and spike["cause"] == curves.SPIKE_EXPLOSION and spike["factor"] == math.inf
     assert curves.val_loss_rise(history) == 0.0  # the last finite val loss is the lowest
+
+
+def test_a_spike_is_judged_against_the_batch_statistics_loss_own_best():
+    """The batch-statistics loss sits above the eval-mode one; a spike of the latter with the former near its own
+    best is BatchNorm's running statistics, not the weights (compared with the eval-mode best it would not be)."""
+    history = [dict(epoch=e, val_loss=v, train_loss=1.0, grad_norm_max=1.0, val_loss_batch_stats=b)
+               for e, (v, b) in enumerate([(0.5, 1.2), (0.5, 1.2), (3.0, 1.5)], 1)]
+    (spike,) = curves.find_spikes(history)
+    assert spike["epoch"] == 3 and spike["cause"] == curves.SPIKE_BN

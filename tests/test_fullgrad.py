@@ -243,6 +243,9 @@ def test_measures_on_planted_maps():
     spike = np.zeros((100, 100))
     spike[3, 4] = 1
     assert fullgrad.concentration(spike) == 1.0 and fullgrad.normalised_entropy(spike) == 0.0
+    spread = np.zeros((10, 10))
+    spread[0, :] = 1  # uniform on 10 of 100 pixels: log 10 / log 100
+    assert fullgrad.normalised_entropy(spread) == pytest.approx(0.5)
     half = np.zeros((100, 100))
     half[:, :50] = 1  # the top 10 % of pixels hold a fifth of the mass
     assert fullgrad.concentration(half) == pytest.approx(0.2) and fullgrad.concentration(half, 0.5) == 1.0

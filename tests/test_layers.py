@@ -117,6 +117,14 @@ def test_output_scale_at_init_is_unit_order(position, size):
     assert 0.3 < std < 3.0, std
 
 
+@pytest.mark.parametrize("dim_u", [1, 4])
+def test_the_position_table_starts_at_its_documented_scale(dim_u):
+    """N(0, 1/(|k|·|u|·context)): an output sums |k|·|u|·context position terms, so it starts near unit scale."""
+    torch.manual_seed(0)
+    layer = LambdaLayer(128, 128, position="rpe", feat_size=(16, 16), dim_u=dim_u)
+    assert layer.pos_emb.std().item() == pytest.approx((16 * dim_u * 16 * 16) ** -0.5, rel=0.05)
+
+
 def test_rpe_rejects_other_map_size_naming_both():
     layer = LambdaLayer(8, 8, position="rpe", feat_size=(10, 10), heads=2)
     with pytest.raises(ValueError, match=r"10x10.*8x8"):
