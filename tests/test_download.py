@@ -1,4 +1,5 @@
 """download.py: bad archives and bad data arguments give one line naming the user's value, and leave nothing."""
+import io
 import os
 import subprocess
 import sys
@@ -121,6 +122,80 @@ def test_leftovers_of_a_killed_run_are_removed(tiny_tgz, tmp_path):
     download.prepare_archive(archive, md5, download_root=tmp_path)
     assert not part.exists() and not extracting.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenette2-small", "imagenette2-small.tgz"]
+
+
+def test_temporaries_of_a_live_run_are_left_alone(tiny_tgz, tmp_path):
+    """Two runs may share a download root: only a dead process's leftovers go, a running one's stay."""
+    archive, md5 = tiny_tgz
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live_part = tmp_path / f"{archive.name}.part{live.pid}"
+        live_part.write_bytes(b"a download under way")
+        live_extracting = tmp_path / f".imagenette2-small.extracting{live.pid}"
+        (live_extracting / "train").mkdir(parents=True)
+        dead_part = tmp_path / f"{archive.name}.part{dead}"
+        dead_part.write_bytes(b"half a download")
+        download.prepare_archive(archive, md5, download_root=tmp_path)
+        assert live.poll() is None  # still running while its files were looked at
+    finally:
+        live.kill()
+        live.wait()
+    assert live_part.read_bytes() == b"a download under way"
+    assert (live_extracting / "train").is_dir()
+    assert not dead_part.exists()
+
+
+def test_a_folder_not_extracted_by_lambdalib_is_refused_and_kept(tiny_tgz, tmp_path):
+    """A folder of the user's own under the archive's name is never deleted to make room for the extract."""
+    archive, _ = tiny_tgz
+    root = tmp_path / "data"
+    mine = root / "imagenette2-small"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my own work")
+    with pytest.raises(ValueError, match="exists but was not extracted and verified by lambdalib") as err:
+        download.prepare_archive(archive, download_root=root)
+    one_line_naming(err, mine, f"data='{mine}'", archive.name)
+    assert (mine / "notes.txt").read_text() == "my own work"
+    assert [p.name for p in root.iterdir()] == ["imagenette2-small"]  # no copy of the archive either
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def _tgz_with_extra_member(tmp_path: Path, name: str, member: str) -> Path:
+    """A complete imagenette2 archive `name`.tgz with one more file stored under the member name `member`."""
+    make_tiny_imagenette(tmp_path / "build" / name, train_per_class=1, val_per_class=1, size=16)
+    archive = tmp_path / "src" / f"{name}.tgz"
+    archive.parent.mkdir()
+    payload = b"written by the archive"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "build" / name, arcname=name)
+        info = tarfile.TarInfo(member)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    return archive
+
+
+def test_member_climbing_out_of_the_destination_is_refused(tmp_path):
+    """A '../' member is an error naming the archive; nothing is written beside (or in) the download root."""
+    archive = _tgz_with_extra_member(tmp_path, "imagenette2-evil", "../evil.txt")
+    root = tmp_path / "data"
+    with pytest.raises(download.IntegrityError, match="outside the destination") as err:
+        download.prepare_archive(archive, download_root=root)
+    one_line_naming(err, archive, "not a readable imagenette2 archive")
+    assert not (root / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert list(root.iterdir()) == []  # neither the copy nor a partial extraction is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "data", "src"]
+
+
+def test_absolute_member_lands_inside_the_destination(tmp_path):
+    """An absolute member name is taken relative to the extraction folder: the file it names is never written."""
+    target = tmp_path / "outside" / "evil.txt"
+    target.parent.mkdir()
+    archive = _tgz_with_extra_member(tmp_path, "imagenette2-abs", str(target))
+    folder = download.prepare_archive(archive, download_root=tmp_path / "data")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    assert download.check_root(folder) == folder
 
 
 @pytest.mark.parametrize("value, expected", [
