@@ -479,3 +479,35 @@ def test_a_cache_changed_on_disk_anywhere_is_rebuilt(tiny_imagenette, tmp_path):
     again = C.dataset_images(train_set, "train", 32, cache_dir=tmp_path, progress=False)
     assert again.decoded == len(train_set)  # found and rebuilt from the JPEGs
     assert np.array_equal(np.asarray(again.images), first_pixels)
+
+
+def test_a_data_folder_copied_with_its_cache_beside_it_decodes_nothing(tiny_imagenette, tmp_path, monkeypatch):
+    """The key hashes each image's path relative to the data root, not its absolute path: a data folder copied or
+    moved with its .lambdalib-cache beside it (to another disk, a Colab VM) reuses the decoded images."""
+    monkeypatch.delenv("LAMBDALIB_CACHE_DIR", raising=False)
+    monkeypatch.setenv("LAMBDALIB_HOME", str(tmp_path / "project"))
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    root = copy_of(tiny_imagenette, tmp_path)
+    first = C.dataset_images(splits(root)[0], "train", 32, progress=False)
+    assert first.decoded == 40 and first.path.parent == root / C.CACHE_DIRNAME
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(root, moved)  # the data and its cache folder, as `cp -r` or a sync tool copies them
+    count = C.DECODED["count"]
+    again = C.dataset_images(splits(moved)[0], "train", 32, progress=False)
+    assert again.path.parent == moved / C.CACHE_DIRNAME and again.path.name == first.path.name
+    assert again.decoded == 0 and C.DECODED["count"] == count  # nothing decoded
+    assert np.array_equal(np.asarray(again.images), np.asarray(first.images))
+
+
+def test_a_changed_eval_crop_rule_decodes_the_eval_cache_again(tiny_imagenette, tmp_path, monkeypatch):
+    """The resize rule is part of the key: when the evaluation crop changes (a new EVAL_CROP_FRACTION), the eval
+    cache is decoded again with the new crop instead of handing back stale centre crops."""
+    _, val_set = splits(tiny_imagenette)
+    old = C.dataset_images(val_set, "eval", 32, cache_dir=tmp_path, progress=False)
+    assert old.decoded == 20
+    monkeypatch.setattr(D, "EVAL_CROP_FRACTION", 0.5)  # what data.eval_ops (and so val_transform) reads
+    monkeypatch.setattr(D, "eval_ops", D.eval_ops.__wrapped__)  # not its lru_cache of the old rule
+    new = C.dataset_images(val_set, "eval", 32, cache_dir=tmp_path, progress=False)
+    assert new.decoded == 20 and new.path != old.path  # decoded again, under another key
+    pil = np.asarray(T.CenterCrop(32)(T.Resize(64)(Image.open(val_set.paths[3]).convert("RGB"))))
+    assert np.array_equal(new.images[3], pil)  # the new rule's crop

@@ -397,3 +397,11 @@ def test_only_an_official_rate_itself_uses_its_column():
     assert D.noise_column(0.25) == "noisy_labels_25"
     for near in (0.25 + 1e-6, 0.2501, 0.049, 0.3):  # close is not the same: those take seeded synthetic noise
         assert official_noise_level(near) is None
+
+
+def test_synthetic_noise_flips_the_rounded_share_of_labels():
+    """symmetric_noise flips round(rate * n) labels, not the truncated count: 29 % of 10 labels flips 3 of them,
+    so the realised rate is the nearest one to the rate asked for."""
+    clean = np.arange(10)
+    assert (D.symmetric_noise(range(10), 0.29) != clean).sum() == 3
+    assert (D.symmetric_noise(range(10), 0.31) != clean).sum() == 3

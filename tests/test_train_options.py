@@ -187,3 +187,22 @@ def test_the_device_data_path_trains_and_is_recorded(tiny_imagenette, tmp_path):
     assert all(r["finite"] for r in history) and history[0]["val_loss"] != host[0]["val_loss"]  # other crops
     with pytest.raises(ValueError, match="augment_on='device' works on the decoded-image cache"):
         run(tiny(tiny_imagenette, tmp_path / "no", augment_on="device", loader="workers"), progress=False)
+
+
+def test_the_workers_loader_trains_on_the_first_images_of_each_clean_class(tiny_imagenette, tmp_path, monkeypatch):
+    """train_per_class picks the first N images of each CLEAN class on the JPEG loader too (as on the cached
+    one): a noisy-label run trains on the same images as the clean run, only their labels differ."""
+    from lambdalib import data as data_lib
+    from lambdalib import train
+
+    prepared, real = [], train._prepare_data
+    monkeypatch.setattr(train, "_prepare_data", lambda ctx: prepared.append(real(ctx)) or prepared[-1])
+    run_dir = run(tiny(tiny_imagenette, tmp_path, loader="workers", train_per_class=2, epochs=1), progress=False)
+    (data,) = prepared
+    assert data.cached is None and record.load_summary(run_dir)["loader"] == "workers"
+    train_set = data.train.dataset
+    clean = data_lib.first_per_class(train_set.clean_targets, 2)
+    assert list(data.train.indices) == clean and len(clean) == 20
+    # image 0 of each class has a flipped label at 25 %: half the chosen ones, not the 9 in 20 of the noisy pick
+    summary = record.load_summary(run_dir)
+    assert summary["train_images"] == 20 and summary["realised_noise"] == pytest.approx(0.5)
