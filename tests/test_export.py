@@ -197,6 +197,41 @@ def test_config_and_model_card_numbers_come_from_the_record(exported):
     assert "```python" in body and summary["model"] in body
 
 
+
+def test_config_json_gives_timm_the_preprocessing_the_run_was_evaluated_with(exported, tmp_path, monkeypatch):
+    """A user who preprocesses as timm's data config says (resolve_data_config + create_transform, the model
+    card's usage) feeds the model what lambdalib.data.val_transform fed it in evaluation: bilinear resize to
+    img_size / 0.875, centre crop, ImageNet mean / std."""
+    import huggingface_hub.constants
+    from timm.data import create_transform, resolve_data_config
+    from torchvision import transforms as T
+
+    from lambdalib import data, imagenette
+
+    run_dir, out = exported
+    img = record.load_config(run_dir).img_size
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert imagenette.EVAL_CROP_FRACTION == 0.875
+    assert cfg["crop_pct"] == imagenette.EVAL_CROP_FRACTION and cfg["interpolation"] == "bilinear"
+    assert cfg["crop_mode"] == "center" and cfg["input_size"] == [3, img, img]
+    assert cfg["mean"] == list(imagenette.MEAN) and cfg["std"] == list(imagenette.STD)
+    # what timm itself makes of it, read back as a hub repo
+    fake_hub_cache(out, tmp_path / "hub", "lambdalib/test-preprocessing")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    resolved = resolve_data_config({}, model=timm.create_model("hf-hub:lambdalib/test-preprocessing",
+                                                               pretrained=True))
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in resolved.items()} == dict(
+        input_size=(3, img, img), interpolation="bilinear", mean=imagenette.MEAN, std=imagenette.STD,
+        crop_pct=imagenette.EVAL_CROP_FRACTION, crop_mode="center")
+    theirs = {type(op): op for op in create_transform(**resolved).transforms}
+    ours = {type(op): op for op in data.val_transform(img).transforms}
+    # timm floors img_size / crop_pct where val_transform rounds it, so the resize sizes may differ by a pixel
+    assert theirs[T.Resize].interpolation == ours[T.Resize].interpolation == T.InterpolationMode.BILINEAR
+    assert abs(theirs[T.Resize].size - ours[T.Resize].size) <= 1
+    assert tuple(theirs[T.CenterCrop].size) == tuple(ours[T.CenterCrop].size) == (img, img)
+    assert theirs[T.Normalize].mean.tolist() == pytest.approx(list(ours[T.Normalize].mean))
+    assert theirs[T.Normalize].std.tolist() == pytest.approx(list(ours[T.Normalize].std))
+
 def record_copy(run_dir: Path, dest: Path, best: str | None = None, **summary_changes) -> Path:
     """A copy of a run's record files; best: 'link' (best.pt symlinked), 'garbage', or None (no best.pt)."""
     dest.mkdir()
@@ -235,6 +270,32 @@ def test_refusals_are_one_clear_line(exported, tmp_path):
     assert (out / "model.safetensors").is_file()
     assert export(run_dir / "best.pt", tmp_path / "from_file") == tmp_path / "from_file"  # best.pt: its folder
 
+
+
+@pytest.mark.parametrize("exported", MODELS[:1], indirect=True)
+def test_a_best_pt_of_another_image_size_is_refused(exported, tmp_path):
+    """A folder whose best.pt was trained at another image size than its record says (two runs mixed by hand)
+    is refused, even when the model is the same and the weights would load: the export would describe the
+    weights with the wrong input size."""
+    run_dir, _ = exported
+    mixed = record_copy(run_dir, tmp_path / "mixed", best="link")
+    config = json.loads((mixed / "config.json").read_text())
+    assert config["img_size"] == 32
+    (mixed / "config.json").write_text(json.dumps({**config, "img_size": 64}))
+    refused(ValueError, r"at 32 px.*at 64 px; this folder mixes two runs", mixed, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("exported", MODELS[:1], indirect=True)
+def test_a_diverged_run_exports_its_best_weights(exported, tmp_path):
+    """A diverged run is finished (record.FINISHED): its best.pt, from an epoch before the divergence, exports
+    without allow_unfinished, and the card says it diverged."""
+    run_dir, _ = exported
+    diverged = record_copy(run_dir, tmp_path / "diverged", best="link", status="diverged", diverged_at=2,
+                           diverged_reason="non-finite loss")
+    out = export(diverged, tmp_path / "out")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert "| status | diverged at epoch 2 (non-finite loss) |" in (out / "README.md").read_text()
 
 @pytest.mark.parametrize("exported", MODELS[:1], indirect=True)
 def test_cli_export(exported, tmp_path, capsys):

@@ -372,3 +372,24 @@ def test_a_drive_that_fails_a_copy_keeps_the_run_going_and_is_tried_again(tmp_pa
     with pytest.raises(files.RecordError):  # when the run stops, a failed copy is the run's error
         store.publish(force=True)
     assert torch.load(run_dir / "last.pt.prev", weights_only=True) == {"history": [1]}
+
+
+# ------------------------------------------------------------------------------ the sweep and diverged runs
+def test_reproduce_skips_a_diverged_run_as_finished(tiny_imagenette, tmp_path, monkeypatch):
+    """A diverged run is finished (record.FINISHED): `lambdalib reproduce` counts it as skipped and never
+    trains it again, so a grid resumed after a divergence does not spend its time on that run."""
+    from lambdalib import sweep
+
+    real = train._train_one_epoch
+    monkeypatch.setattr(train, "_train_one_epoch",
+                        lambda *a, **k: {**real(*a, **k), "train_loss": math.nan, "finite": False})
+    config = tiny(tiny_imagenette, tmp_path, epochs=1)
+    run_dir = run(config, progress=False)
+    assert record.load_summary(run_dir)["status"] == "diverged"
+    monkeypatch.setattr(train, "_train_one_epoch", lambda *a, **k: pytest.fail("reproduce trained a finished run"))
+    before = (run_dir / "summary.json").read_text()
+    grid = Grid(models=["R18"], noise=[0.25], params={k: v for k, v in config.to_dict().items()
+                                                       if k not in ("model", "noise", "seed")})
+    counts = sweep.reproduce(grid, inline=True, progress=False, report=False)
+    assert counts == dict(total=1, skipped=1, ran=0, diverged=0, failed=0, failures=[])
+    assert (run_dir / "summary.json").read_text() == before
