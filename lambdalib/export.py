@@ -128,8 +128,9 @@ def hub_config(model, name: str, classes: list[str], args: dict, img_size: int) 
     cfg = {k: base[k] for k in _ARCHITECTURE_KEYS if base.get(k) is not None}
     if tuple(base.get("input_size", ()))[1:] != (img_size, img_size):
         cfg.pop("pool_size", None)  # the default cfg's, for another input size
-    # the preprocessing the run was evaluated with (lambdalib.data.val_transform)
-    cfg.update(input_size=[3, img_size, img_size], interpolation="bilinear", crop_pct=EVAL_CROP_FRACTION,
+    # val_transform resizes to round(img_size / 0.875), timm to floor(img_size / crop_pct): aim half a pixel short
+    crop_pct = round(img_size / (round(img_size / EVAL_CROP_FRACTION) + 0.5), 6)
+    cfg.update(input_size=[3, img_size, img_size], interpolation="bilinear", crop_pct=crop_pct,
                crop_mode="center", mean=list(MEAN), std=list(STD), num_classes=len(classes), license=LICENSE)
     # an rpe lambda layer's position table is sized to the map it was built for: the input size is fixed
     cfg.setdefault("fixed_input_size", any(isinstance(m, LambdaLayer) and m.position == "rpe"
@@ -205,7 +206,7 @@ def model_card(summary: dict, config, best: dict, history: list[dict], hub: dict
             else None,
             f"| input | 3 x {img} x {img}" + (" (fixed: the lambda layer's position table is sized to it)"
                                               if cfg.get("fixed_input_size") else "") + " |",
-            f"| preprocessing (evaluation) | resize to {img} / {cfg['crop_pct']} ({cfg['interpolation']}), "
+            f"| preprocessing (evaluation) | resize to {math.floor(img / cfg['crop_pct'])} ({cfg['interpolation']}), "
             f"centre-crop {img}, ImageNet mean {cfg['mean']} / std {cfg['std']} |",
             f"| classes | {n}: " + ", ".join(classes) + " |"],
         "Data": [
