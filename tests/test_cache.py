@@ -488,6 +488,7 @@ def test_a_data_folder_copied_with_its_cache_beside_it_decodes_nothing(tiny_imag
     monkeypatch.setenv("LAMBDALIB_HOME", str(tmp_path / "project"))
     (tmp_path / "project" / "data").mkdir(parents=True)
     root = copy_of(tiny_imagenette, tmp_path)
+    shutil.rmtree(root / C.CACHE_DIRNAME, ignore_errors=True)  # an earlier test's cache in the shared tiny set
     first = C.dataset_images(splits(root)[0], "train", 32, progress=False)
     assert first.decoded == 40 and first.path.parent == root / C.CACHE_DIRNAME
     moved = tmp_path / "elsewhere" / "data"
