@@ -27,7 +27,7 @@ import yaml
 from safetensors.torch import save
 
 from . import files, fmt, record, runs
-from .imagenette import EVAL_CROP_FRACTION, MEAN, STD, data_slug, official_noise_level
+from .imagenette import MEAN, STD, data_slug, official_noise_level, timm_crop_pct
 from .layers import LambdaLayer
 from .registry import resolve_name
 
@@ -128,9 +128,8 @@ def hub_config(model, name: str, classes: list[str], args: dict, img_size: int) 
     cfg = {k: base[k] for k in _ARCHITECTURE_KEYS if base.get(k) is not None}
     if tuple(base.get("input_size", ()))[1:] != (img_size, img_size):
         cfg.pop("pool_size", None)  # the default cfg's, for another input size
-    # val_transform resizes to round(img_size / 0.875), timm to floor(img_size / crop_pct): aim half a pixel short
-    crop_pct = round(img_size / (round(img_size / EVAL_CROP_FRACTION) + 0.5), 6)
-    cfg.update(input_size=[3, img_size, img_size], interpolation="bilinear", crop_pct=crop_pct,
+    # the preprocessing the run was evaluated with (lambdalib.data.val_transform)
+    cfg.update(input_size=[3, img_size, img_size], interpolation="bilinear", crop_pct=timm_crop_pct(img_size),
                crop_mode="center", mean=list(MEAN), std=list(STD), num_classes=len(classes), license=LICENSE)
     # an rpe lambda layer's position table is sized to the map it was built for: the input size is fixed
     cfg.setdefault("fixed_input_size", any(isinstance(m, LambdaLayer) and m.position == "rpe"

@@ -41,6 +41,12 @@ STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 0.875  # evaluation: resize to img_size / 0.875, then centre-crop img_size (ImageNet's usual)
 
 
+def timm_crop_pct(img_size: int) -> float:
+    """The crop_pct timm's eval transform (resize to floor(img_size / crop_pct)) needs to resize as lambdalib's
+    does (round(img_size / 0.875)): half a pixel short of that size, so the floor lands on it at every size."""
+    return round(img_size / (round(img_size / EVAL_CROP_FRACTION) + 0.5), 6)
+
+
 def official_noise_level(noise: float) -> float | None:
     """The official level `noise` stands for (0.25 -> 0.25), or None when Imagenette has no such column."""
     for level in OFFICIAL_NOISE_LEVELS:

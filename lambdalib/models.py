@@ -27,7 +27,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from .imagenette import EVAL_CROP_FRACTION
+from .imagenette import EVAL_CROP_FRACTION, timm_crop_pct
 from .layers import LambdaLayer, _pair, refuses_larger_maps
 from .registry import LAMBDA_LAYERS, LOOKALIKES, SPECS, ModelSpec, resolve_name
 
@@ -220,6 +220,7 @@ def _build(variant: str, depth: int, pretrained: bool = False, **kwargs) -> nn.M
     img = _pair(kwargs.setdefault("img_size", DEFAULT_IMG_SIZE))
     # what timm.data.resolve_data_config and the builder read: this model, not a default
     current = dict(input_size=(kwargs.get("in_chans", 3), *img),
+                   crop_pct=timm_crop_pct(img[0]) if img[0] == img[1] else EVAL_CROP_FRACTION,
                    pool_size=tuple(feature_size(s, 4, kwargs.get("output_stride", 32)) for s in img),
                    num_classes=kwargs.get("num_classes", 1000),
                    fixed_input_size=kwargs.get("lambda_stage") is not None and kwargs.get("position", "rpe") == "rpe")

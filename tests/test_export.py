@@ -15,7 +15,7 @@ import yaml
 import lambdalib
 from lambdalib import models, record, registry
 from lambdalib.config import RunConfig
-from lambdalib.export import LICENSE, export, hub_config
+from lambdalib.export import LICENSE, export
 from lambdalib.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,19 +223,6 @@ def test_config_json_gives_timm_the_preprocessing_the_run_was_evaluated_with(exp
     assert torch.equal(create_transform(**resolved)(image), data.val_transform(img)(image))
     card = (out / "README.md").read_text()
     assert f"| preprocessing (evaluation) | resize to {round(img / 0.875)} (bilinear)" in card
-
-
-def test_the_exported_crop_pct_gives_timm_lambdalibs_resize_at_every_size():
-    """timm resizes to floor(img_size / crop_pct), val_transform to round(img_size / 0.875): 0.875 itself gives
-    another size at 435 of the sizes 8-1024 px (36 instead of 37 at 32 px)."""
-    import math
-
-    from lambdalib import imagenette
-
-    model = timm.create_model("resnet18", num_classes=10)
-    for img in range(8, 1025):
-        crop_pct = hub_config(model, "resnet18", ["c"] * 10, {}, img)["pretrained_cfg"]["crop_pct"]
-        assert math.floor(img / crop_pct) == round(img / imagenette.EVAL_CROP_FRACTION), img
 
 
 def record_copy(run_dir: Path, dest: Path, best: str | None = None, **summary_changes) -> Path:

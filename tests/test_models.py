@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import pytest
@@ -8,7 +9,7 @@ from timm.layers import DropPath
 
 import lambdalib  # noqa: F401  (registers the models)
 from lambdalib import models, registry
-from lambdalib.imagenette import EVAL_CROP_FRACTION
+from lambdalib.imagenette import EVAL_CROP_FRACTION, timm_crop_pct
 from lambdalib.layers import LambdaLayer
 
 IMG = 32  # small images keep the ten-model contract tests fast (maps 16, 8, 4, 2, 1)
@@ -124,7 +125,7 @@ def test_timm_contract(name):
     assert cfg["first_conv"] + ".weight" in state and cfg["classifier"] + ".weight" in state
     assert model.get_classifier() is model.fc and model.num_features == model.head_hidden_size == 512
     data = timm.data.resolve_data_config({}, model=model)
-    assert data["input_size"] == (3, IMG, IMG) and data["crop_pct"] == EVAL_CROP_FRACTION
+    assert data["input_size"] == (3, IMG, IMG) and data["crop_pct"] == timm_crop_pct(IMG)
     with torch.no_grad():
         features = model.forward_features(x)
         assert features.shape == (2, model.num_features, *cfg["pool_size"])
@@ -185,13 +186,30 @@ def test_timm_data_config_reflects_image_size():
         model = models.create(label, num_classes=10, img_size=128)
         cfg = timm.data.resolve_data_config({}, model=model)
         assert cfg["input_size"] == (3, 128, 128)
-        assert cfg["crop_pct"] == EVAL_CROP_FRACTION and cfg["interpolation"] == "bilinear"
+        assert cfg["crop_pct"] == timm_crop_pct(128) and cfg["interpolation"] == "bilinear"
         assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
         assert model.pretrained_cfg["pool_size"] == (4, 4) and model.pretrained_cfg["num_classes"] == 10
         assert model.pretrained_cfg["fixed_input_size"] is fixed
         assert model.pretrained_cfg["architecture"] == registry.resolve_name(label)
     default = timm.create_model("lambda_resnet18_l3_lc")  # timm's defaults: 1000 classes, the report's 160 px
     assert default.num_classes == 1000 and default.pretrained_cfg["input_size"] == (3, 160, 160)
+
+
+def test_timms_eval_transform_of_a_model_is_lambdalibs_val_transform():
+    """A user who preprocesses with timm's data config of our model (resolve_data_config + create_transform) feeds
+    it what lambdalib's evaluation does: timm resizes to floor(img / crop_pct), val_transform to round(img / 0.875);
+    crop_pct 0.875 itself gave a pixel less at 435 of the sizes 8-1024 (36 for 37 at 32 px, 182 for 183 at 160)."""
+    import numpy as np
+    from PIL import Image
+
+    from lambdalib.data import val_transform
+
+    assert all(math.floor(s / timm_crop_pct(s)) == round(s / EVAL_CROP_FRACTION) for s in range(8, 4097))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (57, 71, 3), dtype=np.uint8))
+    for label, size in (("R18", 32), ("LR18_L2(lc)", 64), ("R34", 160)):
+        model = models.create(label, num_classes=10, img_size=size)
+        timms = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+        assert torch.equal(timms(image), val_transform(size)(image)), (label, size)
 
 
 def test_no_pretrained_weights_is_a_clear_error():
