@@ -194,6 +194,18 @@ def test_comparison_puts_published_next_to_ours(built):
     assert "| 1 | ResNet18(0%) | 2.299 |" in markdown
 
 
+def test_the_comparison_keeps_our_rows_the_report_has_none_for(tmp_path):
+    """Ours beside the report's where both exist, and ours alone (said so) where the report has no such row."""
+    run_dir = write_record(tmp_path, noise=0.01)
+    report.build(tmp_path, quiet=True)
+    table = pd.read_csv(tmp_path / "tables" / "comparison.csv").set_index("architecture")
+    row = table.loc["ResNet18(1%)"]
+    assert row["note"] == "the report has no such row (e.g. no 1 % noise runs)"
+    ours = load_summary(run_dir)["best_val_loss"]
+    assert math.isnan(row["published_best_val_loss"]) and row["ours_best_val_loss"] == ours
+    assert table.loc["ResNet18(0%)", "published_best_val_loss"] == 2.320  # the report's rows stay too
+
+
 def test_published_csv_is_consistent():
     published = registry.published()
     assert len(published) == 40 and sorted(published["table"].unique()) == [1, 2, 3, 4, 5]
