@@ -320,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as err:  # torch's "out of memory" / "not enough memory" (CPU and CUDA)
         if not isinstance(err, MemoryError) and "memory" not in str(err).lower():
             raise
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        print(f"lambdalib {args.command}: error: out of memory ({first}); use a smaller --img-size or "
+        from .files import first_line
+
+        print(f"lambdalib {args.command}: error: out of memory ({first_line(err, 200)}); use a smaller --img-size or "
               "--batch-size (a finished epoch is kept: the same command resumes)", file=sys.stderr)
         return 2
 

@@ -25,7 +25,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .files import RecordError, atomic_torch_save, atomic_write, describe_os_error
+from .files import RecordError, atomic_torch_save, atomic_write, describe_os_error, first_line
 from .imagenette import MEAN, STD
 from .paths import project_root
 
@@ -402,8 +402,7 @@ def read_checkpoint(last: Path, keys: set[str], say: Callable[[str], None]) -> d
             aside = candidate.with_name(f"{candidate.name.replace('.pt', '')}.unreadable-"
                                         f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.pt")
             os.replace(candidate, aside)
-            reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-            say(f"warning: {candidate} is unreadable ({reason}); kept it as {aside.name}")
+            say(f"warning: {candidate} is unreadable ({first_line(err)}); kept it as {aside.name}")
             damaged = True
     if damaged:
         say("no readable checkpoint: starting this run again from epoch 1")

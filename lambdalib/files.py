@@ -16,6 +16,12 @@ class RecordError(ValueError):
     """A file that cannot be read or written; the message names it and what to do."""
 
 
+def first_line(err: BaseException, limit: int = 120) -> str:
+    """What an exception says, cut to its first line (at most `limit` characters); its type's name when empty."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 def describe_os_error(err: OSError, path: Path) -> str:
     """One line a user can act on: 'no space left on <path>', 'cannot write <path>: read-only ...'."""
     if err.errno == errno.ENOSPC:

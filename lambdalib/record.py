@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import RecordError, atomic_write_text, describe_os_error, make_dir, pid_alive
+from .files import RecordError, atomic_write_text, describe_os_error, first_line, make_dir, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ def load_checkpoint(path: Path, refusal: str, unreadable: str = "", *, also: tup
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch raises many kinds for a damaged file: a zip, safetensors, ...)
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise ValueError((unreadable or refusal).format(path=path, reason=reason)) from None
+        raise ValueError((unreadable or refusal).format(path=path, reason=first_line(err))) from None
     if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict)
             and all(state.get(key) for key in also)):
         raise ValueError(refusal.format(path=path))
