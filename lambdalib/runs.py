@@ -213,7 +213,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     cells = []
     for _, group in finished_runs(runs).groupby("experiment_id", sort=False):
         first = group.iloc[0]
-        diverged = group["diverged_at"].dropna().astype(int)
+        diverged = [e for e in (diverged_epoch(run) for _, run in group.iterrows()) if e is not None]
         cell = {k: first[k] for k in (*SETUP_COLUMNS, "scale", "experiment_id", "architecture", "label", "model",
                                       "noise", "model_order", "family")}
         statuses = group["status"].value_counts().items()
