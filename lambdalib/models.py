@@ -199,7 +199,7 @@ def _cfg(spec: ModelSpec, **kwargs) -> dict:
         for stage, _ in lambda_sites(spec.depth, spec.stage, spec.lambda_layers))
     return dict(url="", num_classes=1000, input_size=(3, DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
                 pool_size=(feature_size(DEFAULT_IMG_SIZE, 4),) * 2, fixed_input_size=fixed,
-                crop_pct=EVAL_CROP_FRACTION, interpolation="bilinear", mean=IMAGENET_DEFAULT_MEAN,
+                crop_pct=timm_crop_pct(DEFAULT_IMG_SIZE), interpolation="bilinear", mean=IMAGENET_DEFAULT_MEAN,
                 std=IMAGENET_DEFAULT_STD, first_conv="conv1", classifier="fc", description=describe(spec.name),
                 notes=("no pretrained weights; input_size follows the model's img_size",), **kwargs)
 

@@ -210,6 +210,10 @@ def test_timms_eval_transform_of_a_model_is_lambdalibs_val_transform():
         model = models.create(label, num_classes=10, img_size=size)
         timms = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
         assert torch.equal(timms(image), val_transform(size)(image)), (label, size)
+    # so does the registry's cfg before any build (timm.models.get_pretrained_cfg), at the default size
+    static = timm.models.get_pretrained_cfg("lambda_resnet18_l2_lc").to_dict()
+    timms = timm.data.create_transform(**timm.data.resolve_data_config({}, pretrained_cfg=static))
+    assert torch.equal(timms(image), val_transform(models.DEFAULT_IMG_SIZE)(image))
 
 
 def test_no_pretrained_weights_is_a_clear_error():
