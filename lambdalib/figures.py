@@ -25,7 +25,6 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from . import files, fmt, record, registry
-from .data import NoisyImagenette
 from .imagenette import CLASS_NAMES, CLASSES, data_slug
 from .runs import diverged_epoch, t_half_width
 
@@ -486,6 +485,7 @@ def plot_samples(root: str | Path | None = None, noise: float = 0.25, n: int = 1
     `path` when given (PNG/PDF/SVG by suffix, folders created)."""
     if n < 1:
         raise ValueError(f"n={n}: samples must be >= 1.")
+    from .data import NoisyImagenette  # (torch: here, so `lambdalib report` starts without it)
     data = NoisyImagenette(root, split, noise, synthetic=synthetic, seed=seed, transform=None)
     picks = sorted(np.random.default_rng(seed).choice(len(data), size=min(n, len(data)), replace=False))
     cols = math.ceil(math.sqrt(len(picks)))

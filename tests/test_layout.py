@@ -116,6 +116,25 @@ def test_help_imports_neither_torch_nor_timm():
     assert result.stderr.strip().splitlines()[-1] == "HEAVY []"
 
 
+def test_building_the_report_imports_no_torch(tmp_path):
+    """`lambdalib report` draws its tables, figures and claims from records alone: without torch's 3 s import."""
+    import shutil
+
+    import pytest
+
+    committed = sorted((PACKAGE.parent / "results" / "runs").glob("R18_noise0_fast_*"))[:2]
+    if not committed:
+        pytest.skip("no committed run records")
+    for run in committed:
+        shutil.copytree(run, tmp_path / "runs" / run.name, ignore=shutil.ignore_patterns("*.pt"))
+    probe = ("import sys\nfrom lambdalib import report\n"
+             f"report.build({str(tmp_path)!r})\n"
+             "print('HEAVY', [m for m in ('torch', 'timm', 'torchvision') if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1:] == ["HEAVY []"], result.stdout + result.stderr
+    assert list((tmp_path / "figures").rglob("*.png"))  # it drew
+
+
 def test_library_code_reports_through_a_handlerless_logger(tmp_path):
     (tmp_path / "runs").mkdir()
     probe = ("import logging\nfrom lambdalib import report\n"
