@@ -291,8 +291,7 @@ def _reading_text(rows: list[Row]) -> str:
     text = ("Colours: the colour bar; each map is min-max scaled to [0, 1] on its own, so colours compare places "
             "within a panel, not panels. The lower-left corner of each panel names the class the model predicts "
             "and its softmax probability (green: the image's true class, red: another class, black: the image "
-            "has no single true class). top10 = the share of the map's mass in its 10 % highest pixels (uniform: "
-            "0.10)")
+            "has no single true class). top10 = the share of the map's mass in its 10 % highest pixels (uniform: 0.10)")
     boxed = [row for row in rows if row.boxes]
     if not boxed:
         return text + "."

@@ -75,7 +75,7 @@ class RunConfig:
     eta_min: float = _field(0.0, "CosineAnnealingWarmRestarts eta_min")
     grad_clip: float = _field(0.0, "max total gradient norm; 0 = no clipping")
     diverge_factor: float = _field(10.0, "diverged when train loss > factor x ln(classes) or val loss > factor x "
-                                         "its first value (ln(classes) at the least)")
+                                         "its first value (ln(classes) at the least) with BatchNorm on batch stats too")
     lc_scope: int = _field(23, "scope r of the lc (lambda convolution) models, odd; 0 = scaled with the image: the "
                                "largest odd r <= 23 x img_size / 224, the share of the image the report's r=23 "
                                "covers at 224 px (not part of a non-lc model's identity)")

@@ -315,9 +315,9 @@ def build(results_dir: Path | str | None = None, runs=None, out: Path | str | No
         f"fewer than {SMOKE_EPOCHS} epochs or on a per-class subset (`train_per_class`, `val_per_class`); one "
         "on the whole embedded mini subset is a small-scale study. Training time is the sum of epoch times; a "
         "run diverges when a loss is non-finite, its train loss exceeds `diverge_factor` × ln(classes) or its "
-        "val loss `diverge_factor` × its first epoch's, ln(classes) at the least (the reason is in its summary.json), "
-        "and its best values are those of the epochs before (— when it has none). Full-precision CSVs are in "
-        "`tables/`.\n",
+        "val loss `diverge_factor` × its first epoch's, ln(classes) at the least, with BatchNorm on its running and "
+        "its batch statistics alike (the reason is in its summary.json), and its best values are those of the "
+        "epochs before (— when it has none). Full-precision CSVs are in `tables/`.\n",
     ]
     if not finished.empty:  # the report's claims, one by one, from these records (lambdalib.claims)
         readme.append(claims.claims_markdown(all_runs, results_dir=results_dir))

@@ -190,16 +190,18 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dis
 
 def divergence(row: dict, history: list[dict], factor: float, classes: int) -> str:
     """Why this epoch counts as diverged ("" if it does not). An untrained net's loss is about ln(classes). The
-    val loss is compared with its own start (the first epoch's, at least ln(classes)): early BatchNorm running
-    statistics can put it far above ln(classes) while training is healthy."""
+    val loss is compared with its own start (the first epoch's, at least ln(classes)), and counts only when the
+    same weights on batch statistics exceed it too (without that column, alone): BatchNorm's running statistics
+    can spike far above while training is healthy, and recover (2 of the study's 61 runs were cut short so)."""
     if not row["finite"]:
         return "non-finite loss"
     chance = math.log(classes)
     if row["train_loss"] > factor * chance:
         return f"train loss {row['train_loss']:.4g} > {factor:g} x ln({classes})"
     start = max(history[0]["val_loss"] if history else row["val_loss"], chance)
-    if row["val_loss"] > factor * start:
-        return f"val loss {row['val_loss']:.4g} > {factor:g} x its start {start:.4g}"
+    batch = row.get("val_loss_batch_stats", math.nan)
+    if row["val_loss"] > factor * start and not batch <= factor * start:  # (a NaN batch loss: no diagnostic)
+        return f"val loss {row['val_loss']:.4g} > {factor:g} x its start {start:.4g}, on batch statistics {batch:.4g}"
     return ""
 
 

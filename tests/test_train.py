@@ -131,7 +131,7 @@ def test_divergence_rule():
     assert divergence(ok, [], 10, 10) == ""
     assert "non-finite" in divergence({**ok, "finite": False}, [], 10, 10)
     assert "train loss" in divergence({**ok, "train_loss": 4.8e10}, [], 10, 10)
-    # the report's LR34_L3(lc)(25%): val 71622.614 after a start near ln 10 is an explosion; 3.815 is not
+    # the report's LR34_L3(lc)(25%): val 71622.614 after a start near ln 10 counts (no batch-statistics loss to ask)
     assert "val loss" in divergence({**ok, "val_loss": 71622.614}, [ok], 10, 10)
     assert divergence({**ok, "val_loss": 3.815}, [ok], 10, 10) == ""
     # a first-epoch val loss of 1780 (BatchNorm running statistics after a few steps) is the start, not a blow-up
@@ -140,6 +140,31 @@ def test_divergence_rule():
     # the start is the first epoch's, not the last one's: a climb past 10x it diverges however gradual
     climbing = [{**ok, "val_loss": 2.5}, {**ok, "val_loss": 20.0}]
     assert "its start 2.5" in divergence({**ok, "val_loss": 30.0}, climbing, 10, 10)
+    # a spike of BatchNorm's running statistics alone (the same weights on batch statistics stay low) goes on;
+    # one the batch statistics share, or one without that diagnostic, does not
+    spike = {**ok, "val_loss": 623.1}
+    assert divergence({**spike, "val_loss_batch_stats": 1.9}, climbing, 10, 10) == ""
+    assert "batch statistics 40" in divergence({**spike, "val_loss_batch_stats": 40.0}, climbing, 10, 10)
+    assert "val loss" in divergence({**spike, "val_loss_batch_stats": math.nan}, climbing, 10, 10)
+
+
+COMMITTED_RUNS = sorted((Path(__file__).resolve().parents[1] / "results" / "runs").glob("*/summary.json"))
+
+
+@pytest.mark.skipif(not COMMITTED_RUNS, reason="no committed run records")
+def test_every_committed_stop_is_the_current_rules():
+    """Each committed record ends where today's divergence rule ends it: a complete run has no epoch the rule
+    stops, a diverged one stops at its diverged_at. A rule change that disagrees must rerun those runs (or bump
+    PIPELINE), else the records are not what the code computes."""
+    from lambdalib.train import divergence
+
+    for path in COMMITTED_RUNS:
+        summary, history = json.loads(path.read_text()), read_history(path.parent)
+        config = json.loads((path.parent / "config.json").read_text())
+        classes = 10  # Imagenette's
+        stops = [row["epoch"] for k, row in enumerate(history)
+                 if divergence(row, history[:k], config["diverge_factor"], classes)]
+        assert stops[:1] == ([summary["diverged_at"]] if summary["diverged_at"] else []), path.parent.name
 
 
 def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_imagenette, tmp_path, monkeypatch):
