@@ -95,6 +95,35 @@ def test_divergence_is_detected_and_last_good_checkpoint_kept(tiny_imagenette, t
     assert run(config, progress=False) == run_dir  # a diverged run is finished, not retried
 
 
+def test_a_running_statistics_spike_does_not_end_the_run(tiny_imagenette, tmp_path, monkeypatch):
+    """An epoch-2 val loss 1000x the first with the batch-statistics loss normal (BatchNorm's running statistics,
+    not the weights) is recorded and the run goes on; the same spike on batch statistics too ends it there."""
+    from lambdalib import train
+
+    real = train.evaluate
+
+    def spiking(on_batch_stats_too: bool):
+        eval_mode_calls = []
+
+        def evaluate(model, loader, *args, batch_stats=False, **kwargs):
+            loss, acc = real(model, loader, *args, batch_stats=batch_stats, **kwargs)
+            eval_mode_calls.extend([1] if not batch_stats else [])
+            spike = len(eval_mode_calls) == 2 and (on_batch_stats_too or not batch_stats)
+            return loss * 1000 if spike else loss, acc
+        return evaluate
+
+    monkeypatch.setattr(train, "evaluate", spiking(False))
+    went_on = run(tiny_config(tiny_imagenette, tmp_path / "a", model="R18"), progress=False)
+    summary, history = json.loads((went_on / "summary.json").read_text()), read_history(went_on)
+    assert (summary["status"], len(history)) == ("complete", 3)
+    assert history[1]["val_loss"] > 100 * history[0]["val_loss"] and history[1]["val_loss_batch_stats"] < 10
+    monkeypatch.setattr(train, "evaluate", spiking(True))
+    ended = run(tiny_config(tiny_imagenette, tmp_path / "b", model="R18"), progress=False)
+    summary = json.loads((ended / "summary.json").read_text())
+    assert (summary["status"], summary["diverged_at"]) == ("diverged", 2)
+    assert "on batch statistics" in summary["diverged_reason"]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tiny_imagenette, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
