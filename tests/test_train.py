@@ -90,8 +90,8 @@ def test_divergence_is_detected_and_last_good_checkpoint_kept(tiny_imagenette, t
     assert len(history) == n
     assert not history[-1]["finite"] or history[-1]["train_loss"] > limit
     assert summary["diverged_reason"]
-    if n > 1:
-        assert len(torch.load(run_dir / "last.pt", weights_only=True)["history"]) == n - 1
+    # lr 1e4 blows up in epoch 1, before any checkpoint (a later epoch's: test_nan_in_a_later_epoch_keeps_...)
+    assert n == 1 and not (run_dir / "last.pt").exists()
     assert run(config, progress=False) == run_dir  # a diverged run is finished, not retried
 
 
