@@ -9,6 +9,8 @@ def test_the_schedule_check_reads_the_lr_column():
     assert curves.ends_cycle([dict(lr=1e-3), dict(lr=5e-4), dict(lr=1e-5)])
     assert not curves.ends_cycle([dict(lr=1e-3), dict(lr=1e-5), dict(lr=8.5e-4)])  # 5 epochs into the next cycle
     assert not curves.ends_cycle([dict(lr=1e-3), dict(lr=1e-3)]) and not curves.ends_cycle([])
+    # climbing again after a restart, though still under 10 % of the peak: not a cycle's end
+    assert not curves.ends_cycle([dict(lr=1e-3), dict(lr=1e-5), dict(lr=5e-5)])
 
 
 def test_a_nan_val_loss_with_a_gradient_burst_is_an_explosion():
@@ -17,6 +19,14 @@ def test_a_nan_val_loss_with_a_gradient_burst_is_an_explosion():
     (spike,) = curves.find_spikes(history)
     assert spike["epoch"] == 3 and spike["cause"] == curves.SPIKE_EXPLOSION and spike["factor"] == math.inf
     assert curves.val_loss_rise(history) == 0.0  # the last finite val loss is the lowest
+
+
+def test_an_infinite_gradient_norm_is_a_burst():
+    """grad_norm_max inf (an overflowed norm) with a val spike is an explosion, not read as 'no burst'."""
+    history = [dict(epoch=e, val_loss=v, train_loss=t, grad_norm_max=g, val_loss_batch_stats=1.9)
+               for e, (v, t, g) in enumerate([(2.0, 2.1, 1.0), (1.8, 1.9, 1.2), (9.0, 1.9, math.inf)], 1)]
+    (spike,) = curves.find_spikes(history)
+    assert spike["epoch"] == 3 and spike["cause"] == curves.SPIKE_EXPLOSION
 
 
 def test_a_spike_is_judged_against_the_batch_statistics_loss_own_best():

@@ -84,3 +84,12 @@ def test_a_run_label_names_another_lambda_layer_and_reads_back():
     ranked = sorted(["LR18_L2(rpe)[lucidrains]", "R18", "LR18_L2(rpe)", "LR18_L2(rpe)[ours-n01]", "resnet50"],
                     key=registry.model_rank)
     assert ranked == ["R18", "LR18_L2(rpe)", "LR18_L2(rpe)[ours-n01]", "LR18_L2(rpe)[lucidrains]", "resnet50"]
+
+
+def test_a_family_key_is_registered_once():
+    """Registering a key again (a notebook cell run twice, a typo'd copy) would silently replace the report's own
+    family: it is an error that names the key, and the family stays."""
+    before = registry.FAMILIES["L2_rpe"]
+    with pytest.raises(ValueError, match="'L2_rpe' is already registered"):
+        registry.register_family(Family("L2_rpe", 9, "impostor", registry.OKABE_ITO[1], "99_x.ipynb"))
+    assert registry.FAMILIES["L2_rpe"] is before

@@ -206,6 +206,38 @@ def test_the_comparison_keeps_our_rows_the_report_has_none_for(tmp_path):
     assert table.loc["ResNet18(0%)", "published_best_val_loss"] == 2.320  # the report's rows stay too
 
 
+def test_numbers_stay_short_and_numeric_columns_right_aligned():
+    assert fmt.number(1234567890.0) == "1.23e+09" and fmt.number(-71622000.5, signed=True) == "-7.16e+07"
+    assert fmt.number(-0.5, signed=True) == "-0.500" and fmt.number(0.5, signed=True) == "+0.500"
+    assert [fmt.plural(n, "spike") for n in (0, 1, 2)] == ["0 spikes", "1 spike", "2 spikes"]
+    table = fmt.markdown_table(pd.DataFrame({"name": ["a", "b"], "delta": ["-0.500", "1.000"]}), "none")
+    assert table.splitlines()[1] == "|:---|---:|"
+
+
+def test_a_setup_is_a_smoke_test_below_ten_epochs_or_on_a_per_class_subset():
+    def smoke(**params):
+        return runs.setup_of(RunConfig.from_params(model="R18", **params))["smoke_test"]
+
+    assert not smoke(epochs=runs.SMOKE_EPOCHS) and smoke(epochs=runs.SMOKE_EPOCHS - 1)
+    assert smoke(epochs=40, train_per_class=5) and smoke(epochs=40, val_per_class=5)
+
+
+def test_an_old_records_auto_fields_are_read_from_what_it_ran(tmp_path):
+    """Records from before configs were saved resolved hold amp 'auto' and world_size 0: their set-up takes what
+    the run did from its summary (fp32 when the summary names no amp; the environment's world size)."""
+    run_dir = write_record(tmp_path)
+    saved = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**saved, "amp": "auto", "world_size": 0}))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    del summary["amp"]
+    summary["environment"]["world_size"] = 2
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (row,) = [row for _, row in runs.collect(tmp_path).iterrows()]
+    ran = RunConfig.from_dict({**saved, "amp": "off", "world_size": 2})
+    assert row["setup"] == runs.setup_of(ran)["setup"]
+    assert "world_size=2" in row["recipe"] and "amp" not in row["recipe"]
+
+
 def test_published_csv_is_consistent():
     published = registry.published()
     assert len(published) == 40 and sorted(published["table"].unique()) == [1, 2, 3, 4, 5]
