@@ -189,6 +189,51 @@ def test_a_run_killed_mid_way_reads_as_crashed(tiny_imagenette, tmp_path):
     assert record.status(run_dir) == "running"
 
 
+def test_a_lock_is_judged_by_its_owner(tmp_path, monkeypatch):
+    """Another machine's lock reads as a live run (its pid means nothing here); an empty or garbled lock (a trainer
+    killed between creating and writing it) and one holding this process's own pid (a restarted container) are
+    stale and taken over; another user's live process (kill says EPERM) is alive, and its lock refused."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record.write_summary(run_dir, {"status": "running"})
+    lock, host = run_dir / ".lock", os.uname().nodename
+    lock.write_text('{"pid": 999999999, "host": "colab-vm-7"}')
+    assert record.status(run_dir) == "running"
+    for stale in ("", "{not json", '{"pid": %d, "host": "%s"}' % (os.getpid(), host)):
+        lock.write_text(stale)
+        assert record.acquire_run_lock(run_dir) == lock and record.lock_owner(run_dir)["pid"] == os.getpid(), stale
+
+    def someone_elses(pid, signal):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", someone_elses)
+    assert files.pid_alive(4242)
+    lock.write_text('{"pid": 4242, "host": "%s"}' % host)
+    assert record.status(run_dir) == "running"
+    with pytest.raises(record.RunBusyError, match="process 4242"):
+        record.acquire_run_lock(run_dir)
+
+
+def test_ctrl_c_or_a_refused_write_leaves_no_temporary_and_says_what_to_do(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"the previous checkpoint")
+
+    def interrupted(tmp):
+        tmp.write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(target, interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert target.read_bytes() == b"the previous checkpoint"
+
+    def denied(tmp):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+
+    with pytest.raises(record.RecordError, match=r"permission denied; choose a writable results folder \(--results\)"):
+        files.atomic_write(target, denied)
+
+
 def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(tiny_imagenette, tmp_path, monkeypatch, capsys):
     real = train._train_one_epoch
     monkeypatch.setattr(train, "_train_one_epoch",

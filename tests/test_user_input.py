@@ -285,6 +285,9 @@ def test_a_figure_path_names_a_png_or_a_folder_and_never_the_users_files(tmp_pat
         files.figure_target(tmp_path / "README.png", default, companions=start)
     (tmp_path / "fig.md").write_text("![fig](fig.png)\n\nan earlier caption\n")  # our own: written over
     assert files.figure_target(tmp_path / "fig.png", default, companions=start) == tmp_path / "fig.png"
+    (tmp_path / "plot.md").mkdir()  # a folder where the caption goes is someone's: refused before any work
+    with pytest.raises(ValueError, match="plot.md exists and is not a file lambdalib wrote"):
+        files.figure_target(tmp_path / "plot.png", default, companions=start)
 
 
 def test_attention_out_never_overwrites_a_users_file(tmp_path, capsys):
