@@ -234,6 +234,19 @@ def test_ctrl_c_or_a_refused_write_leaves_no_temporary_and_says_what_to_do(tmp_p
         files.atomic_write(target, denied)
 
 
+def test_a_diverged_epochs_values_are_never_a_best():
+    """A run stopped for its train loss can still show a low val loss or high accuracy in that epoch: the bests
+    come from the epochs before it, while the epoch counts as done and its time as spent."""
+    def row(epoch, train, val, acc):
+        return dict(epoch=epoch, train_loss=train, val_loss=val, val_acc=acc, epoch_time_s=2.0,
+                    train_images_per_s=100.0, skipped_steps=0)
+
+    history = [row(1, 2.2, 2.0, 0.2), row(2, 1.9, 1.5, 0.3), row(3, 50.0, 1.0, 0.9)]
+    summary = record.summarize(history, "diverged", 3, {})
+    assert (summary["best_val_loss"], summary["best_val_loss_epoch"], summary["best_val_acc"]) == (1.5, 2, 0.3)
+    assert (summary["best_train_loss"], summary["epochs_done"], summary["train_time_s"]) == (1.9, 3, 6.0)
+
+
 def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(tiny_imagenette, tmp_path, monkeypatch, capsys):
     real = train._train_one_epoch
     monkeypatch.setattr(train, "_train_one_epoch",
