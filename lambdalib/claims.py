@@ -268,8 +268,8 @@ def _explosions(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dic
     stopped_early = sum(map(len, censored.values()))
     seen = (f"{fmt.plural(stopped_early, 'run')} {left_out}; " if stopped_early else "") + seen
     return comparisons, (seen + (f" ({causes})" * bool(spikes)) + (
-        f"; val_loss_batch_stats at or above chance while the eval-mode val loss is well below it in {unreliable} "
-        "runs: not used to classify spikes" if unreliable else "")), spikes
+        "; val_loss_batch_stats at or above chance while the eval-mode val loss is well below it in "
+        f"{fmt.plural(unreliable, 'run')}: not used to classify spikes" if unreliable else "")), spikes
 
 
 def _memory(ctx: Context, row: Row) -> tuple[list[Comparison], str, list[dict]]:

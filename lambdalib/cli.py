@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+from . import fmt
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import summary_table
@@ -140,7 +142,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print("interrupted: finished runs are kept; run the same command again to go on")
         return 130
     print(f"report: {grids[0].configs()[0].results_dir() / 'README.md'}")
-    print(f"{counts['total']} runs: {counts['skipped']} already finished, {counts['ran']} run now "
+    print(f"{fmt.plural(counts['total'], 'run')}: {counts['skipped']} already finished, {counts['ran']} run now "
           f"({counts['diverged']} diverged), {counts['failed']} failed, in {time.perf_counter() - start:.0f} s")
     for line in counts["failures"]:
         print(f"  failed: {line}", file=sys.stderr)
@@ -154,7 +156,7 @@ def _submit(configs, args: argparse.Namespace) -> int:
     params = {"slurm_partition": args.slurm_partition} if args.slurm_partition else {}
     executor = cluster.make_executor(args.submitit, cluster=args.cluster, **params)
     jobs = cluster.submit(configs, executor)
-    print(f"{len(configs)} runs: {len(configs) - len(jobs)} already finished, {len(jobs)} submitted "
+    print(f"{fmt.plural(len(configs), 'run')}: {len(configs) - len(jobs)} already finished, {len(jobs)} submitted "
           f"({executor.cluster}; job files and logs in {args.submitit})")
     for job in jobs:
         print(f"  job {job.job_id}")

@@ -257,8 +257,7 @@ def model_card(summary: dict, config, best: dict, history: list[dict], hub: dict
     for title, rows in tables.items():  # a row that does not apply (None) is left out
         lines += [f"## {title}", "", "| | |", "|---|---|", *(row for row in rows if row is not None), ""]
     lines += [
-        "## Usage",
-        "",
+        "## Usage", "",
         "The architecture is lambdalib's: install it from its repository (`pip install -e .` in a clone) and import it "
         "before creating the model.",
         "",
@@ -277,10 +276,7 @@ def model_card(summary: dict, config, best: dict, history: list[dict], hub: dict
         "logits = model(transform(image).unsqueeze(0))  # image: a PIL image",
         f"classes = {classes!r}",
         "print(classes[logits.argmax()])",
-        "```",
-        "",
-        "## Citation",
-        "",
+        "```", "", "## Citation", "",
         "The report reproduced: Xuan Li, Xiao Feng, Changran Huang, Xiangying Wei, *Report and analysis of lambda "
         "network performance on small data sets*, University of Southampton. Lambda layers: Irwan Bello, "
         "*LambdaNetworks: Modeling Long-Range Interactions Without Attention*, ICLR 2021. See lambdalib's "

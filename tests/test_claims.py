@@ -452,7 +452,7 @@ def test_unreliable_batch_statistics_in_records(tmp_path):
     write_run(tmp_path / "old", "LR34_L3(rpe)", 0.0, 0, train=falling(1.0), val=val, old_record=True)
     claim = by_key(claims.evaluate_claims(run_records.collect(tmp_path)))["11"]
     assert [s["cause"] for s in claim.spikes] == [curves.SPIKE_UNRELIABLE]
-    assert "well below it in 1 runs: not used to classify spikes" in claim.note
+    assert "well below it in 1 run: not used to classify spikes" in claim.note
     old = by_key(claims.evaluate_claims(run_records.collect(tmp_path / "old")))["11"]
     assert [s["cause"] for s in old.spikes] == [curves.SPIKE_UNCLASSIFIED]
 

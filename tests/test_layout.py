@@ -22,9 +22,10 @@ MAX_MODULE_LINES = 600
 # +5 (a history.csv without an epoch column refused, the data read once a run, reasons spelled out) after figures
 # stopped opening config.json for restarts (-6); +7 for imagenette.timm_crop_pct, which export and the models'
 # pretrained_cfg now give timm (with crop_pct 0.875 timm resized a pixel short of val_transform at 435 of the sizes
-# 8-1024 px); +5 for files.first_line, the one "an error's first line" of record, device and cli. A ceiling: it
-# only shrinks from here.
-MAX_PACKAGE_LINES = 8468
+# 8-1024 px); +5 for files.first_line, the one "an error's first line" of record, device and cli. Round 9: the
+# divergence rule asking the batch-statistics loss (+3) and the CLI's "1 run" (+2), paid for by joined lines (-7).
+# A ceiling: it only shrinks from here.
+MAX_PACKAGE_LINES = 8466
 
 
 def test_no_function_takes_more_than_six_positional_arguments():
