@@ -2,6 +2,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 from lambdalib.cli import main
 
 
@@ -141,3 +143,91 @@ def test_reproduce_submits_the_grid_through_submitit(monkeypatch, tmp_path, caps
     out = capsys.readouterr().out
     assert "4 runs: 3 already finished, 1 submitted (slurm" in out and "job 42" in out
     assert f"lambdalib report --results {tmp_path}" in out
+
+
+def _train_args(data, results):
+    return ["train", "--model", "R18", "--data", str(data), "--results", str(results), "--epochs", "1",
+            "--img-size", "32", "--batch-size", "8", "--workers", "0", "--preset", "fast", "--no-progress"]
+
+
+def test_reproduce_reports_an_unreadable_summary_as_a_failure_not_as_finished(tiny_imagenette, tmp_path, monkeypatch):
+    """A damaged summary.json is the user's to look at: the grid names it among the failures, never skips it."""
+    from lambdalib import sweep
+
+    monkeypatch.setattr(sweep, "_run_one", lambda *a, **k: pytest.fail("a run with a damaged record was trained"))
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    (tmp_path / "runs" / "mine" / "summary.json").write_text("{not json")
+    grid = sweep.Grid(models=["R18"], noise=[0.0], params=dict(data=str(tiny_imagenette), results=str(tmp_path),
+                                                               run_name="mine"))
+    counts = sweep.reproduce(grid, inline=True, progress=False, report=False)
+    assert (counts["failed"], counts["skipped"], counts["ran"]) == (1, 0, 0)
+    (failure,) = counts["failures"]
+    assert failure.startswith("mine: ") and "summary.json" in failure and "not a readable summary" in failure
+
+
+def test_reproduce_jobs_count_a_child_that_cannot_find_its_data_as_failed(tmp_path):
+    """With --jobs the runs are child processes: a child's one-line error must reach the parent as a failure."""
+    from lambdalib import sweep
+
+    grid = sweep.Grid(models=["R18"], noise=[0.0, 0.5], params=dict(data=str(tmp_path / "nowhere"), epochs=1,
+                                                                     results=str(tmp_path / "results")))
+    counts = sweep.reproduce(grid, inline=True, jobs=2, progress=False, report=False)
+    assert (counts["failed"], counts["ran"]) == (2, 0)
+    assert all("nowhere" in f and "no such folder" in f for f in counts["failures"])
+
+
+def test_a_jobs_child_that_crashes_is_reported_by_its_error_not_the_traceback_header(tmp_path, monkeypatch):
+    from lambdalib import sweep
+
+    traceback = ("Traceback (most recent call last):\n  File \"lambdalib/train.py\", line 1, in run\n"
+                 "ZeroDivisionError: division by zero\n")
+    monkeypatch.setattr(sweep.subprocess, "run",
+                        lambda *a, **k: SimpleNamespace(returncode=1, stdout="", stderr=traceback))
+    monkeypatch.setattr(sweep, "warm_caches", lambda configs: None)
+    grid = sweep.Grid(models=["R18"], noise=[0.0, 0.5], params=dict(results=str(tmp_path)))
+    counts = sweep.reproduce(grid, inline=True, jobs=2, progress=False, report=False)
+    assert counts["failed"] == 2
+    assert all(f.endswith(": ZeroDivisionError: division by zero") for f in counts["failures"])
+
+
+def test_reproduce_exits_1_when_a_run_failed(tmp_path, capsys):
+    assert main(["reproduce", "--inline", "--models", "R18", "--noise", "0", "--data", str(tmp_path / "nowhere"),
+                 "--results", str(tmp_path / "results"), "--epochs", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "1 run: 0 already finished, 0 run now (0 diverged), 1 failed" in captured.out
+    assert "failed: " in captured.err and "no such folder" in captured.err
+
+
+def test_ctrl_c_during_reproduce_exits_130_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    import lambdalib.sweep as sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "reproduce", interrupted)
+    assert main(["reproduce", "--inline", "--models", "R18", "--noise", "0", "--results", str(tmp_path)]) == 130
+    assert "run the same command again" in capsys.readouterr().out
+
+
+def test_ctrl_c_during_train_exits_130(tmp_path, monkeypatch, capsys):
+    from lambdalib import train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run", interrupted)
+    assert main(_train_args(tmp_path / "data", tmp_path / "results")) == 130
+    assert "complete" not in capsys.readouterr().out
+
+
+def test_a_runtime_error_not_about_memory_is_not_called_out_of_memory(tmp_path, monkeypatch, capsys):
+    """Only memory errors become the one-line 'out of memory' advice; a bug keeps its traceback."""
+    from lambdalib import train
+
+    def shapes(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x512 and 256x10)")
+
+    monkeypatch.setattr(train, "run", shapes)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes"):
+        main(_train_args(tmp_path / "data", tmp_path / "results"))
+    assert "out of memory" not in capsys.readouterr().err
