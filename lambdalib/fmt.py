@@ -87,7 +87,7 @@ def markdown_table(frame, empty: str) -> str:
     if frame.empty:
         return f"_{empty}_\n"
     cells = frame.astype(str).map(lambda s: s.replace("|", "\\|"))
-    numeric = [bool(cells[c].str.match(r"^(?:[-\d—]|missing$)").all()) for c in cells.columns]
+    numeric = [bool(cells[c].str.match(r"^(?:[-+\d—]|missing$)").all()) for c in cells.columns]
     lines = ["| " + " | ".join(frame.columns) + " |",
              "|" + "|".join("---:" if right else ":---" for right in numeric) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]

@@ -210,7 +210,7 @@ def test_numbers_stay_short_and_numeric_columns_right_aligned():
     assert fmt.number(1234567890.0) == "1.23e+09" and fmt.number(-71622000.5, signed=True) == "-7.16e+07"
     assert fmt.number(-0.5, signed=True) == "-0.500" and fmt.number(0.5, signed=True) == "+0.500"
     assert [fmt.plural(n, "spike") for n in (0, 1, 2)] == ["0 spikes", "1 spike", "2 spikes"]
-    table = fmt.markdown_table(pd.DataFrame({"name": ["a", "b"], "delta": ["-0.500", "1.000"]}), "none")
+    table = fmt.markdown_table(pd.DataFrame({"name": ["a", "b"], "delta": ["-0.500", "+1.000"]}), "none")
     assert table.splitlines()[1] == "|:---|---:|"
 
 
