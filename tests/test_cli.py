@@ -231,3 +231,16 @@ def test_a_runtime_error_not_about_memory_is_not_called_out_of_memory(tmp_path, 
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes"):
         main(_train_args(tmp_path / "data", tmp_path / "results"))
     assert "out of memory" not in capsys.readouterr().err
+
+
+def test_reproduce_runs_one_job_per_gpu_one_without_and_what_jobs_says(tmp_path, monkeypatch):
+    from lambdalib import sweep
+
+    seen = []
+    monkeypatch.setattr(sweep, "reproduce", lambda grids, inline, jobs: seen.append(jobs) or dict(
+        total=0, skipped=0, ran=0, diverged=0, failed=0, failures=[]))
+    argv = ["reproduce", "--inline", "--models", "R18", "--noise", "0", "--results", str(tmp_path)]
+    for gpus, extra, expected in ((0, [], 1), (2, [], 2), (0, ["--jobs", "3"], 3)):
+        monkeypatch.setattr(sweep, "torch_cuda_count", lambda gpus=gpus: gpus)
+        assert main(argv + extra) == 0
+        assert seen[-1] == expected, (gpus, extra)
