@@ -249,7 +249,8 @@ def _create_pretrained(name: str, pretrained: bool | str | Path) -> tuple[nn.Mod
             model = timm.create_model(name, pretrained=True)
     except Exception as err:  # noqa: BLE001  hub, cache and network misses come as many types
         where = "offline and not in the local Hugging Face cache" if offline else f"download failed ({err})"
-        raise WeightsUnavailableError(f"{name}: pretrained weights unavailable ({where}); pass a weights file with "
+        raise WeightsUnavailableError(
+            f"{name}: pretrained weights unavailable ({where}); pass a weights file with "
             f"pretrained='path/to/weights.safetensors' or run where huggingface.co is reachable") from None
     return model, f"pretrained ({cfg.get('hf_hub_id') or cfg.get('url')})"
 

@@ -190,9 +190,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, dis
 
 def divergence(row: dict, history: list[dict], factor: float, classes: int) -> str:
     """Why this epoch counts as diverged ("" if it does not). An untrained net's loss is about ln(classes). The
-    val loss is compared with its own start (the first epoch's, at least ln(classes)), and counts only when the
-    same weights on batch statistics exceed it too (without that column, alone): BatchNorm's running statistics
-    can spike far above while training is healthy, and recover (2 of the study's 61 runs were cut short so)."""
+    val loss counts past factor x its start (the first epoch's, at least ln(classes)) only where the same weights on
+    batch statistics pass it too (or have no such column): running statistics alone spike in healthy runs."""
     if not row["finite"]:
         return "non-finite loss"
     chance = math.log(classes)

@@ -198,7 +198,6 @@ def test_config_and_model_card_numbers_come_from_the_record(exported):
     assert "```python" in body and summary["model"] in body
 
 
-
 def test_config_json_gives_timm_the_preprocessing_the_run_was_evaluated_with(exported, tmp_path, monkeypatch):
     """A user who preprocesses as timm's data config says (resolve_data_config + create_transform, the model
     card's usage) feeds the model exactly what lambdalib.data.val_transform fed it in evaluation: bilinear resize
@@ -264,7 +263,6 @@ def test_refusals_are_one_clear_line(exported, tmp_path):
     assert export(run_dir / "best.pt", tmp_path / "from_file") == tmp_path / "from_file"  # best.pt: its folder
 
 
-
 @pytest.mark.parametrize("exported", MODELS[:1], indirect=True)
 def test_a_best_pt_of_another_image_size_is_refused(exported, tmp_path):
     """A folder whose best.pt was trained at another image size than its record says (two runs mixed by hand)
@@ -289,6 +287,7 @@ def test_a_diverged_run_exports_its_best_weights(exported, tmp_path):
     out = export(diverged, tmp_path / "out")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert "| status | diverged at epoch 2 (non-finite loss) |" in (out / "README.md").read_text()
+
 
 @pytest.mark.parametrize("exported", MODELS[:1], indirect=True)
 def test_cli_export(exported, tmp_path, capsys):
